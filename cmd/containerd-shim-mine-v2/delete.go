@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mineshim/mine/pkg/process"
+)
+
+// deleteTimeout keeps `delete` inside containerd's 5 s cleanup limit.
+const deleteTimeout = 4 * time.Second
+
+// deleteAction is the `delete` action, run by containerd after every shim's
+// end: it removes what is left of the container and reports its exit.
+func deleteAction(f flags, stdout, stderr io.Writer) error {
+	if f.namespace == "" || f.id == "" {
+		return fmt.Errorf("delete needs -namespace and -id: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := process.ValidateID(f.id); err != nil {
+		return err
+	}
+	bundle := f.bundle
+	if bundle == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return err
+		}
+		bundle = wd
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
+	defer cancel()
+	exit, err := process.Cleanup(ctx, bundle, f.namespace, f.id)
+	if err != nil {
+		// Reported as a warning by containerd; the exit still counts.
+		fmt.Fprintf(stderr, "%s: cleanup %s: %v\n", shimName, f.id, err)
+	}
+	out, err := proto.Marshal(&taskAPI.DeleteResponse{
+		Pid:        uint32(exit.Pid),
+		ExitStatus: uint32(exit.Status),
+		ExitedAt:   timestamppb.New(exit.ExitedAt),
+	})
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(out)
+	return err
+}

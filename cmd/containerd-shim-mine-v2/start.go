@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/mineshim/mine/pkg/process"
+)
+
+// Inherited descriptors of the daemon: the listening socket, and the write
+// end of a pipe on which it reports that it serves (or why it cannot).
+const (
+	listenFD = 3
+	readyFD  = 4
+	// envDaemon marks the daemon invocation, so that a stray run without
+	// action is refused instead of serving on nothing.
+	envDaemon = "MINE_SHIM_DAEMON"
+)
+
+// readyTimeout bounds how long start waits for the daemon to serve.
+const readyTimeout = 10 * time.Second
+
+// start is the `start` action: it reads the bootstrap input, launches the
+// daemon with a listening socket and answers containerd with its address.
+func start(f flags, stdin io.Reader, stdout io.Writer) error {
+	if f.namespace == "" || f.id == "" {
+		return fmt.Errorf("start needs -namespace and -id: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := process.ValidateID(f.id); err != nil {
+		return err
+	}
+	input, err := io.ReadAll(io.LimitReader(stdin, maxBootstrapInput))
+	if err != nil {
+		return fmt.Errorf("read stdin: %w", err)
+	}
+	req, err := parseStart(input, f.id, f.namespace)
+	if err != nil {
+		return err
+	}
+	bundle, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	path := socketPath(req.socketDir(), f.address, f.namespace, f.id)
+	address := "unix://" + path
+
+	l, err := listen(path)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		// A shim for this id already serves there (containerd retried).
+		return reply(stdout, req, address, bundle)
+	}
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+
+	// The runtime defaults of this shim, read by the daemon.
+	if err := process.SaveRuntime(bundle, runtimeFromOptions(req.options, f.namespace)); err != nil {
+		return fmt.Errorf("save runtime options: %w", err)
+	}
+	if err := launch(f, l, bundle); err != nil {
+		_ = os.Remove(path)
+		return err
+	}
+	return reply(stdout, req, address, bundle)
+}
+
+func reply(stdout io.Writer, req startRequest, address, bundle string) error {
+	// containerd < 2.0 reconnects through this file.
+	if err := os.WriteFile(filepath.Join(bundle, "address"), []byte(address), 0o600); err != nil {
+		return err
+	}
+	out, err := answerStart(req, address)
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(out)
+	return err
+}
+
+// listen creates the unix socket, 0600 in a 0700 directory. A stale socket
+// nobody answers on is replaced.
+func listen(path string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if errors.Is(err, syscall.EADDRINUSE) {
+		if c, derr := net.DialTimeout("unix", path, 200*time.Millisecond); derr == nil {
+			c.Close()
+			return nil, err
+		}
+		if rerr := os.Remove(path); rerr != nil {
+			return nil, err
+		}
+		l, err = net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	l.SetUnlinkOnClose(false) // the daemon owns the socket from now on
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	return l, nil
+}
+
+// launch starts the daemon detached (own session, no stdio of ours) and waits
+// until it reports that it serves.
+func launch(f flags, l *net.UnixListener, bundle string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	lf, err := l.File()
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	rr, rw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer rr.Close()
+
+	args := []string{"-namespace", f.namespace, "-id", f.id, "-address", f.address}
+	if f.publishBinary != "" {
+		args = append(args, "-publish-binary", f.publishBinary)
+	}
+	if f.debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = bundle
+	cmd.Env = append(os.Environ(), envDaemon+"=1")
+	cmd.ExtraFiles = []*os.File{lf, rw} // fds 3 and 4
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		rw.Close()
+		return fmt.Errorf("launch shim daemon: %w", err)
+	}
+	rw.Close()
+	// The daemon outlives us; nothing waits for it but its new parent.
+	_ = cmd.Process.Release()
+
+	msg := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(rr).ReadString('\n')
+		msg <- strings.TrimSpace(line)
+	}()
+	select {
+	case m := <-msg:
+		if m != "ok" {
+			if m == "" {
+				m = "exited without serving"
+			}
+			return fmt.Errorf("shim daemon: %s", m)
+		}
+		return nil
+	case <-time.After(readyTimeout):
+		return fmt.Errorf("shim daemon did not serve within %s: %w", readyTimeout, errdefs.ErrUnavailable)
+	}
+}

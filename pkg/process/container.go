@@ -1,0 +1,648 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/mineshim/mine/pkg/stdio"
+)
+
+// EventKind names a lifecycle event of a container or of one of its processes.
+type EventKind int
+
+// The lifecycle events a Container emits, in the order the contract requires.
+const (
+	EventCreate EventKind = iota + 1
+	EventStart
+	EventExit
+	EventDelete
+	EventExecAdded
+	EventExecStarted
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventCreate:
+		return "create"
+	case EventStart:
+		return "start"
+	case EventExit:
+		return "exit"
+	case EventDelete:
+		return "delete"
+	case EventExecAdded:
+		return "exec-added"
+	case EventExecStarted:
+		return "exec-started"
+	}
+	return fmt.Sprintf("event(%d)", int(k))
+}
+
+// Event is one lifecycle event. ExecID is empty for the init process.
+type Event struct {
+	Kind        EventKind
+	ContainerID string
+	ExecID      string
+	Pid         int
+	ExitStatus  int
+	ExitedAt    time.Time
+
+	// Set on EventCreate only.
+	Bundle     string
+	Rootfs     []mount.Mount
+	Stdio      stdio.Config
+	Checkpoint string
+}
+
+// Config describes a container to create.
+type Config struct {
+	ID        string
+	Bundle    string // absolute path holding config.json
+	Namespace string
+	Rootfs    []mount.Mount // mounted on Bundle/rootfs when given
+	Stdio     stdio.Config
+	Runtime   Runtime
+	// Checkpoint is an image directory to restore from (not supported yet).
+	Checkpoint string
+
+	Reaper *Reaper
+	// Emit receives every lifecycle event of the container, in order. It
+	// is called with the container's lock held and must not block or call
+	// back into the container.
+	Emit func(Event)
+	// BeforeInitExit runs right before the init's exit is published (the
+	// OOM watcher's final read, so that TaskOOM precedes TaskExit). It is
+	// called with the container's lock held and must not call back into it.
+	BeforeInitExit func()
+}
+
+// initExitBound bounds how long the init's exit waits for the exits of exec
+// processes that are still running (they are killed when the init exits).
+const initExitBound = 5 * time.Second
+
+// deleteExitBound bounds how long Delete of a created container waits for
+// the exit of the init it killed.
+const deleteExitBound = 5 * time.Second
+
+// proc is an init or exec process. Its mutable fields are guarded by the
+// container's mu; opMu serialises lifecycle operations of this one process
+// (never held by State, Kill or Wait).
+type proc struct {
+	execID string // "" for init
+	spec   *specs.Process
+	stdio  stdio.Config
+	opMu   sync.Mutex
+
+	status   Status     // guarded by Container.mu
+	pid      int        // guarded by Container.mu
+	io       *stdio.IO  // guarded by Container.mu
+	exit     ExitRecord // guarded by Container.mu; valid when status >= Stopped
+	reaped   bool       // guarded by Container.mu; the exit happened (maybe not yet published)
+	starting bool       // guarded by Container.mu; Start is between runtime call and its event
+	held     *Exit      // guarded by Container.mu; exit that arrived while starting
+	done     chan struct{}
+}
+
+func (p *proc) isInit() bool { return p.execID == "" }
+
+// Container is one container: its init process and its exec processes, and
+// the one place where their events are ordered.
+type Container struct {
+	id      string
+	cfg     Config
+	rt      *runc.Runc
+	mounted bool
+
+	mu               sync.Mutex
+	init             *proc            // immutable after Create
+	execs            map[string]*proc // guarded by mu
+	liveExecs        int              // guarded by mu; execs started (or starting) whose exit is not published
+	pendingInitExit  *Exit            // guarded by mu; init exit held for liveExecs
+	initExitDeadline *time.Timer      // guarded by mu
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,75}$`)
+
+// ValidateID checks a container or exec ID before any path is built from it.
+func ValidateID(id string) error {
+	if !idPattern.MatchString(id) {
+		return fmt.Errorf("invalid id %q: must match %s: %w", id, idPattern, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Create creates the container with the runtime (runc create): the init
+// process exists, stopped before the user's program, until Start.
+func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
+	if err := ValidateID(cfg.ID); err != nil {
+		return nil, err
+	}
+	if cfg.Reaper == nil || cfg.Emit == nil {
+		return nil, fmt.Errorf("process.Create: reaper and emit are required: %w", errdefs.ErrInvalidArgument)
+	}
+	if !filepath.IsAbs(cfg.Bundle) {
+		return nil, fmt.Errorf("bundle %q is not an absolute path: %w", cfg.Bundle, errdefs.ErrInvalidArgument)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Bundle, "config.json")); err != nil {
+		return nil, fmt.Errorf("bundle %s: %v: %w", cfg.Bundle, err, errdefs.ErrInvalidArgument)
+	}
+	if cfg.Checkpoint != "" {
+		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
+	}
+	if err := cfg.Runtime.Check(); err != nil {
+		return nil, err
+	}
+	c := &Container{
+		id:    cfg.ID,
+		cfg:   cfg,
+		rt:    cfg.Runtime.client(cfg.Bundle),
+		execs: make(map[string]*proc),
+		init:  &proc{stdio: cfg.Stdio, done: make(chan struct{})},
+	}
+	rootfs := filepath.Join(cfg.Bundle, "rootfs")
+	if len(cfg.Rootfs) > 0 {
+		if err := os.MkdirAll(rootfs, 0o711); err != nil {
+			return nil, err
+		}
+		if err := mount.All(cfg.Rootfs, rootfs); err != nil {
+			return nil, fmt.Errorf("mount rootfs: %w", err)
+		}
+		c.mounted = true
+	}
+	defer func() {
+		if retErr != nil && c.mounted {
+			_ = mount.UnmountRecursive(rootfs, 0)
+		}
+	}()
+
+	pio, err := stdio.Open(ctx, cfg.Stdio)
+	if err != nil {
+		return nil, err
+	}
+	logm := markLog(c.rt.Log)
+	mark := cfg.Reaper.Mark()
+	err = c.rt.Create(ctx, c.id, cfg.Bundle, &runc.CreateOpts{
+		PidFile:      filepath.Join(cfg.Bundle, initPidFile),
+		IO:           pio.Runc(),
+		NoPivot:      cfg.Runtime.NoPivotRoot,
+		NoNewKeyring: cfg.Runtime.NoNewKeyring,
+	})
+	if err != nil {
+		pio.Close()
+		_ = c.rt.Delete(context.WithoutCancel(ctx), c.id, &runc.DeleteOpts{Force: true})
+		return nil, logm.wrap("runc create", err)
+	}
+	pid, err := ReadInitPid(cfg.Bundle)
+	if err != nil {
+		pio.Close()
+		_ = c.rt.Delete(context.WithoutCancel(ctx), c.id, &runc.DeleteOpts{Force: true})
+		return nil, fmt.Errorf("read init pid: %w", err)
+	}
+	exits := cfg.Reaper.Claim(pid, mark)
+
+	c.mu.Lock()
+	c.init.status, c.init.pid, c.init.io = Created, pid, pio
+	cfg.Emit(Event{
+		Kind: EventCreate, ContainerID: c.id, Pid: pid,
+		Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, Stdio: cfg.Stdio, Checkpoint: cfg.Checkpoint,
+	})
+	c.mu.Unlock()
+	go c.waitExit(c.init, exits)
+	return c, nil
+}
+
+// ID returns the container's ID.
+func (c *Container) ID() string { return c.id }
+
+// Bundle returns the container's bundle path.
+func (c *Container) Bundle() string { return c.cfg.Bundle }
+
+// Pid returns the pid of the init process.
+func (c *Container) Pid() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.init.pid
+}
+
+func (c *Container) lookup(execID string) (*proc, error) {
+	if execID == "" {
+		return c.init, nil
+	}
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, fmt.Errorf("exec %q of container %q: %w", execID, c.id, errdefs.ErrNotFound)
+	}
+	return p, nil
+}
+
+// waitExit owns the exit of one process: it drains the output (bounded) and
+// hands the exit to the ordering logic.
+func (c *Container) waitExit(p *proc, exits <-chan Exit) {
+	e := <-exits
+	c.mu.Lock()
+	pio := p.io
+	c.mu.Unlock()
+	if pio != nil {
+		pio.Drain(stdio.DrainBound)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.reaped = true
+	if p.starting {
+		p.held = &e
+		return
+	}
+	c.publishExitLocked(p, e)
+}
+
+// publishExitLocked is the one place where exits are ordered:
+//
+//   - an exit that arrives while its process's Start is between the runtime
+//     call and the start event is held and published after that event
+//     (see Start and finishStartLocked);
+//   - the init's exit is published only after every exec exit of the
+//     container; execs still alive when the init dies are killed, and after
+//     initExitBound the init's exit goes out regardless;
+//   - BeforeInitExit (the OOM watcher's final read) runs before the init's
+//     exit, and the exit is saved in the bundle before it is published.
+func (c *Container) publishExitLocked(p *proc, e Exit) {
+	if p.isInit() && c.liveExecs > 0 {
+		c.pendingInitExit = &e
+		c.killExecsLocked()
+		c.initExitDeadline = time.AfterFunc(initExitBound, func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if pe := c.pendingInitExit; pe != nil {
+				log.L.WithField("container_id", c.id).Warn("exec exits still missing; publishing init exit")
+				c.pendingInitExit = nil
+				c.emitExitLocked(c.init, *pe)
+			}
+		})
+		return
+	}
+	c.emitExitLocked(p, e)
+	if !p.isInit() {
+		c.liveExecs--
+		c.releaseInitExitLocked()
+	}
+}
+
+func (c *Container) releaseInitExitLocked() {
+	if c.liveExecs == 0 && c.pendingInitExit != nil {
+		pe := *c.pendingInitExit
+		c.pendingInitExit = nil
+		if c.initExitDeadline != nil {
+			c.initExitDeadline.Stop()
+		}
+		c.emitExitLocked(c.init, pe)
+	}
+}
+
+func (c *Container) emitExitLocked(p *proc, e Exit) {
+	rec := ExitRecord{Pid: p.pid, Status: e.Status, ExitedAt: e.Time}
+	if p.isInit() {
+		if c.cfg.BeforeInitExit != nil {
+			c.cfg.BeforeInitExit()
+		}
+		if err := writeExit(c.cfg.Bundle, rec); err != nil {
+			log.L.WithError(err).WithField("container_id", c.id).Warn("save exit status")
+		}
+	}
+	p.exit = rec
+	p.status = Stopped
+	close(p.done)
+	c.cfg.Emit(Event{Kind: EventExit, ContainerID: c.id, ExecID: p.execID, Pid: p.pid, ExitStatus: e.Status, ExitedAt: e.Time})
+}
+
+func (c *Container) killExecsLocked() {
+	for _, p := range c.execs {
+		if p.pid > 0 && !p.reaped {
+			// Not reaped yet, so the pid cannot have been reused.
+			_ = unix.Kill(p.pid, unix.SIGKILL)
+		}
+	}
+}
+
+// Start starts the init process (execID "") or an exec process.
+func (c *Container) Start(ctx context.Context, execID string) (int, error) {
+	c.mu.Lock()
+	p, err := c.lookup(execID)
+	c.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+
+	c.mu.Lock()
+	if err := check(p.status, opStart); err != nil {
+		c.mu.Unlock()
+		return 0, err
+	}
+	if !p.isInit() {
+		if c.init.reaped {
+			c.mu.Unlock()
+			return 0, fmt.Errorf("cannot start exec %q: init of container %q has exited: %w", execID, c.id, errdefs.ErrFailedPrecondition)
+		}
+		c.liveExecs++
+	}
+	p.starting = true
+	c.mu.Unlock()
+
+	if p.isInit() {
+		logm := markLog(c.rt.Log)
+		err = logm.wrap("runc start", c.rt.Start(ctx, c.id))
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if err == nil {
+			p.status = Running
+			c.cfg.Emit(Event{Kind: EventStart, ContainerID: c.id, Pid: p.pid})
+		}
+		c.finishStartLocked(p)
+		return p.pid, err
+	}
+	return c.startExec(ctx, p)
+}
+
+// finishStartLocked ends the start window of p: an exit that arrived during
+// it is published now, after the start event.
+func (c *Container) finishStartLocked(p *proc) {
+	p.starting = false
+	if p.held != nil {
+		e := *p.held
+		p.held = nil
+		c.publishExitLocked(p, e)
+	}
+}
+
+// ExecConfig describes an exec process to add to a running container.
+type ExecConfig struct {
+	ID    string
+	Spec  *specs.Process
+	Stdio stdio.Config
+}
+
+// AddExec registers an exec process; Start runs it.
+func (c *Container) AddExec(ctx context.Context, cfg ExecConfig) error {
+	if err := ValidateID(cfg.ID); err != nil {
+		return err
+	}
+	if cfg.Spec == nil {
+		return fmt.Errorf("exec %q: no process spec: %w", cfg.ID, errdefs.ErrInvalidArgument)
+	}
+	if cfg.Stdio.Terminal != cfg.Spec.Terminal {
+		cfg.Spec.Terminal = cfg.Stdio.Terminal
+	}
+	if err := cfg.Stdio.Validate(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := check(c.init.status, opExec); err != nil {
+		return err
+	}
+	if c.init.reaped {
+		return fmt.Errorf("cannot exec into container %q: its init has exited: %w", c.id, errdefs.ErrFailedPrecondition)
+	}
+	if _, ok := c.execs[cfg.ID]; ok {
+		return fmt.Errorf("exec %q of container %q: %w", cfg.ID, c.id, errdefs.ErrAlreadyExists)
+	}
+	c.execs[cfg.ID] = &proc{execID: cfg.ID, spec: cfg.Spec, stdio: cfg.Stdio, status: Created, done: make(chan struct{})}
+	c.cfg.Emit(Event{Kind: EventExecAdded, ContainerID: c.id, ExecID: cfg.ID})
+	return nil
+}
+
+func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
+	fail := func(err error) (int, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		p.starting = false
+		c.liveExecs--
+		c.releaseInitExitLocked()
+		return 0, err
+	}
+	pio, err := stdio.Open(ctx, p.stdio)
+	if err != nil {
+		return fail(err)
+	}
+	pidFile := filepath.Join(c.cfg.Bundle, p.execID+".pid")
+	logm := markLog(c.rt.Log)
+	mark := c.cfg.Reaper.Mark()
+	err = c.rt.Exec(ctx, c.id, *p.spec, &runc.ExecOpts{PidFile: pidFile, IO: pio.Runc(), Detach: true})
+	if err != nil {
+		pio.Close()
+		return fail(logm.wrap("runc exec", err))
+	}
+	pid, err := readPidFile(pidFile)
+	if err != nil {
+		pio.Close()
+		return fail(fmt.Errorf("read exec pid: %w", err))
+	}
+	_ = os.Remove(pidFile)
+	exits := c.cfg.Reaper.Claim(pid, mark)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.pid, p.io, p.status = pid, pio, Running
+	c.cfg.Emit(Event{Kind: EventExecStarted, ContainerID: c.id, ExecID: p.execID, Pid: pid})
+	go c.waitExit(p, exits)
+	c.finishStartLocked(p)
+	return pid, nil
+}
+
+// Kill signals the init (all: every process of the container) or an exec.
+func (c *Container) Kill(ctx context.Context, execID string, sig int, all bool) error {
+	c.mu.Lock()
+	p, err := c.lookup(execID)
+	if err == nil {
+		err = check(p.status, opKill)
+	}
+	pid, reaped := 0, false
+	if p != nil {
+		pid, reaped = p.pid, p.reaped
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if p.isInit() {
+		logm := markLog(c.rt.Log)
+		return logm.wrap("runc kill", c.rt.Kill(ctx, c.id, sig, &runc.KillOpts{All: all}))
+	}
+	if pid == 0 {
+		return fmt.Errorf("exec %q has not started: %w", execID, errdefs.ErrFailedPrecondition)
+	}
+	if reaped {
+		return fmt.Errorf("exec %q has exited: %w", execID, errdefs.ErrNotFound)
+	}
+	if err := unix.Kill(pid, unix.Signal(sig)); err != nil {
+		return fmt.Errorf("signal exec %q: %w", execID, err)
+	}
+	return nil
+}
+
+// Wait blocks until the process's exit is published or ctx is done.
+func (c *Container) Wait(ctx context.Context, execID string) (ExitRecord, error) {
+	c.mu.Lock()
+	p, err := c.lookup(execID)
+	c.mu.Unlock()
+	if err != nil {
+		return ExitRecord{}, err
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return ExitRecord{}, ctx.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return p.exit, nil
+}
+
+// ProcessState is a snapshot of one process.
+type ProcessState struct {
+	ExecID   string
+	Pid      int
+	Status   Status
+	Exit     ExitRecord
+	Stdio    stdio.Config
+	Terminal bool
+}
+
+// State returns a snapshot of the init (execID "") or an exec process.
+func (c *Container) State(execID string) (ProcessState, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, err := c.lookup(execID)
+	if err != nil {
+		return ProcessState{}, err
+	}
+	return ProcessState{ExecID: execID, Pid: p.pid, Status: p.status, Exit: p.exit, Stdio: p.stdio, Terminal: p.stdio.Terminal}, nil
+}
+
+// CloseStdin closes the stdin of a process so that it reads EOF.
+func (c *Container) CloseStdin(execID string) error {
+	c.mu.Lock()
+	p, err := c.lookup(execID)
+	var pio *stdio.IO
+	if err == nil {
+		pio = p.io
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if pio == nil {
+		return nil
+	}
+	return pio.CloseStdin()
+}
+
+// PidInfo is one process of the container; ExecID is set for exec processes.
+type PidInfo struct {
+	Pid    int
+	ExecID string
+}
+
+// Pids lists the processes of the container.
+func (c *Container) Pids(ctx context.Context) ([]PidInfo, error) {
+	logm := markLog(c.rt.Log)
+	pids, err := c.rt.Ps(ctx, c.id)
+	if err != nil {
+		return nil, logm.wrap("runc ps", err)
+	}
+	c.mu.Lock()
+	byPid := make(map[int]string, len(c.execs))
+	for id, p := range c.execs {
+		if p.pid > 0 {
+			byPid[p.pid] = id
+		}
+	}
+	c.mu.Unlock()
+	out := make([]PidInfo, 0, len(pids))
+	for _, pid := range pids {
+		out = append(out, PidInfo{Pid: pid, ExecID: byPid[pid]})
+	}
+	return out, nil
+}
+
+// Delete removes an exec process, or the container when execID is "": the
+// runtime state, the rootfs mount and the I/O. The init must have stopped,
+// or not have started (then it is killed).
+func (c *Container) Delete(ctx context.Context, execID string) (ExitRecord, error) {
+	c.mu.Lock()
+	p, err := c.lookup(execID)
+	c.mu.Unlock()
+	if err != nil {
+		return ExitRecord{}, err
+	}
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	c.mu.Lock()
+	st := p.status
+	err = check(st, opDelete)
+	c.mu.Unlock()
+	if err != nil {
+		return ExitRecord{}, err
+	}
+	if !p.isInit() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		delete(c.execs, execID)
+		if p.io != nil {
+			p.io.Close()
+		}
+		p.status = Deleted
+		return p.exit, nil
+	}
+
+	logm := markLog(c.rt.Log)
+	derr := c.rt.Delete(ctx, c.id, &runc.DeleteOpts{Force: true})
+	if derr != nil && !c.cfg.Runtime.stateGone(c.id) {
+		return ExitRecord{}, logm.wrap("runc delete", derr)
+	}
+	if st == Created {
+		// runc delete --force killed the init; its exit comes through the
+		// reaper and is published before the delete event.
+		t := time.NewTimer(deleteExitBound)
+		select {
+		case <-p.done:
+		case <-t.C:
+			log.G(ctx).WithField("container_id", c.id).Warn("no exit from the killed init")
+		}
+		t.Stop()
+	}
+	var errs error
+	if c.mounted {
+		errs = mount.UnmountRecursive(filepath.Join(c.cfg.Bundle, "rootfs"), 0)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.io != nil {
+		errs = errors.Join(errs, p.io.Close())
+	}
+	if p.status != Stopped {
+		// The exit never came: report what delete reports for a lost one.
+		p.exit = ExitRecord{Pid: p.pid, Status: 137, ExitedAt: time.Now()}
+		close(p.done)
+	}
+	p.status = Deleted
+	c.cfg.Emit(Event{Kind: EventDelete, ContainerID: c.id, Pid: p.pid, ExitStatus: p.exit.Status, ExitedAt: p.exit.ExitedAt})
+	if errs != nil {
+		log.G(ctx).WithError(errs).WithField("container_id", c.id).Warn("release container resources")
+	}
+	return p.exit, nil
+}

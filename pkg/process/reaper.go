@@ -1,0 +1,214 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"sync"
+	"time"
+
+	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+)
+
+// Exit is the end of one child process, as reaped by the Reaper.
+type Exit struct {
+	Pid    int
+	Status int // exit code, or 128+signal for a process killed by a signal
+	Time   time.Time
+}
+
+// Mark is a point in the Reaper's sequence of exits. Taken before a process
+// is spawned, it lets a later Claim accept an exit that was reaped before the
+// pid was known, and reject an older exit of a reused pid.
+type Mark struct{ seq uint64 }
+
+// maxUnclaimed bounds the exits kept for pids nobody has claimed yet (orphans
+// reparented to the subreaper, or processes whose pid is being learned).
+const maxUnclaimed = 4096
+
+type unclaimedExit struct {
+	exit Exit
+	seq  uint64
+}
+
+// Reaper reaps every child of the process (which should be a child
+// subreaper) with wait4(-1) and hands each exit to the one party that claimed
+// its pid. It implements go-runc's ProcessMonitor so that runc invocations
+// and container processes share one reaping loop without racing exec.Cmd.
+type Reaper struct {
+	mu        sync.Mutex
+	seq       uint64                // guarded by mu
+	waiters   map[int]chan Exit     // guarded by mu
+	unclaimed map[int]unclaimedExit // guarded by mu
+	order     []int                 // guarded by mu; FIFO of unclaimed pids
+}
+
+// NewReaper returns a Reaper; call Run to start reaping.
+func NewReaper() *Reaper {
+	return &Reaper{
+		waiters:   make(map[int]chan Exit),
+		unclaimed: make(map[int]unclaimedExit),
+	}
+}
+
+// Run reaps children on every SIGCHLD until ctx is done.
+func (r *Reaper) Run(ctx context.Context) error {
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs, unix.SIGCHLD)
+	defer signal.Stop(sigs)
+	r.reapAll() // children that ended before Notify was armed
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sigs:
+			r.reapAll()
+		}
+	}
+}
+
+func (r *Reaper) reapAll() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			return
+		}
+		r.deliver(Exit{Pid: pid, Status: exitCode(ws), Time: time.Now()})
+	}
+}
+
+func exitCode(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+func (r *Reaper) deliver(e Exit) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seq++
+	if ch, ok := r.waiters[e.Pid]; ok {
+		delete(r.waiters, e.Pid)
+		ch <- e // buffered, one exit per claim
+		return
+	}
+	if _, dup := r.unclaimed[e.Pid]; !dup {
+		r.order = append(r.order, e.Pid)
+	}
+	r.unclaimed[e.Pid] = unclaimedExit{exit: e, seq: r.seq}
+	for len(r.order) > maxUnclaimed {
+		old := r.order[0]
+		r.order = r.order[1:]
+		delete(r.unclaimed, old)
+	}
+}
+
+// Mark returns the current point of the exit sequence. Take it before
+// spawning a process whose pid will be claimed.
+func (r *Reaper) Mark() Mark {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Mark{seq: r.seq}
+}
+
+// Claim returns a channel that receives the exit of pid exactly once. An exit
+// of pid already reaped after since is delivered at once; an older one
+// belongs to an earlier process with the same pid and is dropped.
+func (r *Reaper) Claim(pid int, since Mark) <-chan Exit {
+	ch := make(chan Exit, 1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if u, ok := r.unclaimed[pid]; ok {
+		delete(r.unclaimed, pid)
+		r.dropOrderLocked(pid)
+		if u.seq > since.seq {
+			ch <- u.exit
+			return ch
+		}
+	}
+	r.waiters[pid] = ch
+	return ch
+}
+
+// Unclaim forgets a claim whose exit is no longer wanted.
+func (r *Reaper) Unclaim(pid int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.waiters, pid)
+}
+
+func (r *Reaper) dropOrderLocked(pid int) {
+	for i, p := range r.order {
+		if p == pid {
+			r.order = append(r.order[:i], r.order[i+1:]...)
+			return
+		}
+	}
+}
+
+// Start implements runc.ProcessMonitor.
+func (r *Reaper) Start(c *exec.Cmd) (chan runc.Exit, error) {
+	m := r.Mark()
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	return r.forward(c.Process.Pid, m), nil
+}
+
+// StartLocked implements runc.ProcessMonitor: the process is started from a
+// goroutine locked to its OS thread, as Pdeathsig requires, and the thread
+// stays locked until the process has exited.
+func (r *Reaper) StartLocked(c *exec.Cmd) (chan runc.Exit, error) {
+	started := make(chan error, 1)
+	out := make(chan runc.Exit, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		m := r.Mark()
+		if err := c.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		e := <-r.Claim(c.Process.Pid, m)
+		out <- runc.Exit{Pid: e.Pid, Status: e.Status, Timestamp: e.Time}
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (r *Reaper) forward(pid int, m Mark) chan runc.Exit {
+	out := make(chan runc.Exit, 1)
+	in := r.Claim(pid, m)
+	go func() {
+		e := <-in
+		out <- runc.Exit{Pid: e.Pid, Status: e.Status, Timestamp: e.Time}
+	}()
+	return out
+}
+
+// Wait implements runc.ProcessMonitor. The exit has already been reaped by
+// the loop, so cmd.Wait only collects the command's I/O goroutines; its
+// "no child processes" error is expected.
+func (r *Reaper) Wait(c *exec.Cmd, ec chan runc.Exit) (int, error) {
+	e, ok := <-ec
+	if !ok {
+		return -1, fmt.Errorf("exit of %s not delivered", c.Path)
+	}
+	_ = c.Wait()
+	return e.Status, nil
+}
+
+var _ runc.ProcessMonitor = (*Reaper)(nil)

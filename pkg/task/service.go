@@ -1,0 +1,498 @@
+package task
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	apitypes "github.com/containerd/containerd/api/types"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mineshim/mine/pkg/process"
+	"github.com/mineshim/mine/pkg/stdio"
+)
+
+// Event topics, as containerd names them.
+const (
+	TopicCreate       = "/tasks/create"
+	TopicStart        = "/tasks/start"
+	TopicExit         = "/tasks/exit"
+	TopicDelete       = "/tasks/delete"
+	TopicExecAdded    = "/tasks/exec-added"
+	TopicExecStarted  = "/tasks/exec-started"
+	TopicPaused       = "/tasks/paused"
+	TopicResumed      = "/tasks/resumed"
+	TopicCheckpointed = "/tasks/checkpointed"
+	TopicOOM          = "/tasks/oom"
+)
+
+// Events is where the service sends task events (a Publisher).
+type Events interface {
+	Publish(ns, topic string, event proto.Message)
+}
+
+// Config wires a Service.
+type Config struct {
+	Namespace string
+	Version   string
+	Reaper    *process.Reaper
+	Events    Events
+	// Shutdown is called once, when Shutdown is asked of a shim that has no
+	// containers left (or with now set). It must not block.
+	Shutdown func()
+	// Runtime holds defaults for runtime options not given at Create (from
+	// the bootstrap parameters).
+	Runtime process.Runtime
+}
+
+// Service implements the Task API v3 over the process package.
+type Service struct {
+	cfg Config
+
+	mu         sync.Mutex
+	containers map[string]*process.Container // guarded by mu
+	creating   map[string]struct{}           // guarded by mu; IDs reserved by a Create in progress
+	shutdown   sync.Once
+}
+
+// New returns a Service.
+func New(cfg Config) *Service {
+	return &Service{
+		cfg:        cfg,
+		containers: make(map[string]*process.Container),
+		creating:   make(map[string]struct{}),
+	}
+}
+
+// RegisterTTRPC registers the service on a ttrpc server.
+func (s *Service) RegisterTTRPC(server *ttrpc.Server) {
+	taskAPI.RegisterTTRPCTaskService(server, s)
+}
+
+// wire converts a domain error to its ttrpc status, once, at the edge.
+func wire(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errgrpc.ToGRPC(err)
+}
+
+func (s *Service) get(id string) (*process.Container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+// Count returns how many containers the shim serves.
+func (s *Service) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.containers) + len(s.creating)
+}
+
+// emit maps a domain event to its containerd event and publishes it.
+func (s *Service) emit(e process.Event) {
+	var (
+		topic string
+		msg   proto.Message
+	)
+	switch e.Kind {
+	case process.EventCreate:
+		topic = TopicCreate
+		msg = &eventstypes.TaskCreate{
+			ContainerID: e.ContainerID,
+			Bundle:      e.Bundle,
+			Rootfs:      toAPIMounts(e.Rootfs),
+			IO:          &eventstypes.TaskIO{Stdin: e.Stdio.Stdin, Stdout: e.Stdio.Stdout, Stderr: e.Stdio.Stderr, Terminal: e.Stdio.Terminal},
+			Checkpoint:  e.Checkpoint,
+			Pid:         uint32(e.Pid),
+		}
+	case process.EventStart:
+		topic, msg = TopicStart, &eventstypes.TaskStart{ContainerID: e.ContainerID, Pid: uint32(e.Pid)}
+	case process.EventExit:
+		id := e.ExecID
+		if id == "" {
+			id = e.ContainerID
+		}
+		topic, msg = TopicExit, &eventstypes.TaskExit{
+			ContainerID: e.ContainerID, ID: id, Pid: uint32(e.Pid),
+			ExitStatus: uint32(e.ExitStatus), ExitedAt: timestamppb.New(e.ExitedAt),
+		}
+	case process.EventDelete:
+		topic, msg = TopicDelete, &eventstypes.TaskDelete{
+			ContainerID: e.ContainerID, ID: e.ContainerID, Pid: uint32(e.Pid),
+			ExitStatus: uint32(e.ExitStatus), ExitedAt: timestamppb.New(e.ExitedAt),
+		}
+	case process.EventExecAdded:
+		topic, msg = TopicExecAdded, &eventstypes.TaskExecAdded{ContainerID: e.ContainerID, ExecID: e.ExecID}
+	case process.EventExecStarted:
+		topic, msg = TopicExecStarted, &eventstypes.TaskExecStarted{ContainerID: e.ContainerID, ExecID: e.ExecID, Pid: uint32(e.Pid)}
+	default:
+		log.L.WithField("event", e.Kind.String()).Error("unknown event kind")
+		return
+	}
+	s.cfg.Events.Publish(s.cfg.Namespace, topic, msg)
+}
+
+func toAPIMounts(ms []mount.Mount) []*apitypes.Mount {
+	out := make([]*apitypes.Mount, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, &apitypes.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
+	}
+	return out
+}
+
+func fromAPIMounts(ms []*apitypes.Mount) []mount.Mount {
+	out := make([]mount.Mount, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
+	}
+	return out
+}
+
+// runtimeOptions applies the runc options of a Create (containerd.runc.v1.Options)
+// over the shim's defaults. Other option types (CRI's generic runtimeoptions)
+// carry nothing for us and are ignored.
+func runtimeOptions(base process.Runtime, opts typeurl.Any) (process.Runtime, error) {
+	r := base
+	if opts == nil || len(opts.GetValue()) == 0 {
+		return r, nil
+	}
+	var o runcoptions.Options
+	if !typeurl.Is(opts, &o) {
+		return r, nil
+	}
+	if err := typeurl.UnmarshalTo(opts, &o); err != nil {
+		return r, fmt.Errorf("decode runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if o.BinaryName != "" {
+		r.Binary = o.BinaryName
+	}
+	if o.Root != "" {
+		r.Root = o.Root
+	}
+	r.SystemdCgroup = r.SystemdCgroup || o.SystemdCgroup
+	r.NoPivotRoot = r.NoPivotRoot || o.NoPivotRoot
+	r.NoNewKeyring = r.NoNewKeyring || o.NoNewKeyring
+	if o.IoUid != 0 {
+		r.IoUID = int(o.IoUid)
+	}
+	if o.IoGid != 0 {
+		r.IoGID = int(o.IoGid)
+	}
+	if o.CriuWorkPath != "" {
+		r.CriuWorkPath = o.CriuWorkPath
+	}
+	if o.ShimCgroup != "" {
+		r.ShimCgroup = o.ShimCgroup
+	}
+	return r, nil
+}
+
+// Create creates a container (runc create) and publishes TaskCreate.
+func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	c, err := s.create(ctx, r)
+	if err != nil {
+		return nil, wire(err)
+	}
+	return &taskAPI.CreateTaskResponse{Pid: uint32(c.Pid())}, nil
+}
+
+func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*process.Container, error) {
+	if err := process.ValidateID(r.ID); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if _, ok := s.containers[r.ID]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("container %q: %w", r.ID, errdefs.ErrAlreadyExists)
+	}
+	if _, ok := s.creating[r.ID]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("container %q is being created: %w", r.ID, errdefs.ErrAlreadyExists)
+	}
+	s.creating[r.ID] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.creating, r.ID)
+		s.mu.Unlock()
+	}()
+
+	rt, err := runtimeOptions(s.cfg.Runtime, r.Options)
+	if err != nil {
+		return nil, err
+	}
+	rt = rt.WithDefaults(s.cfg.Namespace)
+	if st, err := os.Stat(r.Bundle); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("bundle %q is not a directory: %w", r.Bundle, errdefs.ErrInvalidArgument)
+	}
+	if err := process.SaveRuntime(r.Bundle, rt); err != nil {
+		return nil, fmt.Errorf("save runtime options: %w", err)
+	}
+	c, err := process.Create(ctx, process.Config{
+		ID:        r.ID,
+		Bundle:    r.Bundle,
+		Namespace: s.cfg.Namespace,
+		Rootfs:    fromAPIMounts(r.Rootfs),
+		Stdio: stdio.Config{
+			Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal,
+			UID: rt.IoUID, GID: rt.IoGID,
+		},
+		Runtime:    rt,
+		Checkpoint: r.Checkpoint,
+		Reaper:     s.cfg.Reaper,
+		Emit:       s.emit,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+	return c, nil
+}
+
+// Start starts the init or an exec process.
+func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	pid, err := c.Start(ctx, r.ExecID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
+}
+
+// Delete deletes an exec process, or the container and its resources.
+func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	st, err := c.State(r.ExecID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	exit, err := c.Delete(ctx, r.ExecID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	if r.ExecID == "" {
+		s.mu.Lock()
+		delete(s.containers, r.ID)
+		s.mu.Unlock()
+	}
+	return &taskAPI.DeleteResponse{
+		Pid:        uint32(st.Pid),
+		ExitStatus: uint32(exit.Status),
+		ExitedAt:   timestamppb.New(exit.ExitedAt),
+	}, nil
+}
+
+// Exec adds an exec process to a container; Start runs it.
+func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	if r.Spec == nil {
+		return nil, wire(fmt.Errorf("exec %q: no process spec: %w", r.ExecID, errdefs.ErrInvalidArgument))
+	}
+	var spec specs.Process
+	if err := json.Unmarshal(r.Spec.GetValue(), &spec); err != nil {
+		return nil, wire(fmt.Errorf("exec %q: decode process spec: %v: %w", r.ExecID, err, errdefs.ErrInvalidArgument))
+	}
+	err = c.AddExec(ctx, process.ExecConfig{
+		ID:    r.ExecID,
+		Spec:  &spec,
+		Stdio: stdio.Config{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+	})
+	if err != nil {
+		return nil, wire(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// State returns the state of the init or an exec process.
+func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	st, err := c.State(r.ExecID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	resp := &taskAPI.StateResponse{
+		ID:       r.ID,
+		Bundle:   c.Bundle(),
+		Pid:      uint32(st.Pid),
+		Status:   toAPIStatus(st.Status),
+		Stdin:    st.Stdio.Stdin,
+		Stdout:   st.Stdio.Stdout,
+		Stderr:   st.Stdio.Stderr,
+		Terminal: st.Terminal,
+		ExecID:   r.ExecID,
+	}
+	if st.Status >= process.Stopped {
+		resp.ExitStatus = uint32(st.Exit.Status)
+		resp.ExitedAt = timestamppb.New(st.Exit.ExitedAt)
+	}
+	return resp, nil
+}
+
+func toAPIStatus(s process.Status) tasktypes.Status {
+	switch s {
+	case process.Created:
+		return tasktypes.Status_CREATED
+	case process.Running:
+		return tasktypes.Status_RUNNING
+	case process.Paused:
+		return tasktypes.Status_PAUSED
+	case process.Stopped, process.Deleted:
+		return tasktypes.Status_STOPPED
+	}
+	return tasktypes.Status_UNKNOWN
+}
+
+// Kill signals the init (all: every process) or an exec process.
+func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	if err := c.Kill(ctx, r.ExecID, int(r.Signal), r.All); err != nil {
+		return nil, wire(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Wait blocks until the process has exited and its exit is published.
+func (s *Service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	exit, err := c.Wait(ctx, r.ExecID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	return &taskAPI.WaitResponse{ExitStatus: uint32(exit.Status), ExitedAt: timestamppb.New(exit.ExitedAt)}, nil
+}
+
+// Pids lists the processes of a container.
+func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	pids, err := c.Pids(ctx)
+	if err != nil {
+		return nil, wire(err)
+	}
+	resp := &taskAPI.PidsResponse{}
+	for _, p := range pids {
+		info := &tasktypes.ProcessInfo{Pid: uint32(p.Pid)}
+		if p.ExecID != "" {
+			d, err := typeurl.MarshalAnyToProto(&runcoptions.ProcessDetails{ExecID: p.ExecID})
+			if err != nil {
+				return nil, wire(err)
+			}
+			info.Info = d
+		}
+		resp.Processes = append(resp.Processes, info)
+	}
+	return resp, nil
+}
+
+// CloseIO closes the stdin of a process.
+func (s *Service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	if r.Stdin {
+		if err := c.CloseStdin(r.ExecID); err != nil {
+			return nil, wire(err)
+		}
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Connect returns the shim's and the init's pids.
+func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
+	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: s.cfg.Version}
+	if c, err := s.get(r.ID); err == nil {
+		resp.TaskPid = uint32(c.Pid())
+	}
+	return resp, nil
+}
+
+// Shutdown ends the shim once it serves no container (or at once with now).
+func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	if !r.Now && s.Count() > 0 {
+		return &emptypb.Empty{}, nil
+	}
+	if s.cfg.Shutdown != nil {
+		s.shutdown.Do(s.cfg.Shutdown)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func notImplemented(method string) error {
+	return wire(fmt.Errorf("%s: %w", method, errdefs.ErrNotImplemented))
+}
+
+// Pause is not implemented yet.
+func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("pause")
+}
+
+// Resume is not implemented yet.
+func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("resume")
+}
+
+// Checkpoint is not implemented yet.
+func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("checkpoint")
+}
+
+// ResizePty is not implemented yet.
+func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("resize pty")
+}
+
+// Update is not implemented yet.
+func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("update")
+}
+
+// Stats is not implemented yet.
+func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
+	return nil, notImplemented("stats")
+}
+
+var _ taskAPI.TTRPCTaskService = (*Service)(nil)
