@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
+)
+
+func mustMarshal(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestParseStart(t *testing.T) {
+	opts := &runcoptions.Options{BinaryName: "crun", Root: "/run/x"}
+	withExt := &bootapi.BootstrapParams{InstanceID: "c1", Namespace: "ns", ContainerdTtrpcAddress: "/run/c.ttrpc"}
+	if err := withExt.AddExtension(opts); err != nil {
+		t.Fatal(err)
+	}
+	legacyAny, err := typeurl.MarshalAnyToProto(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name       string
+		input      []byte
+		wantLegacy bool
+		wantBinary string
+		wantErr    bool
+	}{
+		{name: "new protocol", input: mustMarshal(t, &bootapi.BootstrapParams{InstanceID: "c1", Namespace: "ns"})},
+		{name: "new protocol with runc options", input: mustMarshal(t, withExt), wantBinary: "crun"},
+		{name: "other instance id is legacy", input: mustMarshal(t, &bootapi.BootstrapParams{InstanceID: "c2", Namespace: "ns"}), wantLegacy: true},
+		{name: "empty stdin is legacy", input: nil, wantLegacy: true},
+		{name: "legacy runc options", input: mustMarshal(t, legacyAny), wantLegacy: true, wantBinary: "crun"},
+		{name: "garbage", input: []byte{0xff, 0xff, 0xff}, wantLegacy: true, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := parseStart(tc.input, "c1", "ns")
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err %v, want error %v", err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if req.legacy != tc.wantLegacy {
+				t.Fatalf("legacy %v, want %v", req.legacy, tc.wantLegacy)
+			}
+			got := ""
+			if req.options != nil {
+				got = req.options.BinaryName
+			}
+			if got != tc.wantBinary {
+				t.Fatalf("binary %q, want %q", got, tc.wantBinary)
+			}
+		})
+	}
+}
+
+func TestAnswerStart(t *testing.T) {
+	const addr = "unix:///run/containerd/s/abc"
+	out, err := answerStart(startRequest{params: &bootapi.BootstrapParams{}}, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res bootapi.BootstrapResult
+	if err := proto.Unmarshal(out, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Version != 3 || res.Address != addr || res.Protocol != "ttrpc" {
+		t.Fatalf("result %+v", &res)
+	}
+	out, err = answerStart(startRequest{legacy: true}, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var legacy struct {
+		Version  int    `json:"version"`
+		Address  string `json:"address"`
+		Protocol string `json:"protocol"`
+	}
+	if err := json.Unmarshal(out, &legacy); err != nil {
+		t.Fatalf("legacy answer %q: %v", out, err)
+	}
+	if legacy.Version != 2 || legacy.Address != addr {
+		t.Fatalf("legacy answer %+v", legacy)
+	}
+}
+
+func TestSocketPathFitsUnixLimit(t *testing.T) {
+	p := socketPath(defaultSocketDir, "/run/containerd/containerd.sock", "k8s.io", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+	if len(p) > 106 {
+		t.Fatalf("socket path %q is %d bytes", p, len(p))
+	}
+	if p == socketPath(defaultSocketDir, "/run/containerd/containerd.sock", "other", "x") {
+		t.Fatal("socket paths collide")
+	}
+}
+
+func runDelete(t *testing.T, bundle string, extra ...string) (*taskAPI.DeleteResponse, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	args := append([]string{"-namespace", "ns", "-id", "c1", "-bundle", bundle}, extra...)
+	args = append(args, "delete")
+	start := time.Now()
+	if code := run(args, bytes.NewReader(nil), &stdout, &stderr); code != 0 {
+		t.Fatalf("delete exited %d: %s", code, stderr.String())
+	}
+	if d := time.Since(start); d > deleteTimeout {
+		t.Fatalf("delete took %s", d)
+	}
+	var resp taskAPI.DeleteResponse
+	if err := proto.Unmarshal(stdout.Bytes(), &resp); err != nil {
+		t.Fatalf("answer %q: %v", stdout.Bytes(), err)
+	}
+	return &resp, stderr.String()
+}
+
+func TestDeleteEmptyBundle(t *testing.T) {
+	bundle := t.TempDir()
+	// Point at a runtime root with no state: nothing to delete.
+	if err := os.WriteFile(filepath.Join(bundle, "runtime.json"), []byte(`{"root":"`+t.TempDir()+`"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ := runDelete(t, bundle)
+	if resp.ExitStatus != 137 {
+		t.Fatalf("exit status %d, want 137 when none was saved", resp.ExitStatus)
+	}
+}
+
+func TestDeleteReportsSavedExit(t *testing.T) {
+	bundle := t.TempDir()
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for name, body := range map[string]string{
+		"runtime.json": `{"root":"` + t.TempDir() + `"}`,
+		"exit.json":    `{"pid":42,"exit_status":3,"exited_at":"` + at.Format(time.RFC3339Nano) + `"}`,
+	} {
+		if err := os.WriteFile(filepath.Join(bundle, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, _ := runDelete(t, bundle)
+	if resp.ExitStatus != 3 || resp.Pid != 42 || !resp.ExitedAt.AsTime().Equal(at) {
+		t.Fatalf("answer %+v", resp)
+	}
+}
+
+// A half-removed bundle: runc state still there but the runtime binary is
+// gone. delete still answers, and says why on stderr.
+func TestDeleteHalfRemovedBundle(t *testing.T) {
+	bundle := t.TempDir()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "c1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "runtime.json"), []byte(`{"root":"`+root+`","binary":"/nonexistent/runc"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "exit.json"), []byte(`{not json`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resp, stderr := runDelete(t, bundle)
+	if resp.ExitStatus != 137 {
+		t.Fatalf("exit status %d, want 137", resp.ExitStatus)
+	}
+	if stderr == "" {
+		t.Fatal("no warning about the missing runtime")
+	}
+}
+
+func TestDeleteRejectsBadID(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-namespace", "ns", "-id", "../etc", "-bundle", t.TempDir(), "delete"}, bytes.NewReader(nil), &stdout, &stderr)
+	if code == 0 || stdout.Len() != 0 {
+		t.Fatalf("delete of a bad id: code %d, stdout %q", code, stdout.String())
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-v"}, bytes.NewReader(nil), &stdout, &stderr); code != 0 {
+		t.Fatalf("-v exited %d", code)
+	}
+	if !bytes.Contains(stdout.Bytes(), []byte("Version:")) {
+		t.Fatalf("-v printed %q", stdout.String())
+	}
+}

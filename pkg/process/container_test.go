@@ -1,0 +1,378 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+var testReaper = NewReaper()
+
+func TestMain(m *testing.M) {
+	// The fake runtime's "container" processes are orphaned to us, as
+	// containers are to the shim.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go testReaper.Run(ctx)
+	runc.Monitor = testReaper
+	code := m.Run()
+	cancel()
+	os.Exit(code)
+}
+
+// recorder collects the events a container emits.
+type recorder struct {
+	mu     sync.Mutex
+	events []Event
+	ch     chan Event
+}
+
+func newRecorder() *recorder { return &recorder{ch: make(chan Event, 64)} }
+
+func (r *recorder) emit(e Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+	r.ch <- e
+}
+
+// next waits (bounded) for the next event.
+func (r *recorder) next(t *testing.T) Event {
+	t.Helper()
+	select {
+	case e := <-r.ch:
+		return e
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+	}
+	return Event{}
+}
+
+func (r *recorder) kinds() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, e := range r.events {
+		s := e.Kind.String()
+		if e.ExecID != "" {
+			s += ":" + e.ExecID
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+type fakeEnv struct {
+	bundle string
+	argv   string
+	rt     Runtime
+}
+
+// newFake prepares a bundle and a runtime that is the fake script.
+func newFake(t *testing.T) fakeEnv {
+	t.Helper()
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	script, err := filepath.Abs("testdata/fake-runtime.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := filepath.Join(dir, "argv")
+	t.Setenv("FAKE_RUNTIME_LOG", argv)
+	t.Setenv("FAKE_RUNTIME_FAIL", "")
+	t.Setenv("FAKE_RUNTIME_EXIT_ON_START", "")
+	return fakeEnv{bundle: bundle, argv: argv, rt: Runtime{Binary: script, Root: filepath.Join(dir, "root")}}
+}
+
+func (f fakeEnv) calls(t *testing.T) []string {
+	t.Helper()
+	data, err := os.ReadFile(f.argv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(data)), "\n")
+}
+
+func (f fakeEnv) create(t *testing.T, rec *recorder) *Container {
+	t.Helper()
+	c, err := Create(context.Background(), Config{
+		ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+		Reaper: testReaper, Emit: rec.emit,
+	})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	return c
+}
+
+func TestLifecycle(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	if e := rec.next(t); e.Kind != EventCreate || e.Pid != c.Pid() || e.Pid <= 0 {
+		t.Fatalf("first event %+v, want create with pid %d", e, c.Pid())
+	}
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if st, _ := c.State(""); st.Status != Running {
+		t.Fatalf("state after start: %s", st.Status)
+	}
+	if err := c.Kill(ctx, "", int(unix.SIGKILL), false); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	exit, err := c.Wait(wctx, "")
+	if err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	if exit.Status != 137 {
+		t.Fatalf("exit status %d, want 137", exit.Status)
+	}
+	saved, err := ReadExit(f.bundle)
+	if err != nil || saved.Status != 137 {
+		t.Fatalf("saved exit %+v, %v", saved, err)
+	}
+	if _, err := c.Delete(ctx, ""); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if got, want := strings.Join(rec.kinds(), ","), "create,start,exit,delete"; got != want {
+		t.Fatalf("events %s, want %s", got, want)
+	}
+	calls := f.calls(t)
+	wantPrefixes := []string{"--root", "--root", "--root", "--root"}
+	if len(calls) != len(wantPrefixes) {
+		t.Fatalf("runtime calls %q", calls)
+	}
+	for i, want := range []string{"create --bundle " + f.bundle + " --pid-file", "start c1", "kill c1 9", "delete --force c1"} {
+		if !strings.Contains(calls[i], want) {
+			t.Errorf("call %d: %q does not contain %q", i, calls[i], want)
+		}
+		if !strings.Contains(calls[i], "--log "+filepath.Join(f.bundle, "log.json")+" --log-format json") {
+			t.Errorf("call %d: %q does not log to the bundle's log.json", i, calls[i])
+		}
+	}
+	if _, err := os.Stat(f.rt.StateDir("c1")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("runtime state left: %v", err)
+	}
+}
+
+func TestIllegalTransitions(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Start(ctx, ""); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("second start: %v, want failed precondition", err)
+	}
+	if _, err := c.Delete(ctx, ""); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("delete of running: %v, want failed precondition", err)
+	}
+	if err := c.Kill(ctx, "", 9, false); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Wait(wctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kill(ctx, "", 9, false); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("kill of stopped: %v, want not found", err)
+	}
+	if _, err := c.Start(ctx, ""); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("start of stopped: %v, want failed precondition", err)
+	}
+	if err := c.AddExec(ctx, ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"true"}}}); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("exec into stopped: %v, want failed precondition", err)
+	}
+	if _, err := c.Delete(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Delete(ctx, ""); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("second delete: %v, want failed precondition", err)
+	}
+}
+
+func TestTransitionTable(t *testing.T) {
+	for _, s := range []Status{Created, Running, Paused, Stopped, Deleted} {
+		for _, o := range []op{opStart, opKill, opDelete, opPause, opResume, opExec, opCloseIO} {
+			err := check(s, o)
+			if allowed[s][o] {
+				if err != nil {
+					t.Errorf("%s of %s: %v", o, s, err)
+				}
+				continue
+			}
+			if !errors.Is(err, errdefs.ErrFailedPrecondition) && !errors.Is(err, errdefs.ErrNotFound) {
+				t.Errorf("%s of %s: %v, want a classified error", o, s, err)
+			}
+			if !strings.Contains(err.Error(), s.String()) {
+				t.Errorf("%s of %s: error %q does not name the state", o, s, err)
+			}
+		}
+	}
+}
+
+func TestCreateFailureKeepsRuntimeError(t *testing.T) {
+	f := newFake(t)
+	t.Setenv("FAKE_RUNTIME_FAIL", "create")
+	rec := newRecorder()
+	_, err := Create(context.Background(), Config{
+		ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+		Reaper: testReaper, Emit: rec.emit,
+	})
+	if err == nil {
+		t.Fatal("create succeeded")
+	}
+	if !strings.Contains(err.Error(), "fake create failed on purpose") {
+		t.Fatalf("error %q lacks the runtime's log text", err)
+	}
+	if !strings.Contains(err.Error(), "exit status 1") {
+		t.Fatalf("error %q lacks the runtime's exit status", err)
+	}
+	if k := rec.kinds(); len(k) != 0 {
+		t.Fatalf("events after a failed create: %v", k)
+	}
+}
+
+func TestCreateRejectsBadInput(t *testing.T) {
+	f := newFake(t)
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want error
+	}{
+		{"empty id", Config{ID: "", Bundle: f.bundle}, errdefs.ErrInvalidArgument},
+		{"id with slash", Config{ID: "a/b", Bundle: f.bundle}, errdefs.ErrInvalidArgument},
+		{"id with dots", Config{ID: "..", Bundle: f.bundle}, errdefs.ErrInvalidArgument},
+		{"relative bundle", Config{ID: "c", Bundle: "bundle"}, errdefs.ErrInvalidArgument},
+		{"bundle without config", Config{ID: "c", Bundle: t.TempDir()}, errdefs.ErrInvalidArgument},
+		{"missing runtime", Config{ID: "c", Bundle: f.bundle, Runtime: Runtime{Binary: "/nonexistent/runc"}}, errdefs.ErrFailedPrecondition},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.Reaper, tc.cfg.Emit = testReaper, func(Event) {}
+			if _, err := Create(context.Background(), tc.cfg); !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// An exit that happens while Start is in flight is published after the
+// start event, never before it.
+func TestExitDuringStartComesAfterStart(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	t.Setenv("FAKE_RUNTIME_EXIT_ON_START", "1")
+	if _, err := c.Start(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Wait(wctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(rec.kinds(), ","), "create,start,exit"; got != want {
+		t.Fatalf("events %s, want %s", got, want)
+	}
+}
+
+// The init's exit is published after the exit of every exec process, and an
+// exec cannot start once the init has exited.
+func TestInitExitAfterExecExits(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"e1", "e2"} {
+		if err := c.AddExec(ctx, ExecConfig{ID: id, Spec: &specs.Process{Args: []string{"sleep", "1000"}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Start(ctx, id); err != nil {
+			t.Fatalf("start %s: %v", id, err)
+		}
+	}
+	if err := c.AddExec(ctx, ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"true"}}}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("duplicate exec: %v, want already exists", err)
+	}
+	if err := c.Kill(ctx, "nope", 9, false); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("kill of unknown exec: %v, want not found", err)
+	}
+	if err := c.AddExec(ctx, ExecConfig{ID: "late", Spec: &specs.Process{Args: []string{"true"}}}); err != nil {
+		t.Fatal(err)
+	}
+	// The init dies; the shim kills the execs, whose exits go out first.
+	if err := c.Kill(ctx, "", 9, false); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Wait(wctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	kinds := rec.kinds()
+	if last := kinds[len(kinds)-1]; last != "exit" {
+		t.Fatalf("events %v: the init's exit is not last", kinds)
+	}
+	for _, id := range []string{"e1", "e2"} {
+		found := false
+		for _, k := range kinds {
+			found = found || k == "exit:"+id
+		}
+		if !found {
+			t.Fatalf("events %v: no exit of %s", kinds, id)
+		}
+	}
+	if _, err := c.Start(ctx, "late"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("exec start after init exit: %v, want failed precondition", err)
+	}
+}
+
+func TestReaperMarkRejectsStaleExit(t *testing.T) {
+	r := NewReaper()
+	r.deliver(Exit{Pid: 4242, Status: 1})
+	m := r.Mark()
+	ch := r.Claim(4242, m)
+	select {
+	case e := <-ch:
+		t.Fatalf("stale exit delivered: %+v", e)
+	default:
+	}
+	r.deliver(Exit{Pid: 4242, Status: 2})
+	if e := <-ch; e.Status != 2 {
+		t.Fatalf("got %+v, want status 2", e)
+	}
+	// An exit reaped after the mark but before the claim is kept.
+	m = r.Mark()
+	r.deliver(Exit{Pid: 4243, Status: 3})
+	if e := <-r.Claim(4243, m); e.Status != 3 {
+		t.Fatalf("got %+v, want status 3", e)
+	}
+}

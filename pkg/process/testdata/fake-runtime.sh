@@ -1,0 +1,53 @@
+#!/bin/sh
+# A stand-in OCI runtime for unit tests: records its argv in $FAKE_RUNTIME_LOG,
+# runs `sleep` as the container's process, and fails the command named in
+# $FAKE_RUNTIME_FAIL with a runc-style log.json error.
+echo "$*" >> "$FAKE_RUNTIME_LOG"
+root=/tmp/fake-runtime
+logfile=
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--root) root=$2; shift 2 ;;
+	--log) logfile=$2; shift 2 ;;
+	--log-format) shift 2 ;;
+	--*) shift ;;
+	*) break ;;
+	esac
+done
+cmd=$1; shift
+if [ "$cmd" = "$FAKE_RUNTIME_FAIL" ]; then
+	[ -n "$logfile" ] && printf '{"level":"error","msg":"fake %s failed on purpose","time":"now"}\n' "$cmd" >> "$logfile"
+	exit 1
+fi
+pidfile=
+prev=
+for a in "$@"; do
+	[ "$prev" = "--pid-file" ] && pidfile=$a
+	prev2=$prev; prev=$a
+done
+# The container id is the last argument; kill takes "id signal".
+id=$prev
+if [ "$cmd" = kill ]; then id=$prev2; sig=$prev; fi
+case "$cmd" in
+create)
+	mkdir -p "$root/$id"
+	sleep 1000 </dev/null >/dev/null 2>&1 &
+	echo $! > "$pidfile"; echo $! > "$root/$id/pid" ;;
+start)
+	[ -d "$root/$id" ] || exit 1
+	if [ -n "$FAKE_RUNTIME_EXIT_ON_START" ]; then kill -9 "$(cat "$root/$id/pid")"; sleep 0.2; fi ;;
+exec)
+	[ -d "$root/$id" ] || exit 1
+	sleep 1000 </dev/null >/dev/null 2>&1 &
+	echo $! > "$pidfile"; echo $! >> "$root/$id/execs" ;;
+kill)
+	[ -f "$root/$id/pid" ] || exit 1
+	kill -"$sig" "$(cat "$root/$id/pid")" 2>/dev/null || exit 1 ;;
+delete)
+	if [ -f "$root/$id/pid" ]; then kill -9 "$(cat "$root/$id/pid")" 2>/dev/null; fi
+	rm -rf "$root/$id" ;;
+ps)
+	printf '[%s]\n' "$(cat "$root/$id/pid" 2>/dev/null)" ;;
+*)
+	exit 0 ;;
+esac
