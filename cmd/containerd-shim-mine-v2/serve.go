@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mineshim/mine/pkg/process"
+	"github.com/mineshim/mine/pkg/stdio"
 	"github.com/mineshim/mine/pkg/task"
 )
 
@@ -83,12 +84,15 @@ func serve(f flags) error {
 	if err != nil {
 		return fail(err)
 	}
+	consoles := stdio.NewConsoles()
+	defer consoles.Close()
 	pub := task.NewPublisher(os.Getenv("TTRPC_ADDRESS"))
 	done := make(chan struct{})
 	svc := task.New(task.Config{
 		Namespace: f.namespace,
 		Version:   version(),
 		Reaper:    reaper,
+		Consoles:  consoles,
 		Events:    pub,
 		Runtime:   rt,
 		Shutdown:  func() { close(done) },

@@ -79,6 +79,8 @@ type Config struct {
 	Checkpoint string
 
 	Reaper *Reaper
+	// Consoles serves terminal masters (for Stdio.Terminal and TTY execs).
+	Consoles *stdio.Consoles
 	// Emit receives every lifecycle event of the container, in order. It
 	// is called with the container's lock held and must not block or call
 	// back into the container.
@@ -188,28 +190,34 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		}
 	}()
 
-	pio, err := stdio.Open(ctx, cfg.Stdio)
+	pio, err := stdio.Open(ctx, cfg.Stdio, c.stdioOptions())
 	if err != nil {
 		return nil, err
 	}
 	logm := markLog(c.rt.Log)
 	mark := cfg.Reaper.Mark()
 	err = c.rt.Create(ctx, c.id, cfg.Bundle, &runc.CreateOpts{
-		PidFile:      filepath.Join(cfg.Bundle, initPidFile),
-		IO:           pio.Runc(),
-		NoPivot:      cfg.Runtime.NoPivotRoot,
-		NoNewKeyring: cfg.Runtime.NoNewKeyring,
+		PidFile:       filepath.Join(cfg.Bundle, initPidFile),
+		IO:            pio.Runc(),
+		ConsoleSocket: pio.ConsoleSocket(),
+		NoPivot:       cfg.Runtime.NoPivotRoot,
+		NoNewKeyring:  cfg.Runtime.NoNewKeyring,
 	})
-	if err != nil {
-		pio.Close()
-		_ = c.rt.Delete(context.WithoutCancel(ctx), c.id, &runc.DeleteOpts{Force: true})
-		return nil, logm.wrap("runc create", err)
+	if err == nil {
+		err = pio.Started(ctx)
+	} else {
+		err = logm.wrap("runc create", err)
 	}
-	pid, err := ReadInitPid(cfg.Bundle)
+	var pid int
+	if err == nil {
+		if pid, err = ReadInitPid(cfg.Bundle); err != nil {
+			err = fmt.Errorf("read init pid: %w", err)
+		}
+	}
 	if err != nil {
 		pio.Close()
 		_ = c.rt.Delete(context.WithoutCancel(ctx), c.id, &runc.DeleteOpts{Force: true})
-		return nil, fmt.Errorf("read init pid: %w", err)
+		return nil, err
 	}
 	exits := cfg.Reaper.Claim(pid, mark)
 
@@ -222,6 +230,10 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	c.mu.Unlock()
 	go c.waitExit(c.init, exits)
 	return c, nil
+}
+
+func (c *Container) stdioOptions() stdio.Options {
+	return stdio.Options{Consoles: c.cfg.Consoles, ContainerID: c.id, Namespace: c.cfg.Namespace}
 }
 
 // ID returns the container's ID.
@@ -434,17 +446,23 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 		c.releaseInitExitLocked()
 		return 0, err
 	}
-	pio, err := stdio.Open(ctx, p.stdio)
+	pio, err := stdio.Open(ctx, p.stdio, c.stdioOptions())
 	if err != nil {
 		return fail(err)
 	}
 	pidFile := filepath.Join(c.cfg.Bundle, p.execID+".pid")
 	logm := markLog(c.rt.Log)
 	mark := c.cfg.Reaper.Mark()
-	err = c.rt.Exec(ctx, c.id, *p.spec, &runc.ExecOpts{PidFile: pidFile, IO: pio.Runc(), Detach: true})
+	err = c.rt.Exec(ctx, c.id, *p.spec, &runc.ExecOpts{
+		PidFile: pidFile, IO: pio.Runc(), ConsoleSocket: pio.ConsoleSocket(), Detach: true,
+	})
 	if err != nil {
 		pio.Close()
 		return fail(logm.wrap("runc exec", err))
+	}
+	if err := pio.Started(ctx); err != nil {
+		pio.Close()
+		return fail(err)
 	}
 	pid, err := readPidFile(pidFile)
 	if err != nil {
@@ -549,6 +567,29 @@ func (c *Container) CloseStdin(execID string) error {
 		return nil
 	}
 	return pio.CloseStdin()
+}
+
+// Resize sets the terminal size of a process.
+func (c *Container) Resize(execID string, width, height uint32) error {
+	c.mu.Lock()
+	p, err := c.lookup(execID)
+	var pio *stdio.IO
+	if err == nil {
+		pio = p.io
+	}
+	stopped := err == nil && p.status >= Stopped
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if stopped {
+		// Clients resize once more as they detach; the terminal is gone.
+		return nil
+	}
+	if pio == nil {
+		return fmt.Errorf("process has not started: %w", errdefs.ErrFailedPrecondition)
+	}
+	return pio.Resize(width, height)
 }
 
 // PidInfo is one process of the container; ExecID is set for exec processes.

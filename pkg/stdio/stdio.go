@@ -11,13 +11,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/console"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
 )
 
 // Config names where a process's standard streams go, as containerd gives
-// them: a FIFO path, a binary:// or file:// URI, or "" for none.
+// them: a FIFO path (or fifo:// URI), a binary:// logger, a file:// path, or
+// "" for none.
 type Config struct {
 	Stdin    string
 	Stdout   string
@@ -32,125 +34,199 @@ func (c Config) Null() bool {
 	return c.Stdin == "" && c.Stdout == "" && c.Stderr == ""
 }
 
+// kind of an output target.
+type kind int
+
+const (
+	kindNone kind = iota
+	kindFIFO
+	kindFile
+	kindBinary
+)
+
+func parseTarget(target string) (kind, *url.URL, error) {
+	if target == "" {
+		return kindNone, nil, nil
+	}
+	u, err := url.Parse(target)
+	if err != nil {
+		return kindNone, nil, fmt.Errorf("stdio target %q: %v: %w", target, err, errdefs.ErrInvalidArgument)
+	}
+	switch u.Scheme {
+	case "", "fifo":
+		return kindFIFO, u, nil
+	case "file":
+		return kindFile, u, nil
+	case "binary":
+		return kindBinary, u, nil
+	}
+	return kindNone, nil, fmt.Errorf("stdio scheme %q of %q: %w", u.Scheme, target, errdefs.ErrNotImplemented)
+}
+
 // Validate checks the targets before anything is opened.
 func (c Config) Validate() error {
-	for _, p := range []string{c.Stdin, c.Stdout, c.Stderr} {
-		if p == "" {
-			continue
-		}
-		u, err := url.Parse(p)
+	for _, t := range []string{c.Stdin, c.Stdout, c.Stderr} {
+		k, u, err := parseTarget(t)
 		if err != nil {
-			return fmt.Errorf("stdio target %q: %v: %w", p, err, errdefs.ErrInvalidArgument)
+			return err
 		}
-		switch u.Scheme {
-		case "", "fifo":
-		default:
-			return fmt.Errorf("stdio scheme %q of %q: %w", u.Scheme, p, errdefs.ErrNotImplemented)
+		if (k == kindFile || k == kindBinary) && u.Path == "" {
+			return fmt.Errorf("stdio target %q has no path: %w", t, errdefs.ErrInvalidArgument)
 		}
+	}
+	if k, _, _ := parseTarget(c.Stdin); k == kindFile || k == kindBinary {
+		return fmt.Errorf("stdin %q: only a FIFO can be stdin: %w", c.Stdin, errdefs.ErrInvalidArgument)
+	}
+	ko, _, _ := parseTarget(c.Stdout)
+	ke, _, _ := parseTarget(c.Stderr)
+	if (ko == kindBinary || ke == kindBinary) && c.Stderr != "" && c.Stdout != "" && c.Stdout != c.Stderr {
+		return fmt.Errorf("a binary logger must take both stdout and stderr: %w", errdefs.ErrInvalidArgument)
+	}
+	if c.Terminal && (ko == kindBinary || ko == kindFile) {
+		return fmt.Errorf("terminal output to %q: %w", c.Stdout, errdefs.ErrNotImplemented)
 	}
 	return nil
 }
 
-// openTimeout bounds how long opening a FIFO whose peer never shows up may
-// take. containerd opens its side of the FIFOs before it calls Create.
-const openTimeout = 10 * time.Second
-
-// IO is the shim's side of one process's stdio: the pipes handed to runc and
-// the copy loops between them and the targets. The copy goroutines are owned
-// by IO and end when the process side closes, or when Drain's bound expires.
-type IO struct {
-	cfg  Config
-	pipe runc.IO
-
-	stdinOnce sync.Once
-	stdin     io.Closer // FIFO read side of stdin; nil without stdin
-
-	mu      sync.Mutex
-	closers []io.Closer // guarded by mu: everything IO opened, closed by Close
-
-	outputs sync.WaitGroup // stdout and stderr copy loops
+// Options are the shim-wide facilities stdio needs.
+type Options struct {
+	// Consoles serves terminal masters; required for Config.Terminal.
+	Consoles *Consoles
+	// ContainerID and Namespace are given to binary:// loggers.
+	ContainerID string
+	Namespace   string
 }
 
-// Open creates the process pipes and starts copying between them and cfg's
-// targets. ctx bounds only the opening of the targets.
-func Open(ctx context.Context, cfg Config) (_ *IO, retErr error) {
+// openTimeout bounds how long opening a FIFO whose peer never shows up, or
+// receiving a terminal master from the runtime, may take.
+const openTimeout = 10 * time.Second
+
+// IO is the shim's side of one process's stdio: the pipes (or the terminal)
+// handed to the runtime and the copy loops between them and the targets.
+// The copy goroutines are owned by IO and end when the process side closes,
+// when Drain's bound expires, or on Close.
+type IO struct {
+	cfg  Config
+	opts Options
+	pipe runc.IO // pipe mode; nil in terminal mode
+
+	// terminal mode
+	sock *runc.Socket    // until the master is received
+	con  console.Console // the master, once received
+	ec   *console.EpollConsole
+
+	stdinOnce sync.Once
+	stdinSrc  io.ReadCloser  // FIFO read side of stdin; nil without stdin
+	stdinDst  io.WriteCloser // the process's stdin (pipe or terminal); nil without stdin
+
+	mu      sync.Mutex
+	closers []io.Closer // guarded by mu: targets IO opened, closed by Close
+
+	outputs sync.WaitGroup // output copy loops
+	logger  *logger        // binary:// logger process, if any
+}
+
+// Open prepares the stdio of one process. In pipe mode the copy loops start
+// at once; in terminal mode they start in Started, once the runtime has sent
+// the terminal master. ctx bounds only the opening of the targets.
+func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Terminal {
-		return nil, fmt.Errorf("terminal stdio: %w", errdefs.ErrNotImplemented)
-	}
-	p, err := runc.NewPipeIO(cfg.UID, cfg.GID, func(o *runc.IOOption) {
-		o.OpenStdin = cfg.Stdin != ""
-		o.OpenStdout = cfg.Stdout != ""
-		o.OpenStderr = cfg.Stderr != ""
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create stdio pipes: %w", err)
-	}
-	i := &IO{cfg: cfg, pipe: p}
+	i := &IO{cfg: cfg, opts: opts}
 	defer func() {
 		if retErr != nil {
 			i.Close()
 		}
 	}()
-	octx, cancel := context.WithTimeout(ctx, openTimeout)
-	defer cancel()
-
 	if cfg.Stdin != "" {
 		// Opened non-blocking: the writer (containerd, or an attaching
-		// client) may come later. fifo makes reads wait for it.
+		// client) may come later; fifo makes reads wait for it.
 		in, err := fifo.OpenFifo(context.WithoutCancel(ctx), fifoPath(cfg.Stdin), syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
 			return nil, fmt.Errorf("open stdin %s: %w", cfg.Stdin, err)
 		}
-		i.track(in)
-		i.stdin = in
-		w := p.Stdin()
-		go func() {
-			buf := getBuf()
-			defer putBuf(buf)
-			_, _ = io.CopyBuffer(w, in, *buf)
-			i.CloseStdin()
-		}()
+		i.stdinSrc = in
+	}
+	if cfg.Terminal {
+		if opts.Consoles == nil {
+			return nil, fmt.Errorf("terminal without a console service: %w", errdefs.ErrFailedPrecondition)
+		}
+		sock, err := runc.NewTempConsoleSocket()
+		if err != nil {
+			return nil, fmt.Errorf("create console socket: %w", err)
+		}
+		i.sock = sock
+		return i, nil
 	}
 
-	var (
-		sameTarget = cfg.Stdout != "" && cfg.Stdout == cfg.Stderr
-		stdoutW    io.WriteCloser
-	)
-	for _, s := range []struct {
-		target string
-		src    io.ReadCloser
-	}{
-		{cfg.Stdout, p.Stdout()},
-		{cfg.Stderr, p.Stderr()},
-	} {
-		if s.target == "" {
-			continue
-		}
-		var w io.WriteCloser
-		if sameTarget && stdoutW != nil {
-			w = stdoutW
-		} else {
-			w, err = openOutput(octx, s.target)
-			if err != nil {
-				return nil, err
-			}
-			i.track(w)
-			stdoutW = w
-		}
-		i.startCopy(w, s.src, !sameTarget)
+	ko, _, _ := parseTarget(cfg.Stdout)
+	ke, _, _ := parseTarget(cfg.Stderr)
+	p, err := runc.NewPipeIO(cfg.UID, cfg.GID, func(o *runc.IOOption) {
+		o.OpenStdin = cfg.Stdin != ""
+		o.OpenStdout = ko != kindNone
+		o.OpenStderr = ke != kindNone
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create stdio pipes: %w", err)
 	}
-	if sameTarget {
-		// One writer, two loops: close it when both have ended.
-		w := stdoutW
-		go func() {
-			i.outputs.Wait()
-			w.Close()
-		}()
+	i.pipe = p
+	if i.stdinSrc != nil {
+		i.stdinDst = p.Stdin()
+		i.startStdin()
+	}
+	if ko == kindBinary || ke == kindBinary {
+		target := cfg.Stdout
+		if ko != kindBinary {
+			target = cfg.Stderr
+		}
+		l, err := startLogger(ctx, target, p.Stdout(), p.Stderr(), opts)
+		if err != nil {
+			return nil, err
+		}
+		i.logger = l
+		return i, nil
+	}
+	octx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
+	if err := i.startOutputs(octx, p.Stdout(), p.Stderr()); err != nil {
+		return nil, err
 	}
 	return i, nil
+}
+
+// startOutputs opens the stdout and stderr targets and copies src into them.
+// When both name the same target, one writer serves both loops.
+func (i *IO) startOutputs(ctx context.Context, stdout, stderr io.Reader) error {
+	same := i.cfg.Stdout != "" && i.cfg.Stdout == i.cfg.Stderr
+	var shared io.WriteCloser
+	for _, s := range []struct {
+		target string
+		src    io.Reader
+	}{{i.cfg.Stdout, stdout}, {i.cfg.Stderr, stderr}} {
+		if s.target == "" || s.src == nil {
+			continue
+		}
+		w := shared
+		if w == nil {
+			var err error
+			if w, err = openOutput(ctx, s.target); err != nil {
+				return err
+			}
+			i.track(w)
+			if same {
+				shared = w
+			}
+		}
+		i.startCopy(w, s.src, !same)
+	}
+	if shared != nil {
+		go func() {
+			i.outputs.Wait()
+			shared.Close()
+		}()
+	}
+	return nil
 }
 
 func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) {
@@ -166,7 +242,35 @@ func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) {
 	}()
 }
 
+func (i *IO) startStdin() {
+	src, dst := i.stdinSrc, i.stdinDst
+	go func() {
+		buf := getBuf()
+		defer putBuf(buf)
+		_, _ = io.CopyBuffer(dst, src, *buf)
+		if !i.cfg.Terminal {
+			// EOF on the FIFO is EOF for the process. A terminal stays
+			// open: closing it would hang up the process.
+			i.CloseStdin()
+		}
+	}()
+}
+
 func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
+	k, u, err := parseTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	if k == kindFile {
+		if err := os.MkdirAll(dirOf(u.Path), 0o755); err != nil {
+			return nil, fmt.Errorf("log file %s: %w", u.Path, err)
+		}
+		f, err := os.OpenFile(u.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("log file %s: %w", u.Path, err)
+		}
+		return f, nil
+	}
 	path := fifoPath(target)
 	// The write side waits until the reader exists (bounded by ctx).
 	w, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY, 0)
@@ -181,6 +285,15 @@ func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
 		return nil, fmt.Errorf("open stdio fifo %s: %w", path, err)
 	}
 	return &keepaliveWriter{WriteCloser: w, keep: r}, nil
+}
+
+func dirOf(path string) string {
+	for i := len(path) - 1; i > 0; i-- {
+		if path[i] == '/' {
+			return path[:i]
+		}
+	}
+	return "/"
 }
 
 type keepaliveWriter struct {
@@ -210,19 +323,99 @@ func (i *IO) track(c io.Closer) {
 	i.mu.Unlock()
 }
 
-// Runc returns the pipes to hand to runc create or runc exec.
-func (i *IO) Runc() runc.IO { return i.pipe }
+// Runc returns the pipes to hand to runc create or exec; nil in terminal mode.
+func (i *IO) Runc() runc.IO {
+	if i.pipe == nil {
+		return nil
+	}
+	return i.pipe
+}
 
-// CloseStdin closes the process's stdin so that it reads EOF. It is safe to
-// call more than once and without stdin.
+// ConsoleSocket returns the socket runc sends the terminal master to; nil in
+// pipe mode.
+func (i *IO) ConsoleSocket() runc.ConsoleSocket {
+	if i.sock == nil {
+		return nil
+	}
+	return i.sock
+}
+
+// Started is called once the runtime call that created the process has
+// succeeded. In terminal mode it receives the master (bounded) and starts
+// copying; in pipe mode it does nothing.
+func (i *IO) Started(ctx context.Context) error {
+	if i.sock == nil {
+		return nil
+	}
+	sock := i.sock
+	type result struct {
+		con console.Console
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := sock.ReceiveMaster()
+		got <- result{c, err}
+	}()
+	var r result
+	select {
+	case r = <-got:
+	case <-time.After(openTimeout):
+		sock.Close() // ends ReceiveMaster
+		r = <-got
+		if r.err == nil {
+			r.con.Close()
+		}
+		return fmt.Errorf("no terminal master from the runtime within %s: %w", openTimeout, errdefs.ErrUnavailable)
+	}
+	sock.Close()
+	i.sock = nil
+	if r.err != nil {
+		return fmt.Errorf("receive terminal master: %w", r.err)
+	}
+	ec, err := i.opts.Consoles.add(r.con)
+	if err != nil {
+		r.con.Close()
+		return err
+	}
+	i.con, i.ec = r.con, ec
+	if i.stdinSrc != nil {
+		i.stdinDst = nopWriteCloser{ec}
+		i.startStdin()
+	}
+	octx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
+	return i.startOutputs(octx, ec, nil)
+}
+
+type nopWriteCloser struct{ io.Writer }
+
+func (nopWriteCloser) Close() error { return nil }
+
+// Resize sets the terminal size; it fails without a terminal.
+func (i *IO) Resize(width, height uint32) error {
+	if i.con == nil {
+		return fmt.Errorf("process has no terminal: %w", errdefs.ErrFailedPrecondition)
+	}
+	return i.con.Resize(console.WinSize{Width: uint16(width), Height: uint16(height)})
+}
+
+// CloseStdin closes the process's stdin so that it reads EOF. For a terminal
+// it sends the EOF character. It is safe to call more than once.
 func (i *IO) CloseStdin() error {
 	var err error
 	i.stdinOnce.Do(func() {
-		if w := i.pipe.Stdin(); w != nil {
-			err = w.Close()
+		if i.cfg.Terminal {
+			if i.ec != nil {
+				_, err = i.ec.Write([]byte{4}) // ^D: EOF in canonical mode
+			}
+		} else if i.pipe != nil {
+			if w := i.pipe.Stdin(); w != nil {
+				err = w.Close()
+			}
 		}
-		if i.stdin != nil {
-			_ = i.stdin.Close()
+		if i.stdinSrc != nil {
+			_ = i.stdinSrc.Close()
 		}
 	})
 	return err
@@ -234,10 +427,15 @@ func (i *IO) CloseStdin() error {
 // Delete return.
 const DrainBound = 2 * time.Second
 
-// Drain waits until the output copy loops have ended or bound has passed;
-// then it closes the process-side pipes so the loops end. It reports whether
-// everything was copied.
+// Drain is called once the process has exited. It waits until the output
+// copy loops have ended or bound has passed, then closes the process side so
+// that they end. It reports whether everything was copied.
 func (i *IO) Drain(bound time.Duration) bool {
+	if i.ec != nil {
+		// The terminal's reader keeps waiting through hang-ups until it is
+		// shut down; what is buffered is still read.
+		_ = i.ec.Shutdown(i.opts.Consoles.remove)
+	}
 	done := make(chan struct{})
 	go func() {
 		i.outputs.Wait()
@@ -252,7 +450,7 @@ func (i *IO) Drain(bound time.Duration) bool {
 	}
 	// Closing the process side ends a loop blocked reading it; closing the
 	// targets ends one blocked writing to a reader that went away.
-	_ = i.pipe.Close()
+	i.closeProcessSide()
 	t.Reset(time.Second)
 	select {
 	case <-done:
@@ -261,6 +459,22 @@ func (i *IO) Drain(bound time.Duration) bool {
 		<-done
 	}
 	return false
+}
+
+func (i *IO) closeProcessSide() error {
+	var err error
+	if i.pipe != nil {
+		err = i.pipe.Close()
+		if errors.Is(err, os.ErrClosed) {
+			// The process's ends were closed after it started.
+			err = nil
+		}
+	}
+	if i.con != nil {
+		err = errors.Join(err, i.con.Close())
+		i.con = nil
+	}
+	return err
 }
 
 func (i *IO) closeTargets() error {
@@ -275,15 +489,20 @@ func (i *IO) closeTargets() error {
 	return err
 }
 
-// Close closes the pipes and every target IO opened. The copy loops end.
+// Close closes the pipes or terminal and every target IO opened; the copy
+// loops end and a binary logger sees EOF.
 func (i *IO) Close() error {
 	i.CloseStdin()
-	err := i.pipe.Close()
-	if errors.Is(err, os.ErrClosed) {
-		// The process's ends were closed after it started.
-		err = nil
+	err := i.closeProcessSide()
+	if i.sock != nil {
+		err = errors.Join(err, i.sock.Close())
+		i.sock = nil
 	}
-	return errors.Join(err, i.closeTargets())
+	err = errors.Join(err, i.closeTargets())
+	if i.logger != nil {
+		err = errors.Join(err, i.logger.close())
+	}
+	return err
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

@@ -51,6 +51,7 @@ type Config struct {
 	Namespace string
 	Version   string
 	Reaper    *process.Reaper
+	Consoles  *stdio.Consoles
 	Events    Events
 	// Shutdown is called once, when Shutdown is asked of a shim that has no
 	// containers left (or with now set). It must not block.
@@ -261,6 +262,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 		Runtime:    rt,
 		Checkpoint: r.Checkpoint,
 		Reaper:     s.cfg.Reaper,
+		Consoles:   s.cfg.Consoles,
 		Emit:       s.emit,
 	})
 	if err != nil {
@@ -480,9 +482,16 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	return nil, notImplemented("checkpoint")
 }
 
-// ResizePty is not implemented yet.
+// ResizePty sets the terminal size of a process.
 func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("resize pty")
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	if err := c.Resize(r.ExecID, r.Width, r.Height); err != nil {
+		return nil, wire(err)
+	}
+	return &emptypb.Empty{}, nil
 }
 
 // Update is not implemented yet.
