@@ -102,6 +102,7 @@ func serve(f flags) error {
 		return fail(err)
 	}
 	svc.RegisterTTRPC(server)
+	svc.RegisterTTRPCv2(server)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- server.Serve(ctx, l) }()
 

@@ -1,0 +1,226 @@
+package task
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	v2 "github.com/containerd/containerd/api/runtime/task/v2"
+	v3 "github.com/containerd/containerd/api/runtime/task/v3"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	runc "github.com/containerd/go-runc"
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/mineshim/mine/pkg/process"
+)
+
+var testReaper = process.NewReaper()
+
+func TestMain(m *testing.M) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go testReaper.Run(ctx)
+	runc.Monitor = testReaper
+	code := m.Run()
+	cancel()
+	os.Exit(code)
+}
+
+// eventsServer records what a Publisher forwards, in arrival order.
+type eventsServer struct {
+	mu     sync.Mutex
+	topics []string
+	got    chan string
+}
+
+func (e *eventsServer) Forward(ctx context.Context, r *eventsapi.ForwardRequest) (*emptypb.Empty, error) {
+	e.mu.Lock()
+	e.topics = append(e.topics, r.Envelope.Topic)
+	e.mu.Unlock()
+	e.got <- r.Envelope.Topic
+	return &emptypb.Empty{}, nil
+}
+
+func (e *eventsServer) waitFor(t *testing.T, n int) []string {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		e.mu.Lock()
+		if len(e.topics) >= n {
+			out := append([]string(nil), e.topics...)
+			e.mu.Unlock()
+			return out
+		}
+		e.mu.Unlock()
+		select {
+		case <-e.got:
+		case <-deadline:
+			t.Fatalf("only %v within 10s", e.topics)
+		}
+	}
+}
+
+func serveUnix(t *testing.T, path string, register func(*ttrpc.Server)) {
+	t.Helper()
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(srv)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background(), l)
+	t.Cleanup(func() { srv.Close() })
+}
+
+func dial(t *testing.T, path string) *ttrpc.Client {
+	t.Helper()
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ttrpc.NewClient(conn)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+type fixture struct {
+	bundle string
+	events *eventsServer
+	v3     v3.TTRPCTaskService
+	v2     v2.TTRPCTaskService
+}
+
+// newFixture serves a Service on a unix socket with the fake runtime of
+// package process, and records its events on another.
+func newFixture(t *testing.T) fixture {
+	t.Helper()
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	script, err := filepath.Abs("../process/testdata/fake-runtime.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FAKE_RUNTIME_LOG", filepath.Join(dir, "argv"))
+	t.Setenv("FAKE_RUNTIME_FAIL", "")
+	t.Setenv("FAKE_RUNTIME_EXIT_ON_START", "")
+
+	ev := &eventsServer{got: make(chan string, 64)}
+	evSock := filepath.Join(dir, "events.sock")
+	serveUnix(t, evSock, func(s *ttrpc.Server) { eventsapi.RegisterTTRPCEventsService(s, ev) })
+	pub := NewPublisher(evSock)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		pub.Close(ctx)
+	})
+	svc := New(Config{
+		Namespace: "test", Version: "test", Reaper: testReaper, Events: pub,
+		Runtime: process.Runtime{Binary: script, Root: filepath.Join(dir, "root")},
+	})
+	sock := filepath.Join(dir, "shim.sock")
+	serveUnix(t, sock, func(s *ttrpc.Server) {
+		svc.RegisterTTRPC(s)
+		svc.RegisterTTRPCv2(s)
+	})
+	c := dial(t, sock)
+	return fixture{bundle: bundle, events: ev, v3: v3.NewTTRPCTaskClient(c), v2: v2.NewTTRPCTaskClient(c)}
+}
+
+func TestServiceLifecycleOverTTRPC(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	created, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "c1", Bundle: f.bundle})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if _, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "c1", Bundle: f.bundle}); !errdefs.IsAlreadyExists(errgrpc.ToNative(err)) {
+		t.Fatalf("duplicate create: %v, want already exists", err)
+	}
+	if _, err := f.v3.Start(ctx, &v3.StartRequest{ID: "c1"}); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	// The same container through the v2 API.
+	st, err := f.v2.State(ctx, &v2.StateRequest{ID: "c1"})
+	if err != nil {
+		t.Fatalf("v2 state: %v", err)
+	}
+	if st.Pid != created.Pid || st.Status != tasktypes.Status_RUNNING {
+		t.Fatalf("v2 state %+v, want running pid %d", st, created.Pid)
+	}
+	if _, err := f.v2.Kill(ctx, &v2.KillRequest{ID: "c1", Signal: 9}); err != nil {
+		t.Fatalf("v2 kill: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	w, err := f.v3.Wait(wctx, &v3.WaitRequest{ID: "c1"})
+	if err != nil || w.ExitStatus != 137 {
+		t.Fatalf("wait: %v %v", w, err)
+	}
+	d, err := f.v3.Delete(ctx, &v3.DeleteRequest{ID: "c1"})
+	if err != nil || d.ExitStatus != 137 || d.Pid != created.Pid {
+		t.Fatalf("delete: %v %v", d, err)
+	}
+	got := f.events.waitFor(t, 4)
+	if want := []string{TopicCreate, TopicStart, TopicExit, TopicDelete}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("events %v, want %v", got, want)
+	}
+}
+
+func TestServiceErrorsAreClassified(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want error
+	}{
+		{"state of unknown id", func() error { _, err := f.v3.State(ctx, &v3.StateRequest{ID: "nope"}); return err }, errdefs.ErrNotFound},
+		{"v2 state of unknown id", func() error { _, err := f.v2.State(ctx, &v2.StateRequest{ID: "nope"}); return err }, errdefs.ErrNotFound},
+		{"create with bad id", func() error {
+			_, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "../x", Bundle: f.bundle})
+			return err
+		}, errdefs.ErrInvalidArgument},
+		{"create with missing bundle", func() error {
+			_, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "x", Bundle: "/nonexistent"})
+			return err
+		}, errdefs.ErrInvalidArgument},
+		{"create with unknown stdio scheme", func() error {
+			_, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "x", Bundle: f.bundle, Stdout: "gopher://x"})
+			return err
+		}, errdefs.ErrNotImplemented},
+		{"kill of unknown id", func() error { _, err := f.v3.Kill(ctx, &v3.KillRequest{ID: "nope", Signal: 9}); return err }, errdefs.ErrNotFound},
+		{"exec without spec", func() error {
+			_, err := f.v3.Exec(ctx, &v3.ExecProcessRequest{ID: "nope", ExecID: "e"})
+			return err
+		}, errdefs.ErrNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := errgrpc.ToNative(tc.call())
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
