@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
 	v2 "github.com/containerd/containerd/api/runtime/task/v2"
 	v3 "github.com/containerd/containerd/api/runtime/task/v3"
+	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
