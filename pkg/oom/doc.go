@@ -1,0 +1,110 @@
+// Package oom reports the OOM kills of the processes in containers' memory
+// cgroups.
+//
+// # Scope
+//
+// A [Watcher] watches any number of cgroups with one goroutine blocked in
+// one epoll set; there is no goroutine per cgroup. It reports kills, not
+// memory pressure: a cgroup that hits its limit and reclaims, or that is
+// under OOM without a kill (oom_kill_disable), is not reported. It does not
+// publish events, read statistics or manage cgroups: its user (the task
+// service) turns each [Event] into a TaskOOM.
+//
+// # Hierarchies
+//
+// For cgroup v2 the Watcher keeps one inotify instance, registered in the
+// epoll set, with an IN_MODIFY watch on memory.events of each cgroup. The
+// kernel marks that file modified for every counter in it (low, high, max,
+// oom, oom_kill), so each wake-up re-reads the file and only an increase of
+// oom_kill is reported. oom_kill counts the kills in the cgroup and its
+// descendants (unless cgroup2 is mounted with memory_localevents), wherever
+// the limit that caused them is set: a pod cgroup's limit kills in the
+// container's cgroup count there too. cgroup.events is not watched: the end
+// of the container is known to the task service, which calls Check then.
+//
+// For cgroup v1 the Watcher creates an eventfd per cgroup, registers it with
+// "EVENTFD FD_OF_memory.oom_control" written to cgroup.event_control, and adds
+// it to the epoll set. The kernel signals it when the cgroup (or an ancestor)
+// goes under OOM, and once more when the cgroup is removed. A signal is not a
+// kill: the kernel signals before it picks a victim, and may kill none. So
+// the Watcher reads the oom_kill counter of memory.oom_control (kernel >=
+// 4.13) and reports only its increases. A signal that finds the counter
+// unchanged re-reads it after 1ms, backing off to 64ms, for up to one
+// second (on kernel 6.18 the signal came first in most runs, and the
+// counter moved 1 to 4ms later). A signal that finds
+// the cgroup gone (its directory missing, or another cgroup at its path)
+// reports nothing and closes the eventfd: a cgroup is removed only when it
+// has no process left, and the kills before that were counted while it
+// existed (see Check). On kernels without the counter each signal of a
+// cgroup that still exists counts as one kill.
+//
+// A kill by the global OOM killer (no memory limit hit) moves the v1 counter
+// without an eventfd signal: [Watcher.Check] finds it when the container
+// exits.
+//
+// On a hybrid host (v1 controllers, cgroup2 at /sys/fs/cgroup/unified) the
+// memory controller is in a v1 hierarchy. [Watcher.Add] and [ResolveCgroup]
+// pick the hierarchy that holds the memory controller for the process: its
+// v1 cgroup with the memory controller in /proc/PID/cgroup if there is one,
+// its 0:: cgroup otherwise, mapped to a directory through the mounts listed
+// in /proc/self/mountinfo. No mount point is assumed.
+//
+// # Counting
+//
+// notify is called once per unit of increase of the counter, after the
+// baseline read by Add: a group kill (memory.oom.group) of three processes
+// is three calls. The last value seen is kept per watched cgroup under a
+// per-cgroup lock shared by the loop and Check, so a kill is reported once
+// even when they race. A counter that goes down (a new cgroup took the path)
+// becomes the new baseline.
+//
+// # Ordering
+//
+// The kernel increments oom_kill before it sends SIGKILL to the victim. The
+// task service calls [Watcher.Check] when a container's init has exited and
+// before it queues the TaskExit: Check re-reads the counter and calls notify
+// for any kill not reported yet before it returns, and waits for a report
+// the loop has in progress for that cgroup. So the TaskOOM always precedes
+// the TaskExit it caused. This rule lives in Check; the task service only
+// calls it at that point.
+//
+// # Ownership
+//
+// The Watcher owns its epoll fd, its inotify fd, its wake-up eventfd and one
+// eventfd per v1 cgroup. The loop goroutine closes all of them when it ends;
+// [Watcher.Remove] closes the eventfd of a v1 cgroup and the inotify watch
+// of a v2 cgroup (once no other id watches the same file). The Watcher never
+// creates, changes or removes a cgroup, and keeps no fd of one: counters are
+// read by path.
+//
+// [Watcher.Close] wakes the loop through the wake-up eventfd (the loop never
+// waits without it in the epoll set), waits until it has ended and closed
+// every fd, and returns the loop's error joined with the errors of closing.
+// It is idempotent; Add and AddPath return [ErrClosed] afterwards, Remove an
+// error wrapping errdefs.ErrNotFound and Check does nothing.
+//
+// # Concurrency
+//
+// Add, AddPath, Check and Remove may be called from any goroutine. Add and
+// AddPath do their file work (baseline read, eventfd registration) in the
+// caller's goroutine, then arm the watch there under the Watcher's lock
+// (epoll_ctl or inotify_add_watch): no work is handed to the loop.
+//
+// notify runs in the loop goroutine, or in the goroutine of Check, never
+// with the Watcher's lock held, and one call at a time per watched id. It
+// should be quick (queue the event): the loop waits for it. notify may call
+// Add, AddPath and Remove. It must not call Check (it would wait for
+// itself) or Close (Close waits for the loop). Remove does not wait for a
+// reading of id that the loop or a Check began before it: that reading may
+// still call notify after Remove returns. A reading that begins after Remove
+// has returned reports nothing.
+//
+// # Kernel features
+//
+// Linux with epoll, eventfd and inotify. cgroup v2: the memory controller
+// enabled for the cgroup (memory.events with oom_kill, kernel >= 4.13).
+// cgroup v1: the memory controller with cgroup.event_control (removed from
+// kernels built without CONFIG_MEMCG_V1); oom_kill in memory.oom_control
+// needs kernel >= 4.13. Writing cgroup.event_control needs read access to
+// memory.oom_control; reading the counters needs read access to the files.
+package oom

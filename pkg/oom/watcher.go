@@ -1,0 +1,732 @@
+//go:build linux
+
+package oom
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+)
+
+// Event reports one OOM kill in a watched cgroup.
+type Event struct {
+	// ID is the id given to Add or AddPath.
+	ID string
+	// Time is when the kill was seen.
+	Time time.Time
+}
+
+// ErrClosed is returned by Add and AddPath once Close has been called or the
+// loop has ended.
+var ErrClosed = fmt.Errorf("oom watcher is closed: %w", errdefs.ErrFailedPrecondition)
+
+// epoll tokens of the Watcher's own fds; v1 eventfds get tokens from firstToken on.
+const (
+	tokenWake uint64 = iota
+	tokenInotify
+	firstToken
+)
+
+// Watcher watches the OOM kill counters of many cgroups with one goroutine
+// and one epoll set. See the package documentation.
+type Watcher struct {
+	notify func(Event)
+	hooks  hooks
+	ctx    context.Context
+
+	// Created by New; used by the loop, and by Add/Remove under mu while
+	// !stopped; closed by the loop when it ends.
+	epfd   int // epoll set
+	wakefd int // eventfd written by Close to stop the loop
+	inofd  int // one inotify instance for every v2 cgroup
+
+	done chan struct{} // closed when the loop has ended and closed every fd
+	err  error         // the loop's error; written before done is closed
+
+	mu        sync.Mutex
+	closing   bool               // Close was called; guarded by mu
+	stopped   bool               // the loop is ending, the fds above are closed or about to be; guarded by mu
+	entries   map[string]*entry  // by id; guarded by mu
+	byToken   map[uint64]*entry  // v1 eventfd epoll token -> entry; guarded by mu
+	byWD      map[int32][]*entry // v2 inotify watch -> entries on that memory.events file; guarded by mu
+	nextToken uint64             // guarded by mu
+}
+
+// entry is one watched cgroup.
+type entry struct {
+	id     string
+	cg     CgroupPath
+	ino    uint64 // inode of cg.Dir when armed: another inode at that path is another cgroup
+	legacy bool   // v1 without an oom_kill counter (kernel < 4.13): each eventfd signal is one kill
+
+	efd   int    // v1 eventfd registered in cgroup.event_control and in epoll, -1 once closed; guarded by Watcher.mu
+	token uint64 // v1 epoll token of efd; guarded by Watcher.mu
+	wd    int32  // v2 inotify watch of memory.events, -1 once dropped; guarded by Watcher.mu
+
+	removed atomic.Bool // Remove or the end of the loop took the entry out; set under Watcher.mu
+
+	pollMu sync.Mutex   // serialises the readings of the counter and the notify calls they cause
+	state  counterState // guarded by pollMu
+}
+
+// hooks let tests observe the loop. They are nil outside tests.
+type hooks struct {
+	// beforePoll runs in the loop before it reads the counter of a cgroup that woke it.
+	beforePoll func(id string)
+	// afterPoll runs in the loop after it read the counter of a cgroup.
+	afterPoll func(id string, kills uint64, gone bool)
+}
+
+// New starts a Watcher whose loop calls notify once per OOM kill seen in a
+// watched cgroup. notify must not be nil. Close stops it.
+func New(notify func(Event)) (*Watcher, error) {
+	return newWatcher(notify, hooks{})
+}
+
+func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
+	if notify == nil {
+		return nil, fmt.Errorf("nil notify func: %w", errdefs.ErrInvalidArgument)
+	}
+	w := &Watcher{
+		notify:    notify,
+		hooks:     h,
+		ctx:       context.Background(),
+		epfd:      -1,
+		wakefd:    -1,
+		inofd:     -1,
+		done:      make(chan struct{}),
+		entries:   make(map[string]*entry),
+		byToken:   make(map[uint64]*entry),
+		byWD:      make(map[int32][]*entry),
+		nextToken: firstToken,
+	}
+	defer func() {
+		if retErr != nil {
+			for _, fd := range []int{w.epfd, w.wakefd, w.inofd} {
+				if fd >= 0 {
+					unix.Close(fd)
+				}
+			}
+		}
+	}()
+	var err error
+	if w.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	if w.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if w.inofd, err = unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("inotify_init1: %w", err)
+	}
+	if err := epollAdd(w.epfd, w.wakefd, tokenWake); err != nil {
+		return nil, err
+	}
+	if err := epollAdd(w.epfd, w.inofd, tokenInotify); err != nil {
+		return nil, err
+	}
+	go w.run()
+	return w, nil
+}
+
+// Add resolves the memory cgroup of pid (see ResolveCgroup) and watches it
+// under id. Call it after the container's cgroup exists and before its
+// process can allocate (after create, before start).
+func (w *Watcher) Add(id string, pid int) error {
+	if err := w.precheck(id); err != nil {
+		return err
+	}
+	cg, err := ResolveCgroup(pid)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", id, err)
+	}
+	return w.AddPath(id, cg)
+}
+
+// AddPath watches the cgroup cg under id. The kill counter's value now is
+// the baseline: only later kills are reported.
+func (w *Watcher) AddPath(id string, cg CgroupPath) error {
+	if err := w.precheck(id); err != nil {
+		return err
+	}
+	if err := cg.validate(); err != nil {
+		return fmt.Errorf("watch %s: %w", id, err)
+	}
+	var err error
+	if cg.Version == 1 {
+		err = w.addV1(id, cg)
+	} else {
+		err = w.addV2(id, cg)
+	}
+	if err != nil {
+		return fmt.Errorf("watch %s (%s): %w", id, cg, err)
+	}
+	return nil
+}
+
+// precheck fails early on a closed watcher, an empty or a known id.
+func (w *Watcher) precheck(id string) error {
+	if id == "" {
+		return fmt.Errorf("empty id: %w", errdefs.ErrInvalidArgument)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.canAddLocked(id)
+}
+
+func (w *Watcher) canAddLocked(id string) error {
+	if w.closing || w.stopped {
+		return ErrClosed
+	}
+	if _, ok := w.entries[id]; ok {
+		return fmt.Errorf("oom watch %s: %w", id, errdefs.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// addV1 registers an eventfd for the OOM notifications of a v1 memory cgroup
+// (cgroup.event_control) and adds it to the epoll set.
+func (w *Watcher) addV1(id string, cg CgroupPath) (retErr error) {
+	e := &entry{id: id, cg: cg, efd: -1, wd: -1}
+	if err := e.baseline(); err != nil {
+		return err
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			// Closing the eventfd also drops the kernel's registration.
+			unix.Close(efd)
+		}
+	}()
+	if err := registerOOMEventfd(cg.Dir, efd); err != nil {
+		return err
+	}
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.canAddLocked(id); err != nil {
+		return err
+	}
+	token := w.nextToken
+	if err := epollAdd(w.epfd, efd, token); err != nil {
+		return err
+	}
+	w.nextToken++
+	e.efd, e.token = efd, token
+	w.entries[id] = e
+	w.byToken[token] = e
+	return nil
+}
+
+// registerOOMEventfd asks the kernel to signal efd on every OOM of the v1
+// memory cgroup dir, and once more when the cgroup is removed.
+func registerOOMEventfd(dir string, efd int) error {
+	cfd, err := unix.Open(filepath.Join(dir, oomControlFile), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return classify("open "+oomControlFile, err)
+	}
+	// The kernel keeps its own references: both fds can go after the write.
+	defer unix.Close(cfd)
+	ecfd, err := unix.Open(filepath.Join(dir, eventControlFile), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return classify("open "+eventControlFile, err)
+	}
+	defer unix.Close(ecfd)
+	if _, err := unix.Write(ecfd, []byte(strconv.Itoa(efd)+" "+strconv.Itoa(cfd))); err != nil {
+		return classify("register oom eventfd", err)
+	}
+	return nil
+}
+
+// addV2 adds an inotify watch on memory.events of a v2 cgroup.
+func (w *Watcher) addV2(id string, cg CgroupPath) error {
+	e := &entry{id: id, cg: cg, efd: -1, wd: -1}
+	if err := e.baseline(); err != nil {
+		return err
+	}
+	if e.legacy {
+		return fmt.Errorf("%s has no %s counter: %w", eventsFile, counterKey, errdefs.ErrNotImplemented)
+	}
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.canAddLocked(id); err != nil {
+		return err
+	}
+	// The same file watched twice gets the same watch descriptor: byWD
+	// keeps every entry on it and the watch lives until the last one goes.
+	wd, err := unix.InotifyAddWatch(w.inofd, filepath.Join(cg.Dir, eventsFile), unix.IN_MODIFY)
+	if err != nil {
+		return classify("inotify_add_watch "+eventsFile, err)
+	}
+	e.wd = int32(wd)
+	w.entries[id] = e
+	w.byWD[e.wd] = append(w.byWD[e.wd], e)
+	return nil
+}
+
+// baseline records the identity of the cgroup and its kill counter now.
+// It runs before the watch is armed: a kill between the two is reported by
+// the next reading.
+func (e *entry) baseline() error {
+	var st unix.Stat_t
+	if err := unix.Stat(e.cg.Dir, &st); err != nil {
+		return classify("stat cgroup", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("%s is not a directory: %w", e.cg.Dir, errdefs.ErrInvalidArgument)
+	}
+	e.ino = st.Ino
+	file := e.counterFile()
+	data, err := os.ReadFile(filepath.Join(e.cg.Dir, file))
+	if err != nil {
+		if isGone(err) {
+			return fmt.Errorf("no %s: memory controller not enabled: %w: %w", file, errdefs.ErrFailedPrecondition, err)
+		}
+		return classify("read "+file, err)
+	}
+	v, ok, err := parseCounter(data, counterKey)
+	if err != nil {
+		return fmt.Errorf("parse %s: %w", file, err)
+	}
+	e.legacy = !ok
+	e.state.last = v
+	return nil
+}
+
+func (e *entry) counterFile() string {
+	if e.cg.Version == 1 {
+		return oomControlFile
+	}
+	return eventsFile
+}
+
+// read reads the kill counter of e's cgroup by path.
+func (e *entry) read() (reading, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(e.cg.Dir, &st); err != nil {
+		if isGone(err) {
+			return reading{gone: true}, nil
+		}
+		return reading{}, err
+	}
+	if st.Ino != e.ino {
+		return reading{gone: true}, nil
+	}
+	data, err := os.ReadFile(filepath.Join(e.cg.Dir, e.counterFile()))
+	if err != nil {
+		if isGone(err) {
+			return reading{gone: true}, nil
+		}
+		return reading{}, err
+	}
+	v, ok, err := parseCounter(data, counterKey)
+	if err != nil {
+		return reading{}, err
+	}
+	return reading{counter: v, ok: ok}, nil
+}
+
+// Check reads the kill counter of id's cgroup now and calls notify, in the
+// caller's goroutine and before it returns, for every kill not reported yet.
+// It waits for a report of id that the loop has in progress. Call it when
+// the container's init has exited and before publishing that exit: the
+// kernel counts a kill before it sends SIGKILL, so the OOM event precedes
+// the exit it caused. Check of an unknown id does nothing.
+func (w *Watcher) Check(id string) {
+	w.mu.Lock()
+	e := w.entries[id]
+	w.mu.Unlock()
+	if e == nil {
+		return
+	}
+	w.poll(e, false)
+}
+
+// Remove stops watching id and closes the fds of its watch. The error wraps
+// errdefs.ErrNotFound when id is not watched (and after Close).
+func (w *Watcher) Remove(id string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e, ok := w.entries[id]
+	if !ok {
+		return fmt.Errorf("oom watch %s: %w", id, errdefs.ErrNotFound)
+	}
+	delete(w.entries, id)
+	e.removed.Store(true)
+	if err := w.disarmLocked(e); err != nil {
+		return fmt.Errorf("remove oom watch %s: %w", id, err)
+	}
+	return nil
+}
+
+// disarmLocked takes e's eventfd out of epoll and closes it (v1), or drops
+// e from its inotify watch, removing the watch with its last entry (v2).
+func (w *Watcher) disarmLocked(e *entry) error {
+	if w.stopped {
+		return nil
+	}
+	var errs []error
+	if e.efd >= 0 {
+		delete(w.byToken, e.token)
+		if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, e.efd, nil); err != nil {
+			errs = append(errs, fmt.Errorf("epoll_ctl del: %w", err))
+		}
+		if err := unix.Close(e.efd); err != nil {
+			errs = append(errs, fmt.Errorf("close eventfd: %w", err))
+		}
+		e.efd = -1
+	}
+	if e.wd >= 0 {
+		rest := w.byWD[e.wd][:0]
+		for _, o := range w.byWD[e.wd] {
+			if o != e {
+				rest = append(rest, o)
+			}
+		}
+		if len(rest) > 0 {
+			w.byWD[e.wd] = rest
+		} else {
+			delete(w.byWD, e.wd)
+			// EINVAL: the kernel dropped the watch already (file deleted)
+			// and its IN_IGNORED is still queued.
+			if _, err := unix.InotifyRmWatch(w.inofd, uint32(e.wd)); err != nil && !errors.Is(err, unix.EINVAL) {
+				errs = append(errs, fmt.Errorf("inotify_rm_watch: %w", err))
+			}
+		}
+		e.wd = -1
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops the loop, closes every fd the Watcher owns and returns the
+// loop's error. It waits for a notify call in progress in the loop. Later
+// calls return nil.
+func (w *Watcher) Close() error {
+	w.mu.Lock()
+	if w.closing {
+		w.mu.Unlock()
+		<-w.done
+		return nil
+	}
+	w.closing = true
+	if !w.stopped {
+		if err := writeEventfd(w.wakefd); err != nil {
+			// Not expected (one write per Watcher, far from the eventfd's
+			// limit). Without the wake-up the loop would not end: do not
+			// wait for it, and let a later Close try again.
+			w.closing = false
+			w.mu.Unlock()
+			return fmt.Errorf("wake oom loop: %w", err)
+		}
+	}
+	w.mu.Unlock()
+	<-w.done
+	return w.err
+}
+
+// run is the loop goroutine. It owns epfd, wakefd and inofd, and closes them
+// with every eventfd left when it ends.
+func (w *Watcher) run() {
+	err := w.loop()
+	if err != nil {
+		log.G(w.ctx).WithError(err).Error("oom watcher loop ended")
+	}
+
+	w.mu.Lock()
+	w.stopped = true
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for id, e := range w.entries {
+		e.removed.Store(true)
+		if e.efd >= 0 {
+			if err := unix.Close(e.efd); err != nil {
+				errs = append(errs, fmt.Errorf("close eventfd of %s: %w", id, err))
+			}
+			e.efd = -1
+		}
+		e.wd = -1
+	}
+	clear(w.entries)
+	clear(w.byToken)
+	clear(w.byWD)
+	w.mu.Unlock()
+
+	for _, fd := range []int{w.inofd, w.wakefd, w.epfd} {
+		if err := unix.Close(fd); err != nil {
+			errs = append(errs, fmt.Errorf("close fd %d: %w", fd, err))
+		}
+	}
+	w.err = errors.Join(errs...)
+	close(w.done)
+}
+
+// loop waits on the epoll set until Close wakes it. Cgroups whose v1 OOM
+// signal came before their kill counter moved are re-read, first after
+// pendingFirstRetry then backing off, for pendingWindow at most.
+func (w *Watcher) loop() error {
+	var (
+		events     = make([]unix.EpollEvent, 128)
+		inoBuf     = make([]byte, 64*1024)
+		pending    = make(map[*entry]struct{})
+		retryAt    time.Time
+		retryEvery time.Duration
+	)
+	for {
+		timeout := -1
+		if len(pending) > 0 {
+			timeout = int((time.Until(retryAt) + time.Millisecond - 1) / time.Millisecond)
+			timeout = max(timeout, 0)
+		}
+		n, err := unix.EpollWait(w.epfd, events, timeout)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return fmt.Errorf("epoll_wait: %w", err)
+		}
+		var woke []*entry
+		for _, ev := range events[:n] {
+			switch token := getToken(ev); token {
+			case tokenWake:
+				if w.drainWake() {
+					return nil
+				}
+			case tokenInotify:
+				es, err := w.readInotify(inoBuf)
+				if err != nil {
+					return err
+				}
+				woke = append(woke, es...)
+			default:
+				w.mu.Lock()
+				e := w.byToken[token]
+				w.mu.Unlock()
+				if e != nil {
+					woke = append(woke, e)
+				}
+			}
+		}
+		wasPending := len(pending) > 0
+		for _, e := range woke {
+			w.pollFromLoop(e, pending)
+		}
+		switch {
+		case len(pending) == 0:
+		case !wasPending:
+			retryEvery = pendingFirstRetry
+			retryAt = time.Now().Add(retryEvery)
+		case !time.Now().Before(retryAt):
+			for e := range pending {
+				w.pollFromLoop(e, pending)
+			}
+			retryEvery = min(2*retryEvery, pendingMaxRetry)
+			retryAt = time.Now().Add(retryEvery)
+		}
+	}
+}
+
+// pollFromLoop reads e's counter for the loop and keeps pending up to date.
+func (w *Watcher) pollFromLoop(e *entry, pending map[*entry]struct{}) {
+	if w.hooks.beforePoll != nil {
+		w.hooks.beforePoll(e.id)
+	}
+	kills, isPending, gone := w.poll(e, true)
+	if isPending {
+		pending[e] = struct{}{}
+	} else {
+		delete(pending, e)
+	}
+	if gone && e.cg.Version == 1 {
+		// The eventfd fired for the removal: the kernel dropped the
+		// registration, nothing else will come on it.
+		w.mu.Lock()
+		if !e.removed.Load() {
+			if err := w.disarmLocked(e); err != nil {
+				log.G(w.ctx).WithError(err).WithField("id", e.id).Warn("disarm removed cgroup")
+			}
+		}
+		w.mu.Unlock()
+	}
+	if w.hooks.afterPoll != nil {
+		w.hooks.afterPoll(e.id, kills, gone)
+	}
+}
+
+// poll reads e's kill counter and calls notify for each kill not reported
+// yet. fromLoop consumes the v1 eventfd's signals; Check consumes them only
+// for legacy v1, where they are the count.
+func (w *Watcher) poll(e *entry, fromLoop bool) (kills uint64, isPending, gone bool) {
+	var signals uint64
+	if e.cg.Version == 1 && (fromLoop || e.legacy) {
+		signals = w.drainEventfd(e)
+	}
+	e.pollMu.Lock()
+	defer e.pollMu.Unlock()
+	if e.removed.Load() {
+		return 0, false, false
+	}
+	r, err := e.read()
+	if err != nil {
+		log.G(w.ctx).WithError(err).WithField("id", e.id).WithField("path", e.cg.Dir).Warn("read oom kill counter")
+	}
+	now := time.Now()
+	kills, e.state = advance(e.state, r, signals, e.legacy, now)
+	for range kills {
+		w.notify(Event{ID: e.id, Time: now})
+	}
+	return kills, e.state.pending(), r.gone
+}
+
+// drainEventfd returns and resets the count of e's eventfd, 0 when closed.
+func (w *Watcher) drainEventfd(e *entry) uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if e.efd < 0 || w.stopped {
+		return 0
+	}
+	v, err := readEventfd(e.efd)
+	if err != nil && !errors.Is(err, unix.EAGAIN) {
+		log.G(w.ctx).WithError(err).WithField("id", e.id).Warn("read oom eventfd")
+	}
+	return v
+}
+
+// drainWake resets the wake-up eventfd and reports whether Close was called.
+func (w *Watcher) drainWake() bool {
+	if _, err := readEventfd(w.wakefd); err != nil && !errors.Is(err, unix.EAGAIN) {
+		log.G(w.ctx).WithError(err).Warn("read oom wake eventfd")
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.closing
+}
+
+// readInotify drains the inotify fd and returns the entries whose
+// memory.events changed. A watch the kernel dropped (IN_IGNORED) is
+// forgotten after a last reading; a queue overflow re-reads every v2 cgroup.
+func (w *Watcher) readInotify(buf []byte) ([]*entry, error) {
+	var (
+		wds      []int32
+		ignored  []int32
+		overflow bool
+	)
+	for {
+		n, err := unix.Read(w.inofd, buf)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if errors.Is(err, unix.EAGAIN) {
+				break
+			}
+			return nil, fmt.Errorf("read inotify: %w", err)
+		}
+		// struct inotify_event: s32 wd, u32 mask, u32 cookie, u32 len, name[len].
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			wd := int32(binary.NativeEndian.Uint32(buf[off:]))
+			mask := binary.NativeEndian.Uint32(buf[off+4:])
+			nameLen := binary.NativeEndian.Uint32(buf[off+12:])
+			switch {
+			case mask&unix.IN_Q_OVERFLOW != 0:
+				overflow = true
+			case mask&unix.IN_IGNORED != 0:
+				ignored = append(ignored, wd)
+			default:
+				wds = append(wds, wd)
+			}
+			off += unix.SizeofInotifyEvent + int(nameLen)
+		}
+	}
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	seen := make(map[*entry]bool)
+	var out []*entry
+	add := func(es []*entry) {
+		for _, e := range es {
+			if !seen[e] {
+				seen[e] = true
+				out = append(out, e)
+			}
+		}
+	}
+	for _, wd := range wds {
+		add(w.byWD[wd])
+	}
+	for _, wd := range ignored {
+		es := w.byWD[wd]
+		delete(w.byWD, wd)
+		for _, e := range es {
+			e.wd = -1
+		}
+		add(es)
+	}
+	if overflow {
+		for _, e := range w.entries {
+			if e.cg.Version == 2 {
+				add([]*entry{e})
+			}
+		}
+	}
+	return out, nil
+}
+
+func epollAdd(epfd, fd int, token uint64) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	ev.Fd = int32(uint32(token))
+	ev.Pad = int32(uint32(token >> 32))
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl add: %w", err)
+	}
+	return nil
+}
+
+func getToken(ev unix.EpollEvent) uint64 {
+	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+}
+
+func readEventfd(fd int) (uint64, error) {
+	var b [8]byte
+	for {
+		n, err := unix.Read(fd, b[:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if n != len(b) {
+			return 0, fmt.Errorf("short eventfd read of %d bytes", n)
+		}
+		return binary.NativeEndian.Uint64(b[:]), nil
+	}
+}
+
+func writeEventfd(fd int) error {
+	var b [8]byte
+	binary.NativeEndian.PutUint64(b[:], 1)
+	for {
+		_, err := unix.Write(fd, b[:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err
+	}
+}
