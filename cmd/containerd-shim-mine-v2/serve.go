@@ -88,7 +88,7 @@ func serve(f flags) error {
 	defer consoles.Close()
 	pub := task.NewPublisher(os.Getenv("TTRPC_ADDRESS"))
 	done := make(chan struct{})
-	svc := task.New(task.Config{
+	svc, err := task.New(task.Config{
 		Namespace: f.namespace,
 		Version:   version(),
 		Reaper:    reaper,
@@ -97,6 +97,10 @@ func serve(f flags) error {
 		Runtime:   rt,
 		Shutdown:  func() { close(done) },
 	})
+	if err != nil {
+		return fail(err)
+	}
+	defer svc.Close()
 	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
 	if err != nil {
 		return fail(err)

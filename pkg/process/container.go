@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/mineshim/mine/pkg/stdio"
 )
@@ -31,6 +32,8 @@ const (
 	EventDelete
 	EventExecAdded
 	EventExecStarted
+	EventPaused
+	EventResumed
 )
 
 func (k EventKind) String() string {
@@ -47,6 +50,10 @@ func (k EventKind) String() string {
 		return "exec-added"
 	case EventExecStarted:
 		return "exec-started"
+	case EventPaused:
+		return "paused"
+	case EventResumed:
+		return "resumed"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -134,6 +141,7 @@ type Container struct {
 	liveExecs        int              // guarded by mu; execs started (or starting) whose exit is not published
 	pendingInitExit  *Exit            // guarded by mu; init exit held for liveExecs
 	initExitDeadline *time.Timer      // guarded by mu
+	metrics          metricsSource    // guarded by mu; loaded on first Stats
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,75}$`)
@@ -590,6 +598,97 @@ func (c *Container) Resize(execID string, width, height uint32) error {
 		return fmt.Errorf("process has not started: %w", errdefs.ErrFailedPrecondition)
 	}
 	return pio.Resize(width, height)
+}
+
+// Pause freezes every process of the container. While runc works the init
+// is Pausing; a failure rolls it back to Running.
+func (c *Container) Pause(ctx context.Context) error {
+	p := c.init
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	c.mu.Lock()
+	if err := check(p.status, opPause); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	p.status = Pausing
+	c.mu.Unlock()
+
+	logm := markLog(c.rt.Log)
+	err := logm.wrap("runc pause", c.rt.Pause(ctx, c.id))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.status != Pausing {
+		// The init exited meanwhile; its exit decided the state.
+		return err
+	}
+	if err != nil {
+		p.status = Running
+		return err
+	}
+	p.status = Paused
+	c.cfg.Emit(Event{Kind: EventPaused, ContainerID: c.id})
+	return nil
+}
+
+// Resume thaws a paused container.
+func (c *Container) Resume(ctx context.Context) error {
+	p := c.init
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	c.mu.Lock()
+	err := check(p.status, opResume)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	logm := markLog(c.rt.Log)
+	if err := logm.wrap("runc resume", c.rt.Resume(ctx, c.id)); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.status == Paused {
+		p.status = Running
+	}
+	c.cfg.Emit(Event{Kind: EventResumed, ContainerID: c.id})
+	return nil
+}
+
+// Update changes the container's resource limits (runc update).
+func (c *Container) Update(ctx context.Context, res *specs.LinuxResources) error {
+	if res == nil {
+		return fmt.Errorf("update without resources: %w", errdefs.ErrInvalidArgument)
+	}
+	c.mu.Lock()
+	err := check(c.init.status, opUpdate)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	logm := markLog(c.rt.Log)
+	return logm.wrap("runc update", c.rt.Update(ctx, c.id, res))
+}
+
+// Stats returns the cgroup metrics of the container: a cgroup v1 or v2
+// Metrics message, for the hierarchy in use.
+func (c *Container) Stats(ctx context.Context) (proto.Message, error) {
+	c.mu.Lock()
+	err := check(c.init.status, opStats)
+	src, pid := c.metrics, c.init.pid
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if src == nil {
+		if src, err = loadMetricsSource(pid); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		c.metrics = src
+		c.mu.Unlock()
+	}
+	return src.metrics()
 }
 
 // PidInfo is one process of the container; ExecID is set for exec processes.

@@ -14,6 +14,7 @@ type Status int
 const (
 	Created Status = iota + 1
 	Running
+	Pausing
 	Paused
 	Stopped
 	Deleted
@@ -25,6 +26,8 @@ func (s Status) String() string {
 		return "created"
 	case Running:
 		return "running"
+	case Pausing:
+		return "pausing"
 	case Paused:
 		return "paused"
 	case Stopped:
@@ -46,6 +49,8 @@ const (
 	opResume
 	opExec
 	opCloseIO
+	opUpdate
+	opStats
 )
 
 func (o op) String() string {
@@ -64,6 +69,10 @@ func (o op) String() string {
 		return "exec into"
 	case opCloseIO:
 		return "close the stdin of"
+	case opUpdate:
+		return "update"
+	case opStats:
+		return "read the stats of"
 	}
 	return fmt.Sprintf("op(%d)", int(o))
 }
@@ -71,9 +80,10 @@ func (o op) String() string {
 // allowed is the whole state machine: which operation may begin in which
 // state. Transitions happen in Container, after the runtime call succeeded.
 var allowed = map[Status]map[op]bool{
-	Created: {opStart: true, opKill: true, opDelete: true, opCloseIO: true},
-	Running: {opKill: true, opPause: true, opExec: true, opCloseIO: true},
-	Paused:  {opKill: true, opResume: true, opExec: false},
+	Created: {opStart: true, opKill: true, opDelete: true, opCloseIO: true, opUpdate: true, opStats: true},
+	Running: {opKill: true, opPause: true, opExec: true, opCloseIO: true, opUpdate: true, opStats: true},
+	Pausing: {opKill: true, opStats: true},
+	Paused:  {opKill: true, opResume: true, opUpdate: true, opStats: true},
 	Stopped: {opDelete: true},
 	Deleted: {},
 }

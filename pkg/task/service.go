@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mineshim/mine/pkg/oom"
 	"github.com/mineshim/mine/pkg/process"
 	"github.com/mineshim/mine/pkg/stdio"
 )
@@ -64,6 +65,7 @@ type Config struct {
 // Service implements the Task API v3 over the process package.
 type Service struct {
 	cfg Config
+	oom *oom.Watcher
 
 	mu         sync.Mutex
 	containers map[string]*process.Container // guarded by mu
@@ -71,13 +73,26 @@ type Service struct {
 	shutdown   sync.Once
 }
 
-// New returns a Service.
-func New(cfg Config) *Service {
-	return &Service{
+// New returns a Service, with its OOM watcher running. Close stops it.
+func New(cfg Config) (*Service, error) {
+	s := &Service{
 		cfg:        cfg,
 		containers: make(map[string]*process.Container),
 		creating:   make(map[string]struct{}),
 	}
+	w, err := oom.New(s.publishOOM)
+	if err != nil {
+		return nil, fmt.Errorf("start oom watcher: %w", err)
+	}
+	s.oom = w
+	return s, nil
+}
+
+// Close stops the OOM watcher.
+func (s *Service) Close() error { return s.oom.Close() }
+
+func (s *Service) publishOOM(e oom.Event) {
+	s.cfg.Events.Publish(s.cfg.Namespace, TopicOOM, &eventstypes.TaskOOM{ContainerID: e.ID})
 }
 
 // RegisterTTRPC registers the service on a ttrpc server.
@@ -147,6 +162,10 @@ func (s *Service) emit(e process.Event) {
 		topic, msg = TopicExecAdded, &eventstypes.TaskExecAdded{ContainerID: e.ContainerID, ExecID: e.ExecID}
 	case process.EventExecStarted:
 		topic, msg = TopicExecStarted, &eventstypes.TaskExecStarted{ContainerID: e.ContainerID, ExecID: e.ExecID, Pid: uint32(e.Pid)}
+	case process.EventPaused:
+		topic, msg = TopicPaused, &eventstypes.TaskPaused{ContainerID: e.ContainerID}
+	case process.EventResumed:
+		topic, msg = TopicResumed, &eventstypes.TaskResumed{ContainerID: e.ContainerID}
 	default:
 		log.L.WithField("event", e.Kind.String()).Error("unknown event kind")
 		return
@@ -264,9 +283,17 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 		Reaper:     s.cfg.Reaper,
 		Consoles:   s.cfg.Consoles,
 		Emit:       s.emit,
+		// The final OOM read, before the init's exit is published, so
+		// that TaskOOM precedes the TaskExit it caused.
+		BeforeInitExit: func() { s.oom.Check(r.ID) },
 	})
 	if err != nil {
 		return nil, err
+	}
+	// Armed between create and start: an OOM in the first millisecond of
+	// the container's program is seen.
+	if err := s.oom.Add(r.ID, c.Pid()); err != nil {
+		log.G(ctx).WithError(err).WithField("container_id", r.ID).Warn("oom watch not armed")
 	}
 	s.mu.Lock()
 	s.containers[r.ID] = c
@@ -305,6 +332,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		s.mu.Lock()
 		delete(s.containers, r.ID)
 		s.mu.Unlock()
+		if err := s.oom.Remove(r.ID); err != nil && !errdefs.IsNotFound(err) {
+			log.G(ctx).WithError(err).WithField("container_id", r.ID).Warn("oom watch not removed")
+		}
 	}
 	return &taskAPI.DeleteResponse{
 		Pid:        uint32(st.Pid),
@@ -371,6 +401,8 @@ func toAPIStatus(s process.Status) tasktypes.Status {
 		return tasktypes.Status_CREATED
 	case process.Running:
 		return tasktypes.Status_RUNNING
+	case process.Pausing:
+		return tasktypes.Status_PAUSING
 	case process.Paused:
 		return tasktypes.Status_PAUSED
 	case process.Stopped, process.Deleted:
@@ -467,14 +499,28 @@ func notImplemented(method string) error {
 	return wire(fmt.Errorf("%s: %w", method, errdefs.ErrNotImplemented))
 }
 
-// Pause is not implemented yet.
+// Pause freezes a container.
 func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("pause")
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	if err := c.Pause(ctx); err != nil {
+		return nil, wire(err)
+	}
+	return &emptypb.Empty{}, nil
 }
 
-// Resume is not implemented yet.
+// Resume thaws a paused container.
 func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("resume")
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	if err := c.Resume(ctx); err != nil {
+		return nil, wire(err)
+	}
+	return &emptypb.Empty{}, nil
 }
 
 // Checkpoint is not implemented yet.
@@ -494,14 +540,40 @@ func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 	return &emptypb.Empty{}, nil
 }
 
-// Update is not implemented yet.
+// Update changes the resource limits of a container.
 func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("update")
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	if r.Resources == nil {
+		return nil, wire(fmt.Errorf("update of %q without resources: %w", r.ID, errdefs.ErrInvalidArgument))
+	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
+		return nil, wire(fmt.Errorf("decode resources: %v: %w", err, errdefs.ErrInvalidArgument))
+	}
+	if err := c.Update(ctx, &res); err != nil {
+		return nil, wire(err)
+	}
+	return &emptypb.Empty{}, nil
 }
 
-// Stats is not implemented yet.
+// Stats returns the cgroup metrics of a container as an Any.
 func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	return nil, notImplemented("stats")
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	m, err := c.Stats(ctx)
+	if err != nil {
+		return nil, wire(err)
+	}
+	body, err := typeurl.MarshalAnyToProto(m)
+	if err != nil {
+		return nil, wire(err)
+	}
+	return &taskAPI.StatsResponse{Stats: body}, nil
 }
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)

@@ -135,10 +135,14 @@ func newFixture(t *testing.T) fixture {
 		defer cancel()
 		pub.Close(ctx)
 	})
-	svc := New(Config{
+	svc, err := New(Config{
 		Namespace: "test", Version: "test", Reaper: testReaper, Events: pub,
 		Runtime: process.Runtime{Binary: script, Root: filepath.Join(dir, "root")},
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
 	sock := filepath.Join(dir, "shim.sock")
 	serveUnix(t, sock, func(s *ttrpc.Server) {
 		svc.RegisterTTRPC(s)
