@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	apitypes "github.com/containerd/containerd/api/types"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -196,5 +199,30 @@ func TestVersion(t *testing.T) {
 	}
 	if !bytes.Contains(stdout.Bytes(), []byte("Version:")) {
 		t.Fatalf("-v printed %q", stdout.String())
+	}
+}
+
+func TestInfo(t *testing.T) {
+	opts, err := typeurl.MarshalAnyToProto(&runcoptions.Options{BinaryName: "runc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-info"}, bytes.NewReader(mustMarshal(t, opts)), &stdout, &stderr); code != 0 {
+		t.Fatalf("-info exited %d: %s", code, stderr.String())
+	}
+	var info apitypes.RuntimeInfo
+	if err := proto.Unmarshal(stdout.Bytes(), &info); err != nil {
+		t.Fatalf("RuntimeInfo: %v", err)
+	}
+	if info.Name != "io.containerd.mine.v2" || info.Options.GetTypeUrl() != opts.TypeUrl {
+		t.Fatalf("info %+v", &info)
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skipf("runc not installed (%v): features not checked", err)
+	}
+	var f features.Features
+	if info.Features.GetTypeUrl() != featuresTypeURL || json.Unmarshal(info.Features.GetValue(), &f) != nil || f.OCIVersionMax == "" {
+		t.Fatalf("features %v", info.Features)
 	}
 }

@@ -84,6 +84,11 @@ func serve(f flags) error {
 	if err != nil {
 		return fail(err)
 	}
+	if rt.ShimCgroup != "" {
+		if err := process.JoinCgroup(rt.ShimCgroup, os.Getpid()); err != nil {
+			return fail(fmt.Errorf("shim cgroup: %w", err))
+		}
+	}
 	consoles := stdio.NewConsoles()
 	defer consoles.Close()
 	pub := task.NewPublisher(os.Getenv("TTRPC_ADDRESS"))

@@ -52,6 +52,11 @@ func (r Runtime) Check() error {
 	if _, err := lookPath(bin); err != nil {
 		return fmt.Errorf("runtime binary %q: %v: %w", bin, err, errdefs.ErrFailedPrecondition)
 	}
+	if r.SystemdCgroup {
+		if _, err := os.Stat("/run/systemd/system"); err != nil {
+			return fmt.Errorf("SystemdCgroup is set but systemd is not running on this host: %w", errdefs.ErrFailedPrecondition)
+		}
+	}
 	return nil
 }
 
