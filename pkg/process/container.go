@@ -34,6 +34,7 @@ const (
 	EventExecStarted
 	EventPaused
 	EventResumed
+	EventCheckpointed
 )
 
 func (k EventKind) String() string {
@@ -54,6 +55,8 @@ func (k EventKind) String() string {
 		return "paused"
 	case EventResumed:
 		return "resumed"
+	case EventCheckpointed:
+		return "checkpointed"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -82,7 +85,8 @@ type Config struct {
 	Rootfs    []mount.Mount // mounted on Bundle/rootfs when given
 	Stdio     stdio.Config
 	Runtime   Runtime
-	// Checkpoint is an image directory to restore from (not supported yet).
+	// Checkpoint is a checkpoint image directory: the container is
+	// restored from it (runc restore) at Start instead of created.
 	Checkpoint string
 
 	Reaper *Reaper
@@ -169,9 +173,6 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	if _, err := os.Stat(filepath.Join(cfg.Bundle, "config.json")); err != nil {
 		return nil, fmt.Errorf("bundle %s: %v: %w", cfg.Bundle, err, errdefs.ErrInvalidArgument)
 	}
-	if cfg.Checkpoint != "" {
-		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
-	}
 	if err := cfg.Runtime.Check(); err != nil {
 		return nil, err
 	}
@@ -201,6 +202,17 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	pio, err := stdio.Open(ctx, cfg.Stdio, c.stdioOptions())
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Checkpoint != "" {
+		// Nothing runs until Start restores it.
+		c.mu.Lock()
+		c.init.status, c.init.io = Created, pio
+		cfg.Emit(Event{
+			Kind: EventCreate, ContainerID: c.id,
+			Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, Stdio: cfg.Stdio, Checkpoint: cfg.Checkpoint,
+		})
+		c.mu.Unlock()
+		return c, nil
 	}
 	logm := markLog(c.rt.Log)
 	mark := cfg.Reaper.Mark()
@@ -382,6 +394,9 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 	p.starting = true
 	c.mu.Unlock()
 
+	if p.isInit() && c.cfg.Checkpoint != "" {
+		return c.restore(ctx, p)
+	}
 	if p.isInit() {
 		logm := markLog(c.rt.Log)
 		err = logm.wrap("runc start", c.rt.Start(ctx, c.id))
@@ -395,6 +410,103 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 		return p.pid, err
 	}
 	return c.startExec(ctx, p)
+}
+
+// restore starts a container created from a checkpoint: runc restore
+// brings its processes back, running.
+func (c *Container) restore(ctx context.Context, p *proc) (int, error) {
+	c.mu.Lock()
+	pio := p.io
+	c.mu.Unlock()
+	logm := markLog(c.rt.Log)
+	mark := c.cfg.Reaper.Mark()
+	_, err := c.rt.Restore(ctx, c.id, c.cfg.Bundle, &runc.RestoreOpts{
+		CheckpointOpts: runc.CheckpointOpts{
+			ImagePath: c.cfg.Checkpoint,
+			WorkDir:   c.cfg.Runtime.CriuWorkPath,
+		},
+		IO:            pio.Runc(),
+		ConsoleSocket: pio.ConsoleSocket(),
+		Detach:        true,
+		PidFile:       filepath.Join(c.cfg.Bundle, initPidFile),
+		NoPivot:       c.cfg.Runtime.NoPivotRoot,
+	})
+	var pid int
+	if err != nil {
+		err = logm.wrap("runc restore", err)
+	} else if err = pio.Started(ctx); err == nil {
+		if pid, err = ReadInitPid(c.cfg.Bundle); err != nil {
+			err = fmt.Errorf("read init pid: %w", err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		p.starting = false
+		return 0, err
+	}
+	p.pid, p.status = pid, Running
+	c.cfg.Emit(Event{Kind: EventStart, ContainerID: c.id, Pid: pid})
+	go c.waitExit(p, c.cfg.Reaper.Claim(pid, mark))
+	c.finishStartLocked(p)
+	return pid, nil
+}
+
+// CheckpointConfig says how to checkpoint a container (runc checkpoint).
+type CheckpointConfig struct {
+	ImagePath           string // where the image goes (required)
+	WorkPath            string // CRIU's work directory (default: the runtime's CriuWorkPath)
+	ParentPath          string
+	Exit                bool // stop the container after the checkpoint
+	OpenTCP             bool
+	ExternalUnixSockets bool
+	Terminal            bool
+	FileLocks           bool
+	EmptyNamespaces     []string
+	CgroupsMode         string
+}
+
+// Checkpoint dumps the container's processes with CRIU into cfg.ImagePath.
+func (c *Container) Checkpoint(ctx context.Context, cfg CheckpointConfig) error {
+	if cfg.ImagePath == "" {
+		return fmt.Errorf("checkpoint without an image path: %w", errdefs.ErrInvalidArgument)
+	}
+	p := c.init
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	c.mu.Lock()
+	err := check(p.status, opCheckpoint)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	work := cfg.WorkPath
+	if work == "" {
+		work = c.cfg.Runtime.CriuWorkPath
+	}
+	var actions []runc.CheckpointAction
+	if !cfg.Exit {
+		actions = append(actions, runc.LeaveRunning)
+	}
+	logm := markLog(c.rt.Log)
+	err = c.rt.Checkpoint(ctx, c.id, &runc.CheckpointOpts{
+		ImagePath:                cfg.ImagePath,
+		WorkDir:                  work,
+		ParentPath:               cfg.ParentPath,
+		AllowOpenTCP:             cfg.OpenTCP,
+		AllowExternalUnixSockets: cfg.ExternalUnixSockets,
+		AllowTerminal:            cfg.Terminal,
+		FileLocks:                cfg.FileLocks,
+		EmptyNamespaces:          cfg.EmptyNamespaces,
+		Cgroups:                  runc.CgroupMode(cfg.CgroupsMode),
+	}, actions...)
+	if err != nil {
+		return logm.wrap("runc checkpoint", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cfg.Emit(Event{Kind: EventCheckpointed, ContainerID: c.id, Checkpoint: cfg.ImagePath})
+	return nil
 }
 
 // finishStartLocked ends the start window of p: an exit that arrived during

@@ -376,3 +376,80 @@ func TestReaperMarkRejectsStaleExit(t *testing.T) {
 		t.Fatalf("got %+v, want status 3", e)
 	}
 }
+
+// Checkpoint plumbing with the fake runtime; the real CRIU path is covered
+// by the end-to-end tests where the kernel lets CRIU dump.
+func TestCheckpointAndRestore(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if err := c.Checkpoint(ctx, CheckpointConfig{ImagePath: "/img"}); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("checkpoint of a created container: %v, want failed precondition", err)
+	}
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Checkpoint(ctx, CheckpointConfig{}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("checkpoint without image: %v, want invalid argument", err)
+	}
+	img := t.TempDir()
+	if err := c.Checkpoint(ctx, CheckpointConfig{ImagePath: img, WorkPath: "/work", OpenTCP: true}); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	calls := f.calls(t)
+	last := calls[len(calls)-1]
+	for _, want := range []string{"checkpoint", "--image-path " + img, "--work-path /work", "--tcp-established", "--leave-running", "c1"} {
+		if !strings.Contains(last, want) {
+			t.Errorf("checkpoint call %q lacks %q", last, want)
+		}
+	}
+	t.Setenv("FAKE_RUNTIME_FAIL", "checkpoint")
+	if err := c.Checkpoint(ctx, CheckpointConfig{ImagePath: img}); err == nil || !strings.Contains(err.Error(), "fake checkpoint failed on purpose") {
+		t.Fatalf("failed checkpoint: %v", err)
+	}
+	t.Setenv("FAKE_RUNTIME_FAIL", "")
+	if st, _ := c.State(""); st.Status != Running {
+		t.Fatalf("state after failed checkpoint: %s", st.Status)
+	}
+	c.Kill(ctx, "", 9, false)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c.Wait(wctx, "")
+	if _, err := c.Delete(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restore into a new container: created without a process, restored
+	// and running at Start.
+	rec2 := newRecorder()
+	r, err := Create(ctx, Config{
+		ID: "c2", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+		Reaper: testReaper, Emit: rec2.emit, Checkpoint: img,
+	})
+	if err != nil {
+		t.Fatalf("create from checkpoint: %v", err)
+	}
+	if r.Pid() != 0 {
+		t.Fatalf("restored container has pid %d before start", r.Pid())
+	}
+	pid, err := r.Start(ctx, "")
+	if err != nil || pid <= 0 {
+		t.Fatalf("restore: %d %v", pid, err)
+	}
+	calls = f.calls(t)
+	if last := calls[len(calls)-1]; !strings.Contains(last, "restore") || !strings.Contains(last, "--image-path "+img) || !strings.Contains(last, "--detach") {
+		t.Fatalf("restore call %q", last)
+	}
+	r.Kill(ctx, "", 9, false)
+	if _, err := r.Wait(wctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(rec.kinds(), ","), "create,start,checkpointed,exit,delete"; got != want {
+		t.Fatalf("events %s, want %s", got, want)
+	}
+	if got, want := strings.Join(rec2.kinds(), ","), "create,start,exit"; got != want {
+		t.Fatalf("restored events %s, want %s", got, want)
+	}
+	r.Delete(ctx, "")
+}

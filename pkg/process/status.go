@@ -51,6 +51,7 @@ const (
 	opCloseIO
 	opUpdate
 	opStats
+	opCheckpoint
 )
 
 func (o op) String() string {
@@ -73,6 +74,8 @@ func (o op) String() string {
 		return "update"
 	case opStats:
 		return "read the stats of"
+	case opCheckpoint:
+		return "checkpoint"
 	}
 	return fmt.Sprintf("op(%d)", int(o))
 }
@@ -81,9 +84,9 @@ func (o op) String() string {
 // state. Transitions happen in Container, after the runtime call succeeded.
 var allowed = map[Status]map[op]bool{
 	Created: {opStart: true, opKill: true, opDelete: true, opCloseIO: true, opUpdate: true, opStats: true},
-	Running: {opKill: true, opPause: true, opExec: true, opCloseIO: true, opUpdate: true, opStats: true},
+	Running: {opKill: true, opPause: true, opExec: true, opCloseIO: true, opUpdate: true, opStats: true, opCheckpoint: true},
 	Pausing: {opKill: true, opStats: true},
-	Paused:  {opKill: true, opResume: true, opUpdate: true, opStats: true},
+	Paused:  {opKill: true, opResume: true, opUpdate: true, opStats: true, opCheckpoint: true},
 	Stopped: {opDelete: true},
 	Deleted: {},
 }

@@ -166,6 +166,8 @@ func (s *Service) emit(e process.Event) {
 		topic, msg = TopicPaused, &eventstypes.TaskPaused{ContainerID: e.ContainerID}
 	case process.EventResumed:
 		topic, msg = TopicResumed, &eventstypes.TaskResumed{ContainerID: e.ContainerID}
+	case process.EventCheckpointed:
+		topic, msg = TopicCheckpointed, &eventstypes.TaskCheckpointed{ContainerID: e.ContainerID, Checkpoint: e.Checkpoint}
 	default:
 		log.L.WithField("event", e.Kind.String()).Error("unknown event kind")
 		return
@@ -291,14 +293,22 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 		return nil, err
 	}
 	// Armed between create and start: an OOM in the first millisecond of
-	// the container's program is seen.
-	if err := s.oom.Add(r.ID, c.Pid()); err != nil {
-		log.G(ctx).WithError(err).WithField("container_id", r.ID).Warn("oom watch not armed")
-	}
+	// the container's program is seen. (A restored container has no
+	// process until Start; it is armed there.)
+	s.armOOM(ctx, r.ID, c.Pid())
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
 	return c, nil
+}
+
+func (s *Service) armOOM(ctx context.Context, id string, pid int) {
+	if pid == 0 {
+		return
+	}
+	if err := s.oom.Add(id, pid); err != nil && !errdefs.IsAlreadyExists(err) {
+		log.G(ctx).WithError(err).WithField("container_id", id).Warn("oom watch not armed")
+	}
 }
 
 // Start starts the init or an exec process.
@@ -310,6 +320,9 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	pid, err := c.Start(ctx, r.ExecID)
 	if err != nil {
 		return nil, wire(err)
+	}
+	if r.ExecID == "" {
+		s.armOOM(ctx, r.ID, pid)
 	}
 	return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
 }
@@ -523,9 +536,30 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptyp
 	return &emptypb.Empty{}, nil
 }
 
-// Checkpoint is not implemented yet.
+// Checkpoint dumps a container with CRIU (runc checkpoint).
 func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("checkpoint")
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, wire(err)
+	}
+	cfg := process.CheckpointConfig{ImagePath: r.Path}
+	if r.Options != nil && len(r.Options.GetValue()) > 0 {
+		var o runcoptions.CheckpointOptions
+		if err := typeurl.UnmarshalTo(r.Options, &o); err != nil {
+			return nil, wire(fmt.Errorf("decode checkpoint options: %v: %w", err, errdefs.ErrInvalidArgument))
+		}
+		if o.ImagePath != "" {
+			cfg.ImagePath = o.ImagePath
+		}
+		cfg.WorkPath, cfg.ParentPath = o.WorkPath, o.ParentPath
+		cfg.Exit, cfg.OpenTCP, cfg.ExternalUnixSockets = o.Exit, o.OpenTcp, o.ExternalUnixSockets
+		cfg.Terminal, cfg.FileLocks = o.Terminal, o.FileLocks
+		cfg.EmptyNamespaces, cfg.CgroupsMode = o.EmptyNamespaces, o.CgroupsMode
+	}
+	if err := c.Checkpoint(ctx, cfg); err != nil {
+		return nil, wire(err)
+	}
+	return &emptypb.Empty{}, nil
 }
 
 // ResizePty sets the terminal size of a process.

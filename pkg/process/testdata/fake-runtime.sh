@@ -46,6 +46,13 @@ kill)
 delete)
 	if [ -f "$root/$id/pid" ]; then kill -9 "$(cat "$root/$id/pid")" 2>/dev/null; fi
 	rm -rf "$root/$id" ;;
+checkpoint)
+	[ -d "$root/$id" ] || exit 1
+	case " $* " in *" --leave-running "*) ;; *) kill -9 "$(cat "$root/$id/pid")" ;; esac ;;
+restore)
+	mkdir -p "$root/$id"
+	sleep 1000 </dev/null >/dev/null 2>&1 &
+	echo $! > "$pidfile"; echo $! > "$root/$id/pid" ;;
 ps)
 	printf '[%s]\n' "$(cat "$root/$id/pid" 2>/dev/null)" ;;
 *)
