@@ -226,3 +226,28 @@ func TestInfo(t *testing.T) {
 		t.Fatalf("features %v", info.Features)
 	}
 }
+
+func TestShimGroup(t *testing.T) {
+	for _, tc := range []struct {
+		name, config, want string
+	}{
+		{"no config", "", "c1"},
+		{"no annotations", `{"ociVersion":"1.0.2"}`, "c1"},
+		{"pod", `{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}`, "pod1"},
+		{"explicit group first", `{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1","io.containerd.runc.v2.group":"g"}}`, "g"},
+		{"invalid group ignored", `{"annotations":{"io.containerd.runc.v2.group":"../x"}}`, "c1"},
+		{"bad json", `{`, "c1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bundle := t.TempDir()
+			if tc.config != "" {
+				if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(tc.config), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := shimGroup(bundle, "c1"); got != tc.want {
+				t.Fatalf("group %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

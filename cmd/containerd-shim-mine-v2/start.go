@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -52,7 +53,9 @@ func start(f flags, stdin io.Reader, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	path := socketPath(req.socketDir(), f.address, f.namespace, f.id)
+	// Containers of one group (a pod) share one shim: its socket is named
+	// after the group, so a running group shim is found and reused.
+	path := socketPath(req.socketDir(), f.address, f.namespace, shimGroup(bundle, f.id))
 	address := "unix://" + path
 
 	l, err := listen(path)
@@ -74,6 +77,30 @@ func start(f flags, stdin io.Reader, stdout io.Writer) error {
 		return err
 	}
 	return reply(stdout, req, address, bundle)
+}
+
+// Annotations that put a container in a group served by one shim: the
+// explicit group, or the pod (CRI's sandbox ID).
+var groupAnnotations = []string{"io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"}
+
+// shimGroup returns the group of the container of bundle, or its own id.
+func shimGroup(bundle, id string) string {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return id
+	}
+	var spec struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if json.Unmarshal(data, &spec) != nil {
+		return id
+	}
+	for _, key := range groupAnnotations {
+		if g := spec.Annotations[key]; g != "" && process.ValidateID(g) == nil {
+			return g
+		}
+	}
+	return id
 }
 
 func reply(stdout io.Writer, req startRequest, address, bundle string) error {
