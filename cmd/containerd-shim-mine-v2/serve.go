@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -122,13 +123,25 @@ func serve(f flags) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
 	signal.Ignore(unix.SIGPIPE)
-	select {
-	case <-done:
-		log.G(ctx).Info("shutdown requested")
-	case s := <-sigs:
-		log.G(ctx).WithField("signal", s.String()).Info("shutting down on signal")
-	case err := <-serveErr:
-		log.G(ctx).WithError(err).Error("ttrpc server failed")
+	dump := make(chan os.Signal, 1)
+	signal.Notify(dump, unix.SIGUSR1)
+wait:
+	for {
+		select {
+		case <-done:
+			log.G(ctx).Info("shutdown requested")
+			break wait
+		case s := <-sigs:
+			log.G(ctx).WithField("signal", s.String()).Info("shutting down on signal")
+			break wait
+		case err := <-serveErr:
+			log.G(ctx).WithError(err).Error("ttrpc server failed")
+			break wait
+		case <-dump:
+			if err := dumpStacks(filepath.Join(bundle, stacksFile)); err != nil {
+				log.G(ctx).WithError(err).Warn("dump stacks")
+			}
+		}
 	}
 
 	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
@@ -142,6 +155,24 @@ func serve(f flags) error {
 		serr = nil
 	}
 	return errors.Join(serr, perr)
+}
+
+// stacksFile is written in the daemon's directory on SIGUSR1: the goroutine
+// count on its first line ("goroutines N"), then every goroutine's stack.
+const stacksFile = "shim-stacks.txt"
+
+func dumpStacks(path string) error {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	out := fmt.Appendf(nil, "goroutines %d\n\n", runtime.NumGoroutine())
+	return os.WriteFile(path, append(out, buf...), 0o600)
 }
 
 // adjustOOMScore makes the shim a slightly better OOM victim than its parent
