@@ -1,0 +1,234 @@
+package stdio
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/fifo"
+)
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want error
+	}{
+		{"none", Config{}, nil},
+		{"fifos", Config{Stdin: "/a", Stdout: "/b", Stderr: "/c"}, nil},
+		{"fifo scheme", Config{Stdout: "fifo:///b"}, nil},
+		{"file", Config{Stdout: "file:///var/log/x", Stderr: "file:///var/log/x"}, nil},
+		{"binary", Config{Stdout: "binary:///bin/logger?a=b", Stderr: "binary:///bin/logger?a=b"}, nil},
+		{"unknown scheme", Config{Stdout: "gopher://x"}, errdefs.ErrNotImplemented},
+		{"file without path", Config{Stdout: "file://"}, errdefs.ErrInvalidArgument},
+		{"file as stdin", Config{Stdin: "file:///x"}, errdefs.ErrInvalidArgument},
+		{"binary for one stream", Config{Stdout: "binary:///bin/l", Stderr: "/fifo"}, errdefs.ErrInvalidArgument},
+		{"terminal to file", Config{Stdout: "file:///x", Terminal: true}, errdefs.ErrNotImplemented},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// spawn runs a shell command with the process side of i as its stdio.
+func spawn(t *testing.T, i *IO, script string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if r := i.Runc(); r != nil {
+		r.Set(cmd)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pgid := cmd.Process.Pid
+	t.Cleanup(func() { syscall.Kill(-pgid, syscall.SIGKILL) })
+	if c, ok := i.Runc().(interface{ CloseAfterStart() error }); ok {
+		c.CloseAfterStart()
+	}
+	return cmd
+}
+
+func mkfifo(t *testing.T, dir, name string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestFIFOs(t *testing.T) {
+	dir := t.TempDir()
+	in, out, errp := mkfifo(t, dir, "in"), mkfifo(t, dir, "out"), mkfifo(t, dir, "err")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// The reader side, as containerd holds it.
+	outR, err := fifo.OpenFifo(ctx, out, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errR, err := fifo.OpenFifo(ctx, errp, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inW, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i, err := Open(ctx, Config{Stdin: in, Stdout: out, Stderr: errp}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer i.Close()
+	cmd := spawn(t, i, "cat; echo oops >&2")
+	if _, err := inW.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	inW.Close() // EOF on the FIFO is EOF for the process
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("process: %v", err)
+	}
+	if !i.Drain(DrainBound) {
+		t.Fatal("drain hit its bound")
+	}
+	gotOut, _ := io.ReadAll(outR)
+	gotErr, _ := io.ReadAll(errR)
+	if string(gotOut) != "hello\n" || string(gotErr) != "oops\n" {
+		t.Fatalf("stdout %q stderr %q", gotOut, gotErr)
+	}
+}
+
+func TestFileTarget(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "logs", "c.log")
+	ctx := context.Background()
+	i, err := Open(ctx, Config{Stdout: "file://" + path, Stderr: "file://" + path}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer i.Close()
+	cmd := spawn(t, i, "echo out; echo err >&2")
+	cmd.Wait()
+	i.Drain(DrainBound)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(data); !strings.Contains(got, "out\n") || !strings.Contains(got, "err\n") {
+		t.Fatalf("file has %q", got)
+	}
+}
+
+func TestBinaryLogger(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "logged")
+	logger := filepath.Join(dir, "logger.sh")
+	// fd 3: stdout, fd 4: stderr, fd 5: closed once ready.
+	script := "#!/bin/sh\nexec 5>&-\necho \"id=$CONTAINER_ID ns=$CONTAINER_NAMESPACE arg=$1\" > " + out + ".env\ncat <&3 >> " + out + "\ncat <&4 >> " + out + "\n"
+	if err := os.WriteFile(logger, []byte(script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	target := "binary://" + logger + "?tag"
+	i, err := Open(context.Background(), Config{Stdout: target, Stderr: target}, Options{ContainerID: "c1", Namespace: "ns"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := spawn(t, i, "echo to-stdout; echo to-stderr >&2")
+	cmd.Wait()
+	i.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, _ := os.ReadFile(out)
+		if strings.Contains(string(data), "to-stdout") && strings.Contains(string(data), "to-stderr") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("logger wrote %q", data)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	env, _ := os.ReadFile(out + ".env")
+	if got := strings.TrimSpace(string(env)); got != "id=c1 ns=ns arg=tag" {
+		t.Fatalf("logger environment %q", got)
+	}
+}
+
+// A background child that keeps stdout open must not hold the drain past
+// its bound.
+func TestDrainIsBounded(t *testing.T) {
+	dir := t.TempDir()
+	out := mkfifo(t, dir, "out")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	outR, err := fifo.OpenFifo(ctx, out, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outR.Close()
+	i, err := Open(ctx, Config{Stdout: out}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer i.Close()
+	cmd := spawn(t, i, "sleep 30 & echo hi")
+	cmd.Wait()
+	const bound = 300 * time.Millisecond
+	start := time.Now()
+	if i.Drain(bound) {
+		t.Fatal("drain reported complete while a child holds stdout")
+	}
+	if d := time.Since(start); d > bound+2*time.Second {
+		t.Fatalf("drain took %s", d)
+	}
+	buf := make([]byte, 16)
+	n, _ := outR.Read(buf)
+	if got := string(buf[:n]); got != "hi\n" {
+		t.Fatalf("read %q", got)
+	}
+}
+
+func TestCloseStdinGivesEOF(t *testing.T) {
+	dir := t.TempDir()
+	in := mkfifo(t, dir, "in")
+	ctx := context.Background()
+	i, err := Open(ctx, Config{Stdin: in}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer i.Close()
+	var stdout bytes.Buffer
+	cmd := exec.Command("/bin/sh", "-c", "cat >/dev/null; echo eof")
+	i.Runc().Set(cmd)
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	i.Runc().(interface{ CloseAfterStart() error }).CloseAfterStart()
+	if err := i.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil || stdout.String() != "eof\n" {
+			t.Fatalf("cat: %v %q", err, stdout.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("cat did not see EOF")
+	}
+}
