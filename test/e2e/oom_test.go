@@ -1,0 +1,110 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	apievents "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// buildAllocator builds the static allocator program into a directory of
+// its own, to be bind-mounted into the container.
+func buildAllocator(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "allocator"), "./testdata/allocator")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build allocator: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// A container limited to 16 MiB running an allocator: exactly one
+// /tasks/oom, then /tasks/exit with 137, in that order, through containerd.
+func TestOOMBeforeExit(t *testing.T) {
+	h := requireHarness(t)
+	const ns = "e2e-oom"
+	h.ensureImage(t, ns)
+	bin := buildAllocator(t)
+	id := newID(t)
+	events := h.recordEvents(t, ns, id)
+
+	ctx := nsContext(t, ns, opTimeout)
+	image, err := h.client.GetImage(ctx, imageRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	container, err := h.client.NewContainer(ctx, id,
+		client.WithImage(image),
+		client.WithSnapshotter(h.snapshotter),
+		client.WithNewSnapshot(id+"-snapshot", image),
+		client.WithRuntime(h.runtime, nil),
+		client.WithNewSpec(
+			oci.WithImageConfig(image),
+			oci.WithProcessArgs("/opt/allocator/allocator"),
+			oci.WithMemoryLimit(16<<20),
+			oci.WithMounts([]specs.Mount{{
+				Destination: "/opt/allocator", Type: "bind", Source: bin, Options: []string{"rbind", "ro"},
+			}}),
+		),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer container.Delete(nsContext(t, ns, opTimeout), client.WithSnapshotCleanup)
+	out := newOutputBuffer()
+	task, err := container.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, out, out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer task.Delete(nsContext(t, ns, opTimeout), client.WithProcessKill)
+	exitC, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var code uint32
+	select {
+	case st := <-exitC:
+		code = st.ExitCode()
+	case <-time.After(exitTimeout):
+		t.Fatalf("allocator not killed within %v; output:\n%s", exitTimeout, out.String())
+	}
+	if code != 137 {
+		t.Fatalf("exit status %d, want 137 (SIGKILL by the OOM killer); output:\n%s", code, out.String())
+	}
+	got, err := events.waitFor("/tasks/exit", 10*time.Second)
+	if err != nil {
+		t.Fatalf("events %s: %v", topics(got), err)
+	}
+	ooms, exitAt := 0, -1
+	for i, e := range got {
+		switch ev := e.Event.(type) {
+		case *apievents.TaskOOM:
+			ooms++
+			if exitAt >= 0 {
+				t.Errorf("/tasks/oom after /tasks/exit: %s", topics(got))
+			}
+		case *apievents.TaskExit:
+			if ev.ID == id {
+				exitAt = i
+				if ev.ExitStatus != 137 {
+					t.Errorf("TaskExit status %d, want 137", ev.ExitStatus)
+				}
+			}
+		}
+	}
+	if ooms != 1 {
+		t.Fatalf("%d /tasks/oom events, want exactly one: %s", ooms, topics(got))
+	}
+}
