@@ -14,7 +14,7 @@ export MINE_CONTAINERD_BIN ?= $(MINE_CACHE)/bin
 
 COMMANDS := containerd-shim-mine-v2 minimgr
 
-.PHONY: all build install deps demo test test-unit test-e2e lint bench clean
+.PHONY: all build install deps demo test test-unit test-e2e test-fuzz lint bench clean
 
 all: build
 
@@ -46,13 +46,20 @@ lint:
 # Unit tests (race detector) and end-to-end tests run side by side: they
 # share no state (the e2e tests run their own containerd).
 test: deps lint
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-e2e
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-e2e test-fuzz
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m ./cmd/... ./pkg/...
 
 test-e2e:
 	$(GO) test -count=1 -timeout 30m ./test/...
+
+# A short run of each fuzz target (the seed corpus always runs in test-unit).
+FUZZTIME ?= 10s
+test-fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseStart$$' -fuzztime $(FUZZTIME) ./cmd/containerd-shim-mine-v2
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/task
+	$(GO) test -run '^$$' -fuzz '^FuzzHandlers$$' -fuzztime $(FUZZTIME) ./pkg/task
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./pkg/...

@@ -13,12 +13,13 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	apitypes "github.com/containerd/containerd/api/types"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"google.golang.org/protobuf/proto"
 )
 
-func mustMarshal(t *testing.T, m proto.Message) []byte {
+func mustMarshal(t testing.TB, m proto.Message) []byte {
 	t.Helper()
 	b, err := proto.Marshal(m)
 	if err != nil {
@@ -250,4 +251,26 @@ func TestShimGroup(t *testing.T) {
 			}
 		})
 	}
+}
+
+func FuzzParseStart(f *testing.F) {
+	f.Add(mustMarshal(f, &bootapi.BootstrapParams{InstanceID: "c1", Namespace: "ns"}), "c1", "ns")
+	f.Add([]byte{}, "c1", "ns")
+	f.Add([]byte{0x0a, 0x02, 'c', '1', 0x12, 0x02, 'n', 's'}, "c1", "ns")
+	f.Add([]byte("garbage"), "", "")
+	f.Fuzz(func(t *testing.T, input []byte, id, ns string) {
+		req, err := parseStart(input, id, ns)
+		if err != nil {
+			if !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("unclassified error %v", err)
+			}
+			return
+		}
+		if !req.legacy && (req.params.InstanceID != id || req.params.Namespace != ns || id == "") {
+			t.Fatalf("new protocol accepted for %q/%q with params %v", id, ns, req.params)
+		}
+		if _, err := answerStart(req, "unix:///x"); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

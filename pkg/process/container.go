@@ -2,6 +2,7 @@ package process
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -158,6 +159,23 @@ func ValidateID(id string) error {
 	return nil
 }
 
+// ValidateBundle checks that bundle is an absolute directory holding a
+// config.json that parses, before anything is written into it.
+func ValidateBundle(bundle string) error {
+	if !filepath.IsAbs(bundle) || filepath.Clean(bundle) != bundle {
+		return fmt.Errorf("bundle %q is not a clean absolute path: %w", bundle, errdefs.ErrInvalidArgument)
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return fmt.Errorf("bundle %s: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return fmt.Errorf("bundle %s: config.json: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
 // Create creates the container with the runtime (runc create): the init
 // process exists, stopped before the user's program, until Start.
 func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
@@ -167,11 +185,8 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	if cfg.Reaper == nil || cfg.Emit == nil {
 		return nil, fmt.Errorf("process.Create: reaper and emit are required: %w", errdefs.ErrInvalidArgument)
 	}
-	if !filepath.IsAbs(cfg.Bundle) {
-		return nil, fmt.Errorf("bundle %q is not an absolute path: %w", cfg.Bundle, errdefs.ErrInvalidArgument)
-	}
-	if _, err := os.Stat(filepath.Join(cfg.Bundle, "config.json")); err != nil {
-		return nil, fmt.Errorf("bundle %s: %v: %w", cfg.Bundle, err, errdefs.ErrInvalidArgument)
+	if err := ValidateBundle(cfg.Bundle); err != nil {
+		return nil, err
 	}
 	if err := cfg.Runtime.Check(); err != nil {
 		return nil, err

@@ -2,7 +2,6 @@ package task
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"sync"
@@ -18,7 +17,6 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -191,45 +189,6 @@ func fromAPIMounts(ms []*apitypes.Mount) []mount.Mount {
 	return out
 }
 
-// runtimeOptions applies the runc options of a Create (containerd.runc.v1.Options)
-// over the shim's defaults. Other option types (CRI's generic runtimeoptions)
-// carry nothing for us and are ignored.
-func runtimeOptions(base process.Runtime, opts typeurl.Any) (process.Runtime, error) {
-	r := base
-	if opts == nil || len(opts.GetValue()) == 0 {
-		return r, nil
-	}
-	var o runcoptions.Options
-	if !typeurl.Is(opts, &o) {
-		return r, nil
-	}
-	if err := typeurl.UnmarshalTo(opts, &o); err != nil {
-		return r, fmt.Errorf("decode runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	if o.BinaryName != "" {
-		r.Binary = o.BinaryName
-	}
-	if o.Root != "" {
-		r.Root = o.Root
-	}
-	r.SystemdCgroup = r.SystemdCgroup || o.SystemdCgroup
-	r.NoPivotRoot = r.NoPivotRoot || o.NoPivotRoot
-	r.NoNewKeyring = r.NoNewKeyring || o.NoNewKeyring
-	if o.IoUid != 0 {
-		r.IoUID = int(o.IoUid)
-	}
-	if o.IoGid != 0 {
-		r.IoGID = int(o.IoGid)
-	}
-	if o.CriuWorkPath != "" {
-		r.CriuWorkPath = o.CriuWorkPath
-	}
-	if o.ShimCgroup != "" {
-		r.ShimCgroup = o.ShimCgroup
-	}
-	return r, nil
-}
-
 // Create creates a container (runc create) and publishes TaskCreate.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
 	c, err := s.create(ctx, r)
@@ -265,8 +224,8 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 		return nil, err
 	}
 	rt = rt.WithDefaults(s.cfg.Namespace)
-	if st, err := os.Stat(r.Bundle); err != nil || !st.IsDir() {
-		return nil, fmt.Errorf("bundle %q is not a directory: %w", r.Bundle, errdefs.ErrInvalidArgument)
+	if err := process.ValidateBundle(r.Bundle); err != nil {
+		return nil, err
 	}
 	if err := process.SaveRuntime(r.Bundle, rt); err != nil {
 		return nil, fmt.Errorf("save runtime options: %w", err)
@@ -362,16 +321,13 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	if err != nil {
 		return nil, wire(err)
 	}
-	if r.Spec == nil {
-		return nil, wire(fmt.Errorf("exec %q: no process spec: %w", r.ExecID, errdefs.ErrInvalidArgument))
-	}
-	var spec specs.Process
-	if err := json.Unmarshal(r.Spec.GetValue(), &spec); err != nil {
-		return nil, wire(fmt.Errorf("exec %q: decode process spec: %v: %w", r.ExecID, err, errdefs.ErrInvalidArgument))
+	spec, err := decodeProcessSpec(r.Spec)
+	if err != nil {
+		return nil, wire(fmt.Errorf("exec %q: %w", r.ExecID, err))
 	}
 	err = c.AddExec(ctx, process.ExecConfig{
 		ID:    r.ExecID,
-		Spec:  &spec,
+		Spec:  spec,
 		Stdio: stdio.Config{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 	})
 	if err != nil {
@@ -542,19 +498,9 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if err != nil {
 		return nil, wire(err)
 	}
-	cfg := process.CheckpointConfig{ImagePath: r.Path}
-	if r.Options != nil && len(r.Options.GetValue()) > 0 {
-		var o runcoptions.CheckpointOptions
-		if err := typeurl.UnmarshalTo(r.Options, &o); err != nil {
-			return nil, wire(fmt.Errorf("decode checkpoint options: %v: %w", err, errdefs.ErrInvalidArgument))
-		}
-		if o.ImagePath != "" {
-			cfg.ImagePath = o.ImagePath
-		}
-		cfg.WorkPath, cfg.ParentPath = o.WorkPath, o.ParentPath
-		cfg.Exit, cfg.OpenTCP, cfg.ExternalUnixSockets = o.Exit, o.OpenTcp, o.ExternalUnixSockets
-		cfg.Terminal, cfg.FileLocks = o.Terminal, o.FileLocks
-		cfg.EmptyNamespaces, cfg.CgroupsMode = o.EmptyNamespaces, o.CgroupsMode
+	cfg, err := checkpointConfig(r.Path, r.Options)
+	if err != nil {
+		return nil, wire(err)
 	}
 	if err := c.Checkpoint(ctx, cfg); err != nil {
 		return nil, wire(err)
@@ -580,14 +526,11 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	if err != nil {
 		return nil, wire(err)
 	}
-	if r.Resources == nil {
-		return nil, wire(fmt.Errorf("update of %q without resources: %w", r.ID, errdefs.ErrInvalidArgument))
+	res, err := decodeResources(r.Resources)
+	if err != nil {
+		return nil, wire(fmt.Errorf("update of %q: %w", r.ID, err))
 	}
-	var res specs.LinuxResources
-	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
-		return nil, wire(fmt.Errorf("decode resources: %v: %w", err, errdefs.ErrInvalidArgument))
-	}
-	if err := c.Update(ctx, &res); err != nil {
+	if err := c.Update(ctx, res); err != nil {
 		return nil, wire(err)
 	}
 	return &emptypb.Empty{}, nil
