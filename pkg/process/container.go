@@ -176,6 +176,30 @@ func ValidateBundle(bundle string) error {
 	return nil
 }
 
+// checkRoot checks that the root filesystem config.json names exists, once
+// the rootfs mounts are in place.
+func checkRoot(bundle string) error {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return fmt.Errorf("bundle %s: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return fmt.Errorf("bundle %s: config.json: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
+	}
+	if spec.Root == nil || spec.Root.Path == "" {
+		return nil // the runtime decides
+	}
+	root := spec.Root.Path
+	if !filepath.IsAbs(root) {
+		root = filepath.Join(bundle, root)
+	}
+	if st, err := os.Stat(root); err != nil || !st.IsDir() {
+		return fmt.Errorf("root filesystem %s of bundle %s is missing: %w", spec.Root.Path, bundle, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
 // Create creates the container with the runtime (runc create): the init
 // process exists, stopped before the user's program, until Start.
 func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
@@ -213,6 +237,9 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 			_ = mount.UnmountRecursive(rootfs, 0)
 		}
 	}()
+	if err := checkRoot(cfg.Bundle); err != nil {
+		return nil, err
+	}
 
 	pio, err := stdio.Open(ctx, cfg.Stdio, c.stdioOptions())
 	if err != nil {

@@ -144,7 +144,7 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 		// client) may come later; fifo makes reads wait for it.
 		in, err := fifo.OpenFifo(context.WithoutCancel(ctx), fifoPath(cfg.Stdin), syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
-			return nil, fmt.Errorf("open stdin %s: %w", cfg.Stdin, err)
+			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, err))
 		}
 		i.stdinSrc = in
 	}
@@ -263,11 +263,11 @@ func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
 	}
 	if k == kindFile {
 		if err := os.MkdirAll(dirOf(u.Path), 0o755); err != nil {
-			return nil, fmt.Errorf("log file %s: %w", u.Path, err)
+			return nil, classifyOpen(fmt.Errorf("log file %s: %w", u.Path, err))
 		}
 		f, err := os.OpenFile(u.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
-			return nil, fmt.Errorf("log file %s: %w", u.Path, err)
+			return nil, classifyOpen(fmt.Errorf("log file %s: %w", u.Path, err))
 		}
 		return f, nil
 	}
@@ -275,7 +275,7 @@ func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
 	// The write side waits until the reader exists (bounded by ctx).
 	w, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open stdio fifo %s: %w", path, err)
+		return nil, classifyOpen(fmt.Errorf("open stdio fifo %s: %w", path, err))
 	}
 	// Hold a read side too, so the process never takes SIGPIPE while the
 	// reader (containerd) restarts; we never read from it.
@@ -285,6 +285,19 @@ func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
 		return nil, fmt.Errorf("open stdio fifo %s: %w", path, err)
 	}
 	return &keepaliveWriter{WriteCloser: w, keep: r}, nil
+}
+
+// classifyOpen marks a target that cannot be opened because it is not there
+// or not allowed as bad input, and one whose reader never came as
+// unavailable; the cause stays in the chain.
+func classifyOpen(err error) error {
+	switch {
+	case errors.Is(err, os.ErrNotExist), errors.Is(err, os.ErrPermission), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.ENAMETOOLONG):
+		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
+	}
+	return err
 }
 
 func dirOf(path string) string {

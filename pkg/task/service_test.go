@@ -2,6 +2,7 @@ package task
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -14,12 +15,16 @@ import (
 	v2 "github.com/containerd/containerd/api/runtime/task/v2"
 	v3 "github.com/containerd/containerd/api/runtime/task/v3"
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/mineshim/mine/pkg/process"
@@ -227,4 +232,88 @@ func TestServiceErrorsAreClassified(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Bad input gets a classified error, loses nothing, and the shim goes on
+// serving the containers it has.
+func TestBadInputKeepsServing(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "good", Bundle: f.bundle}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.v3.Start(ctx, &v3.StartRequest{ID: "good"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.v3.Exec(ctx, &v3.ExecProcessRequest{ID: "good", ExecID: "e1", Spec: processSpec(t, "sleep", "1")}); err != nil {
+		t.Fatal(err)
+	}
+	badBundle := func(config string) string {
+		dir := t.TempDir()
+		if config != "" {
+			if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(config), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	optsWith := func(o *runcoptions.Options) *anypb.Any {
+		a, err := typeurl.MarshalAnyToProto(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	for _, tc := range []struct {
+		name string
+		req  *v3.CreateTaskRequest
+		exec *v3.ExecProcessRequest
+		want error
+	}{
+		{name: "id with slash", req: &v3.CreateTaskRequest{ID: "a/b", Bundle: f.bundle}, want: errdefs.ErrInvalidArgument},
+		{name: "id with dots", req: &v3.CreateTaskRequest{ID: "..", Bundle: f.bundle}, want: errdefs.ErrInvalidArgument},
+		{name: "empty id", req: &v3.CreateTaskRequest{ID: "", Bundle: f.bundle}, want: errdefs.ErrInvalidArgument},
+		{name: "duplicate container id", req: &v3.CreateTaskRequest{ID: "good", Bundle: f.bundle}, want: errdefs.ErrAlreadyExists},
+		{name: "relative bundle", req: &v3.CreateTaskRequest{ID: "x", Bundle: "bundle"}, want: errdefs.ErrInvalidArgument},
+		{name: "bundle without config.json", req: &v3.CreateTaskRequest{ID: "x", Bundle: badBundle("")}, want: errdefs.ErrInvalidArgument},
+		{name: "bad config.json", req: &v3.CreateTaskRequest{ID: "x", Bundle: badBundle("{not json")}, want: errdefs.ErrInvalidArgument},
+		{name: "missing rootfs", req: &v3.CreateTaskRequest{ID: "x", Bundle: badBundle(`{"root":{"path":"rootfs"}}`)}, want: errdefs.ErrInvalidArgument},
+		{name: "missing runtime binary", req: &v3.CreateTaskRequest{ID: "x", Bundle: badBundle("{}"),
+			Options: optsWith(&runcoptions.Options{BinaryName: "/nonexistent/runc"})}, want: errdefs.ErrFailedPrecondition},
+		{name: "absurd stdout path", req: &v3.CreateTaskRequest{ID: "x", Bundle: badBundle("{}"), Stdout: "/nonexistent/dir/stdout"}, want: errdefs.ErrInvalidArgument},
+		{name: "stdio path too long", req: &v3.CreateTaskRequest{ID: "x", Bundle: badBundle("{}"), Stdout: "/" + strings.Repeat("x", 5000)}, want: errdefs.ErrInvalidArgument},
+		{name: "duplicate exec id", exec: &v3.ExecProcessRequest{ID: "good", ExecID: "e1", Spec: processSpec(t, "true")}, want: errdefs.ErrAlreadyExists},
+		{name: "exec into unknown container", exec: &v3.ExecProcessRequest{ID: "nope", ExecID: "e2", Spec: processSpec(t, "true")}, want: errdefs.ErrNotFound},
+		{name: "exec id with slash", exec: &v3.ExecProcessRequest{ID: "good", ExecID: "../e", Spec: processSpec(t, "true")}, want: errdefs.ErrInvalidArgument},
+		{name: "exec without args", exec: &v3.ExecProcessRequest{ID: "good", ExecID: "e3", Spec: processSpec(t)}, want: errdefs.ErrInvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var err error
+			if tc.req != nil {
+				_, err = f.v3.Create(ctx, tc.req)
+			} else {
+				_, err = f.v3.Exec(ctx, tc.exec)
+			}
+			if got := errgrpc.ToNative(err); !errors.Is(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			st, err := f.v3.State(ctx, &v3.StateRequest{ID: "good"})
+			if err != nil || st.Status != tasktypes.Status_RUNNING {
+				t.Fatalf("good container after bad input: %v %v", st, err)
+			}
+			if _, err := f.v3.State(ctx, &v3.StateRequest{ID: "x"}); !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+				t.Fatalf("a failed create left container x: %v", err)
+			}
+		})
+	}
+	f.v3.Kill(ctx, &v3.KillRequest{ID: "good", Signal: 9})
+}
+
+func processSpec(t *testing.T, args ...string) *anypb.Any {
+	t.Helper()
+	data, err := json.Marshal(specs.Process{Args: args, Cwd: "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: data}
 }
