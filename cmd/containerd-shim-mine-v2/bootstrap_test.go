@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -273,4 +274,35 @@ func FuzzParseStart(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+func TestDeleteRemovesDeadSocketOnly(t *testing.T) {
+	for _, live := range []bool{false, true} {
+		bundle := t.TempDir()
+		if err := os.WriteFile(filepath.Join(bundle, "runtime.json"), []byte(`{"root":"`+t.TempDir()+`"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		sock := filepath.Join(t.TempDir(), "s")
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.SetUnlinkOnClose(false)
+		if !live {
+			l.Close() // the shim was killed: the file stays, nobody answers
+		} else {
+			defer l.Close()
+		}
+		if err := os.WriteFile(filepath.Join(bundle, "address"), []byte("unix://"+sock), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		runDelete(t, bundle)
+		_, err = os.Stat(sock)
+		if live && err != nil {
+			t.Fatalf("socket of a living shim removed: %v", err)
+		}
+		if !live && err == nil {
+			t.Fatal("socket of a dead shim left behind")
+		}
+	}
 }

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"net"
+	"path/filepath"
+	"strings"
 	"fmt"
 	"io"
 	"os"
@@ -42,6 +45,7 @@ func deleteAction(f flags, stdout, stderr io.Writer) error {
 		// Reported as a warning by containerd; the exit still counts.
 		fmt.Fprintf(stderr, "%s: cleanup %s: %v\n", shimName, f.id, err)
 	}
+	removeDeadSocket(bundle)
 	out, err := proto.Marshal(&taskAPI.DeleteResponse{
 		Pid:        uint32(exit.Pid),
 		ExitStatus: uint32(exit.Status),
@@ -52,4 +56,23 @@ func deleteAction(f flags, stdout, stderr io.Writer) error {
 	}
 	_, err = stdout.Write(out)
 	return err
+}
+
+// removeDeadSocket removes the socket named in the bundle's address file
+// when no shim answers on it any more (the shim was killed). A socket a
+// living shim serves (a group's) is left alone.
+func removeDeadSocket(bundle string) {
+	data, err := os.ReadFile(filepath.Join(bundle, "address"))
+	if err != nil {
+		return
+	}
+	path, ok := strings.CutPrefix(strings.TrimSpace(string(data)), "unix://")
+	if !ok || !filepath.IsAbs(path) {
+		return
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return
+	}
+	_ = os.Remove(path)
 }
