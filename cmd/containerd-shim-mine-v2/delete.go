@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"net"
-	"path/filepath"
-	"strings"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"

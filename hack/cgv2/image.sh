@@ -65,6 +65,8 @@ for tool in apt-get apt-cache dpkg-deb sha256sum; do
 	command -v "$tool" >/dev/null || die "$tool not found: building the image needs a Debian host"
 done
 
+# Builds hold the lock: any build directory left is from one that was killed.
+rm -rf "$cache"/build.*
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 trap 'exit 130' INT
@@ -101,19 +103,22 @@ mkdir "$x"
 : >"$work/versions"
 for deb in "$work"/debs/*.deb; do
 	dpkg-deb -x "$deb" "$x"
+	# shellcheck disable=SC2016 # dpkg-deb's own ${field} syntax
 	dpkg-deb -W --showformat='${Package} ${Version}\n' "$deb" >>"$work/versions"
 done
 bb=$x/bin/busybox
 [ -x "$bb" ] || die "busybox-static has no /bin/busybox"
 
 kver=$(basename "$(find "$x/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)")
-[ -n "$kver" ] && [ -f "$x/boot/vmlinuz-$kver" ] || die "$kpkg holds no kernel"
+if [ -z "$kver" ] || [ ! -f "$x/boot/vmlinuz-$kver" ]; then
+	die "$kpkg holds no kernel"
+fi
 for opt in CGROUPS MEMCG TMPFS DEVTMPFS BLK_DEV_INITRD; do
 	grep -q "^CONFIG_$opt=y" "$x/boot/config-$kver" || die "kernel $kver lacks CONFIG_$opt=y"
 done
 
 r=$work/root
-mkdir -p "$r"/{bin,dev,proc,sys,etc,tmp,run,root,mnt,lib64,usr/sbin,etc/cgv2}
+mkdir -p "$r"/{bin,sbin,dev,proc,sys,etc/cgv2,tmp,run,root,mnt,lib64,usr/bin,usr/sbin}
 
 # --- userland: busybox, linked to its applets by init.sh at boot; /bin/sh
 # is needed before that, as the interpreter of /init.
@@ -195,7 +200,40 @@ chmod 0755 "$r/init"
 
 out=$work/image
 mkdir "$out"
-cp "$x/boot/vmlinuz-$kver" "$out/kernel"
+cp "$x/boot/vmlinuz-$kver" "$out/vmlinuz"
+# Under software emulation, unpacking the kernel image takes seconds of
+# every boot. A kernel with CONFIG_PVH can be booted by QEMU as the plain ELF
+# instead: the compressed payload of the bzImage, found through its setup
+# header (boot protocol 2.08+: payload_offset at 0x248, payload_length at
+# 0x24c, relative to the protected-mode code after the setup sectors).
+u8() { od -An -tu1 -j "$2" -N1 "$1" | tr -d ' '; }
+u32() { od -An -tu4 -j "$2" -N4 "$1" | tr -d ' '; }
+extract_elf() {
+	local bz=$1 sects poff plen
+	grep -q '^CONFIG_PVH=y' "$x/boot/config-$kver" || return 1
+	[ "$(head -c 4 <(tail -c +$((0x202 + 1)) "$bz"))" = HdrS ] || return 1
+	sects=$(u8 "$bz" $((0x1f1)))
+	[ "$sects" != 0 ] || sects=4
+	poff=$(($(u32 "$bz" $((0x248))) + (sects + 1) * 512))
+	plen=$(u32 "$bz" $((0x24c)))
+	[ "$plen" -gt 0 ] || return 1
+	tail -c +$((poff + 1)) "$bz" | head -c "$plen" >"$work/payload"
+	case $(od -An -tx1 -N6 "$work/payload" | tr -d ' ') in
+	fd377a585a00) xz -dc --single-stream <"$work/payload" ;;
+	1f8b*) gzip -dc <"$work/payload" ;;
+	28b52ffd*) zstd -qdc <"$work/payload" ;;
+	*) return 1 ;;
+	esac >"$2" 2>/dev/null || return 1
+	[ "$(od -An -tx1 -N4 "$2" | tr -d ' ')" = 7f454c46 ]
+}
+if extract_elf "$out/vmlinuz" "$out/vmlinux"; then
+	ln -s vmlinux "$out/kernel"
+else
+	say "cannot unpack the kernel's ELF image; booting the bzImage (slower)"
+	rm -f "$out/vmlinux"
+	ln -s vmlinuz "$out/kernel"
+fi
+rm -f "$work/payload"
 (cd "$r" && find . -mindepth 1 | LC_ALL=C sort | "$bb" cpio -o -H newc 2>/dev/null) >"$out/initrd"
 cp "$work/versions" "$out/packages"
 echo "$kver" >"$out/kernel-version"

@@ -71,7 +71,8 @@ ln -s /run /var/run
 # controller handed down from the root.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || fail "mount cgroup2"
 cg=/sys/fs/cgroup
-for c in $(cat $cg/cgroup.controllers); do
+read -r controllers <$cg/cgroup.controllers
+for c in $controllers; do
 	echo "+$c" >$cg/cgroup.subtree_control || fail "enable the $c controller"
 done
 [ "$(cat $cg/cgroup.subtree_control)" = "$(cat $cg/cgroup.controllers)" ] ||

@@ -23,6 +23,9 @@ import (
 const (
 	// rpcTimeout bounds the calls that answer at once (State, Kill, ...).
 	rpcTimeout = 10 * time.Second
+	// lifecycleTimeout bounds the calls that run the runtime (Create,
+	// Start, Exec, Delete).
+	lifecycleTimeout = time.Minute
 	// forceExitTimeout bounds how long a forced Delete waits for the
 	// killed container to exit.
 	forceExitTimeout = 10 * time.Second
@@ -104,7 +107,7 @@ func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
 func (c *Container) Start(ctx context.Context) (int, error) { return c.start(ctx, "", nil) }
 
 func (c *Container) start(ctx context.Context, execID string, att *attachment) (int, error) {
-	sctx, cancel := bounded(ctx)
+	sctx, cancel := context.WithTimeout(ctx, lifecycleTimeout)
 	defer cancel()
 	resp, err := c.task.Start(sctx, &taskAPI.StartRequest{ID: c.rec.ID, ExecID: execID})
 	if err != nil {
@@ -400,6 +403,11 @@ func (c *Container) Delete(ctx context.Context, force bool) (Exit, error) {
 	}
 	defer lk.unlock()
 	st, err := c.State(ctx)
+	if errdefs.IsNotFound(err) {
+		// The shim holds no such container (a create that died half
+		// way, or a delete that did): end the shim, clean up.
+		return c.finish(ctx)
+	}
 	if err != nil {
 		return Exit{}, err
 	}
@@ -420,7 +428,7 @@ func (c *Container) Delete(ctx context.Context, force bool) (Exit, error) {
 			return Exit{}, fmt.Errorf("container %q did not exit after SIGKILL: %w", c.rec.ID, err)
 		}
 	}
-	sctx, cancel := bounded(ctx)
+	sctx, cancel := context.WithTimeout(ctx, lifecycleTimeout)
 	resp, err := c.task.Delete(sctx, &taskAPI.DeleteRequest{ID: c.rec.ID})
 	cancel()
 	if err != nil {
@@ -428,7 +436,8 @@ func (c *Container) Delete(ctx context.Context, force bool) (Exit, error) {
 	}
 	exit := Exit{Pid: int(resp.Pid), Status: int(resp.ExitStatus), ExitedAt: resp.ExitedAt.AsTime()}
 	c.io.waitOutput(0)
-	return exit, c.finish(ctx)
+	_, err = c.finish(ctx)
+	return exit, err
 }
 
 // teardown asks the shim to shut down and closes the connection. The shim
@@ -441,14 +450,15 @@ func (c *Container) teardown(ctx context.Context) {
 	c.Close()
 }
 
-// finish ends the shim and removes what is left of the container.
-func (c *Container) finish(ctx context.Context) error {
+// finish ends the shim and removes what is left of the container. It
+// returns the exit `shim delete` reports.
+func (c *Container) finish(ctx context.Context) (Exit, error) {
 	ctx = context.WithoutCancel(ctx)
 	c.teardown(ctx)
-	_, derr := c.m.deleteShim(ctx, c.dir, c.rec)
+	exit, derr := c.m.deleteShim(ctx, c.dir, c.rec)
 	removeSocket(c.rec.Address)
 	if err := os.RemoveAll(c.dir); err != nil {
-		return errors.Join(derr, fmt.Errorf("remove state of %s: %w", c.rec.ID, err))
+		return exit, errors.Join(derr, fmt.Errorf("remove state of %s: %w", c.rec.ID, err))
 	}
-	return derr
+	return exit, derr
 }

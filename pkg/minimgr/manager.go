@@ -235,7 +235,9 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 		att.close()
 		return nil, err
 	}
-	resp, err := c.task.Create(ctx, req)
+	cctx, cancel := context.WithTimeout(ctx, lifecycleTimeout)
+	resp, err := c.task.Create(cctx, req)
+	cancel()
 	if err != nil {
 		att.close()
 		return nil, fmt.Errorf("create %s: %w", o.ID, fromShim(err))
@@ -289,13 +291,20 @@ func (m *Manager) load(id string) (string, record, error) {
 	rec, err := readRecord(dir)
 	if errdefs.IsNotFound(err) {
 		// The directory of a create in progress, or of a crashed one.
-		if lk, lerr := tryLock(dir); lerr != nil {
+		lk, lerr := tryLock(dir)
+		if lerr != nil {
 			return dir, record{}, lerr
-		} else {
-			lk.unlock()
 		}
+		lk.unlock()
 		return dir, record{ID: id, Namespace: m.cfg.Namespace, Runtime: m.cfg.RuntimeBinary},
 			fmt.Errorf("container %q: creation never finished: %w", id, ErrShimDead)
+	}
+	if err == nil && rec.Address == "" {
+		// A create that died between `shim start` and recording its
+		// answer: the shim also writes its address in its directory.
+		if data, aerr := os.ReadFile(filepath.Join(dir, "address")); aerr == nil {
+			rec.Address = strings.TrimSpace(string(data))
+		}
 	}
 	return dir, rec, err
 }
@@ -586,42 +595,47 @@ func (m *Manager) Cleanup(ctx context.Context) ([]Removed, error) {
 func (m *Manager) cleanupOne(ctx context.Context, id string) (Removed, bool, error) {
 	r := Removed{ID: id}
 	c, err := m.Open(ctx, id)
+	if err == nil {
+		defer c.Close()
+		var st State
+		st, err = c.State(ctx)
+		switch {
+		case err == nil && st.Status != StatusStopped:
+			return r, false, nil // running, created, paused: kept
+		case err == nil:
+			r.Reason = "stopped"
+		case errdefs.IsNotFound(err):
+			// The shim answers but holds no container: a create that
+			// died half way. Delete shuts it down and cleans up.
+			r.Reason = "unfinished create"
+		}
+		if err == nil || errdefs.IsNotFound(err) {
+			exit, err := c.Delete(ctx, false)
+			if errors.Is(err, ErrBusy) {
+				return r, false, nil
+			}
+			if !errors.Is(err, ErrShimDead) {
+				r.Exit = exit
+				return r, err == nil, err
+			}
+		}
+		c.Close()
+	}
 	switch {
 	case errors.Is(err, ErrBusy):
 		return r, false, nil
-	case errors.Is(err, ErrShimDead):
-		_, rec, _ := m.load(id)
-		r.Reason = "dead shim"
-		if rec.Address == "" {
-			r.Reason = "unfinished create"
-		}
-		exit, err := m.removeDead(ctx, id)
-		if errors.Is(err, ErrBusy) {
-			return r, false, nil
-		}
-		r.Exit = exit
-		return r, err == nil, err
-	case err != nil:
+	case !errors.Is(err, ErrShimDead):
 		return r, false, err
 	}
-	defer c.Close()
-	st, err := c.State(ctx)
-	if err != nil && !errdefs.IsNotFound(err) {
-		if errors.Is(err, ErrShimDead) {
-			c.Close()
-			exit, err := m.removeDead(ctx, id)
-			r.Reason, r.Exit = "dead shim", exit
-			return r, err == nil, err
-		}
-		return r, false, err
+	_, rec, _ := m.load(id)
+	r.Reason = "dead shim"
+	if rec.Address == "" {
+		r.Reason = "unfinished create"
 	}
-	if err == nil && st.Status != StatusStopped {
-		return r, false, nil
-	}
-	exit, err := c.Delete(ctx, false)
+	exit, err := m.removeDead(ctx, id)
 	if errors.Is(err, ErrBusy) {
 		return r, false, nil
 	}
-	r.Reason, r.Exit = "stopped", exit
+	r.Exit = exit
 	return r, err == nil, err
 }
