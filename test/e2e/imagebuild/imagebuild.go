@@ -78,9 +78,6 @@ type Options struct {
 	Cmd []string
 	// Env of the image config; nil means [DefaultPath].
 	Env []string
-	// StopSignal of the image config (for example "SIGUSR1"); empty means
-	// none, and the runtime's default (SIGTERM) applies.
-	StopSignal string
 	// Files are added to the layer after the generated entries.
 	Files []File
 	// OS and Architecture of the image; empty means "linux" and the
@@ -140,7 +137,6 @@ type containerConfig struct {
 	Entrypoint []string `json:"Entrypoint,omitempty"`
 	Cmd        []string `json:"Cmd,omitempty"`
 	WorkingDir string   `json:"WorkingDir,omitempty"`
-	StopSignal string   `json:"StopSignal,omitempty"`
 }
 
 type rootFS struct {
@@ -206,7 +202,6 @@ func Write(w io.Writer, opts Options) (Result, error) {
 			Entrypoint: o.Entrypoint,
 			Cmd:        o.Cmd,
 			WorkingDir: "/",
-			StopSignal: o.StopSignal,
 		},
 		RootFS:  rootFS{Type: "layers", DiffIDs: []string{diffID}},
 		History: []history{{Created: created, CreatedBy: "imagebuild: busybox rootfs"}},
