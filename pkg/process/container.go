@@ -241,6 +241,12 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		return nil, err
 	}
 
+	// runc create of an ID the runtime already has fails, and the cleanup
+	// after a failed create (runc delete --force) would destroy that other
+	// container: refuse it first.
+	if !cfg.Runtime.stateGone(c.id) {
+		return nil, fmt.Errorf("runtime root %s already has a container %q: %w", cfg.Runtime.Root, c.id, errdefs.ErrAlreadyExists)
+	}
 	pio, err := stdio.Open(ctx, cfg.Stdio, c.stdioOptions())
 	if err != nil {
 		return nil, err

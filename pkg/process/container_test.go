@@ -453,3 +453,26 @@ func TestCheckpointAndRestore(t *testing.T) {
 	}
 	r.Delete(ctx, "")
 }
+
+// A create of an ID the runtime already has state for must not touch that
+// other container (the cleanup of a failed create deletes by ID).
+func TestCreateRefusesForeignRuntimeState(t *testing.T) {
+	f := newFake(t)
+	other := f.rt.StateDir("c1")
+	if err := os.MkdirAll(other, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Create(context.Background(), Config{
+		ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+		Reaper: testReaper, Emit: func(Event) {},
+	})
+	if !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("got %v, want already exists", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("the other container's state is gone: %v", err)
+	}
+	if _, err := os.Stat(f.argv); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the runtime was called: %v", f.calls(t))
+	}
+}

@@ -82,7 +82,7 @@ func (c Config) Validate() error {
 	if (ko == kindBinary || ke == kindBinary) && c.Stderr != "" && c.Stdout != "" && c.Stdout != c.Stderr {
 		return fmt.Errorf("a binary logger must take both stdout and stderr: %w", errdefs.ErrInvalidArgument)
 	}
-	if c.Terminal && (ko == kindBinary || ko == kindFile) {
+	if c.Terminal && ko == kindBinary {
 		return fmt.Errorf("terminal output to %q: %w", c.Stdout, errdefs.ErrNotImplemented)
 	}
 	return nil

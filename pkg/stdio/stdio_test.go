@@ -32,7 +32,8 @@ func TestValidate(t *testing.T) {
 		{"file without path", Config{Stdout: "file://"}, errdefs.ErrInvalidArgument},
 		{"file as stdin", Config{Stdin: "file:///x"}, errdefs.ErrInvalidArgument},
 		{"binary for one stream", Config{Stdout: "binary:///bin/l", Stderr: "/fifo"}, errdefs.ErrInvalidArgument},
-		{"terminal to file", Config{Stdout: "file:///x", Terminal: true}, errdefs.ErrNotImplemented},
+		{"terminal to file", Config{Stdout: "file:///x", Terminal: true}, nil},
+		{"terminal to binary", Config{Stdout: "binary:///l", Stderr: "binary:///l", Terminal: true}, errdefs.ErrNotImplemented},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()

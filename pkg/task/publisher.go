@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
@@ -38,6 +39,11 @@ type Publisher struct {
 
 	mu     sync.Mutex
 	closed bool // guarded by mu
+
+	// closing is set by Close: from then on an event that cannot be
+	// delivered at once is dropped rather than retried, so that a shim
+	// whose events address is gone exits without waiting.
+	closing atomic.Bool
 
 	dropped uint64 // owned by Publish callers under mu
 }
@@ -117,6 +123,10 @@ func (p *Publisher) run() {
 			if err == nil {
 				break
 			}
+			if p.closing.Load() {
+				log.L.WithError(err).WithField("topic", req.Envelope.Topic).Warn("forward event at shutdown; dropped")
+				break
+			}
 			if time.Now().After(deadline) {
 				log.L.WithError(err).WithField("topic", req.Envelope.Topic).Error("forward event; dropped")
 				break
@@ -135,6 +145,7 @@ func (p *Publisher) Close(ctx context.Context) error {
 	p.mu.Lock()
 	if !p.closed {
 		p.closed = true
+		p.closing.Store(true)
 		close(p.queue)
 	}
 	p.mu.Unlock()
