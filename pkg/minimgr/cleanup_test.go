@@ -1,0 +1,208 @@
+package minimgr
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+// TestCleanupInterruptedCreates: what a minimgr killed in the middle of
+// Create leaves is found and removed by Cleanup, shim included.
+func TestCleanupInterruptedCreates(t *testing.T) {
+	m, bundle := newTestManager(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	// Killed after `shim start` answered, before the answer was recorded:
+	// the shim runs and holds no container.
+	dir, lk, err := makeStateDir(m.Root(), m.Namespace(), "answered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeRecord(dir, record{ID: "answered", Namespace: m.Namespace(), Bundle: bundle, Runtime: m.cfg.RuntimeBinary}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.startShim(ctx, dir, "answered"); err != nil {
+		t.Fatal(err)
+	}
+	lk.unlock()
+	c, err := m.Open(ctx, "answered")
+	if err != nil {
+		t.Fatalf("reconnect through the shim's address file: %v", err)
+	}
+	shimPid := c.ShimPid()
+	c.Close()
+
+	// Killed before anything was recorded.
+	_, lk, err = makeStateDir(m.Root(), m.Namespace(), "norecord")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk.unlock()
+	// Killed before the temporary directory was renamed into place.
+	tmp := filepath.Join(nsDir(m.Root(), m.Namespace()), ".lost.123")
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A create in progress elsewhere: locked, left alone.
+	busyDir, busy, err := makeStateDir(m.Root(), m.Namespace(), "busy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		busy.unlock()
+		os.RemoveAll(busyDir)
+	}()
+
+	infos, err := m.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := map[string]Status{}
+	for _, i := range infos {
+		status[i.ID] = i.Status
+	}
+	want := map[string]Status{"answered": StatusUnknown, "norecord": StatusDead, "busy": StatusCreating}
+	for id, st := range want {
+		if status[id] != st {
+			t.Errorf("list: %s is %q, want %q", id, status[id], st)
+		}
+	}
+
+	removed, err := m.Cleanup(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range removed {
+		got = append(got, r.ID+":"+r.Reason)
+	}
+	sort.Strings(got)
+	if len(got) != 2 || got[0] != "answered:unfinished create" || got[1] != "norecord:unfinished create" {
+		t.Errorf("removed %v", got)
+	}
+	if err := waitGone(shimPid, 10*time.Second); err != nil {
+		t.Errorf("shim: %v", err)
+	}
+	for _, p := range []string{m.StateDir("answered"), m.StateDir("norecord"), tmp} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(busyDir); err != nil {
+		t.Errorf("the busy create was removed: %v", err)
+	}
+}
+
+// TestReconnectAndExec: a second Manager (as another process would) finds
+// a running container, runs a process in it, lists its processes, and
+// kills and deletes it.
+func TestReconnectAndExec(t *testing.T) {
+	m, bundle := newTestManager(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := m.Create(ctx, CreateOpts{Bundle: bundle, ID: "re", Args: []string{"sleep", "1000"}, IO: IO{Log: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := c.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	m2, err := New(Config{Root: m.Root(), Namespace: m.Namespace(), RuntimeBinary: shimBin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := m2.Open(ctx, "re")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if st, err := c2.State(ctx); err != nil || st.Status != StatusRunning || st.Pid != pid {
+		t.Fatalf("state %+v %v, want running pid %d", st, err, pid)
+	}
+	var out bytes.Buffer
+	p, err := c2.Exec(ctx, ExecOpts{ID: "x", Args: []string{"sh", "-c", "echo $$; sleep 1000"}, IO: IO{Stdout: &out}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	xpid, err := p.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := c2.Pids(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[int]string{}
+	for _, pi := range ps {
+		found[pi.Pid] = pi.ExecID
+	}
+	if _, ok := found[pid]; !ok {
+		t.Errorf("pids %v: no init %d", ps, pid)
+	}
+	if found[xpid] != "x" {
+		t.Errorf("pids %v: no exec x with pid %d", ps, xpid)
+	}
+	if err := p.Kill(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := p.Wait(ctx)
+	if err != nil || exit.Status != 137 {
+		t.Fatalf("exec exit %+v %v", exit, err)
+	}
+	if !p.WaitIO(5 * time.Second) {
+		t.Fatal("exec output did not end")
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(out.String())); err != nil || n <= 1 {
+		t.Errorf("exec output %q, want its pid in the container", out.String())
+	}
+	if _, err := p.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Delete(ctx, false); err == nil {
+		t.Fatal("delete of a running container without force succeeded")
+	}
+	exit, err = c2.Delete(ctx, true)
+	if err != nil || exit.Status != 137 {
+		t.Fatalf("forced delete: %+v %v", exit, err)
+	}
+	if _, err := m2.Open(ctx, "re"); !errdefs.IsNotFound(err) {
+		t.Errorf("open after delete: %v, want not found", err)
+	}
+}
+
+// TestCreateRefusesForeignRuncState: an ID that runc already knows in the
+// namespace (containerd's container, a leftover) is refused before any
+// shim runs, and the foreign state is untouched.
+func TestCreateRefusesForeignRuncState(t *testing.T) {
+	m, bundle := newTestManager(t)
+	foreign := filepath.Join(m.runcRoot(), "taken")
+	if err := os.MkdirAll(foreign, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(foreign)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := m.Create(ctx, CreateOpts{Bundle: bundle, ID: "taken", IO: IO{Log: true}})
+	if !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("create: %v, want already exists", err)
+	}
+	if !exists(foreign) {
+		t.Error("the foreign runc state was removed")
+	}
+	if exists(m.StateDir("taken")) {
+		t.Error("a state directory was left")
+	}
+}

@@ -1,0 +1,674 @@
+package minimgr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Defaults of Config.
+const (
+	DefaultRoot      = "/run/minimgr"
+	DefaultNamespace = "default"
+	// ShimBinary is the shim minimgr runs unless told otherwise.
+	ShimBinary = "containerd-shim-mine-v2"
+)
+
+// Config configures a Manager.
+type Config struct {
+	// Root holds the state: Root/NAMESPACE/ID per container, the events
+	// socket Root/events.sock and, when short enough, the shims' sockets
+	// in Root/s. Default DefaultRoot.
+	Root string
+	// Namespace of the containers. Default DefaultNamespace.
+	Namespace string
+	// RuntimeBinary is the shim binary. Default: FindRuntime(ShimBinary).
+	RuntimeBinary string
+	// PublishBinary is given to shims as -publish-binary. Default: the
+	// running executable.
+	PublishBinary string
+	// RuncOptions, when set, go to the shim as the bootstrap extension and
+	// with every Create (runc binary, root, systemd cgroups...).
+	RuncOptions *runcoptions.Options
+	// Debug makes the shims log at debug level (to the state dir's log).
+	Debug bool
+}
+
+// Manager spawns shims, finds them again from the state directory and
+// drives them. It holds no connection of its own: any number of Managers
+// in any number of processes may share a Root.
+type Manager struct {
+	cfg Config
+}
+
+// New checks cfg and fills its defaults.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Root == "" {
+		cfg.Root = DefaultRoot
+	}
+	root, err := filepath.Abs(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("state dir %q: %v: %w", cfg.Root, err, errdefs.ErrInvalidArgument)
+	}
+	cfg.Root = root
+	if cfg.Namespace == "" {
+		cfg.Namespace = DefaultNamespace
+	}
+	if err := validateName("namespace", cfg.Namespace); err != nil {
+		return nil, err
+	}
+	if cfg.PublishBinary == "" {
+		if cfg.PublishBinary, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("own executable: %w", err)
+		}
+	}
+	if cfg.RuntimeBinary == "" {
+		if cfg.RuntimeBinary, err = FindRuntime(ShimBinary); err != nil {
+			return nil, err
+		}
+	} else if cfg.RuntimeBinary, err = lookRuntime(cfg.RuntimeBinary); err != nil {
+		return nil, err
+	}
+	return &Manager{cfg: cfg}, nil
+}
+
+// FindRuntime looks name up in PATH, then next to the running executable.
+func FindRuntime(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return filepath.Abs(p)
+	}
+	self, err := os.Executable()
+	if err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("runtime %s: not in PATH nor next to %s: %w", name, self, errdefs.ErrNotFound)
+}
+
+func lookRuntime(bin string) (string, error) {
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		return "", fmt.Errorf("runtime %s: %w: %w", bin, err, errdefs.ErrNotFound)
+	}
+	return filepath.Abs(p)
+}
+
+// Namespace returns the namespace of the Manager's containers.
+func (m *Manager) Namespace() string { return m.cfg.Namespace }
+
+// Root returns the state root.
+func (m *Manager) Root() string { return m.cfg.Root }
+
+// EventsAddress is the socket that shims forward events to (TTRPC_ADDRESS)
+// and that ServeEvents listens on.
+func (m *Manager) EventsAddress() string { return filepath.Join(m.cfg.Root, "events.sock") }
+
+// grpcAddress is what shims get as containerd's gRPC address. minimgr
+// serves no gRPC API and nothing listens there; shims only hash it into the
+// name of their socket.
+func (m *Manager) grpcAddress() string { return filepath.Join(m.cfg.Root, "minimgr.sock") }
+
+// StateDir is the state directory of container id.
+func (m *Manager) StateDir(id string) string {
+	return filepath.Join(nsDir(m.cfg.Root, m.cfg.Namespace), id)
+}
+
+// CreateOpts describes a container to create.
+type CreateOpts struct {
+	// Bundle is an OCI bundle: config.json and its root directory.
+	Bundle string
+	ID     string
+	// Args, when given, replace process.args of config.json.
+	Args []string
+	// Terminal gives the init process a terminal.
+	Terminal bool
+	IO       IO
+}
+
+// Create spawns a shim for a new container and creates the container in it
+// (runc create): its init process waits for Start.
+//
+// The state directory is the shim's bundle and working directory. It holds
+// a copy of config.json whose root.path is the absolute path of the user's
+// rootfs (nothing is mounted, copied or linked), with Args and Terminal
+// applied; runc runs with --bundle STATEDIR.
+func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retErr error) {
+	if err := validateName("container id", o.ID); err != nil {
+		return nil, err
+	}
+	if err := o.IO.validate(o.Terminal); err != nil {
+		return nil, err
+	}
+	bundle, spec, err := loadBundle(o.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	sspec, err := stateSpec(spec, bundle, m.cfg.Namespace, o.ID, o.Args, o.Terminal)
+	if err != nil {
+		return nil, err
+	}
+	// runc state under this ID that is not ours (containerd's container
+	// in the same namespace, a leftover): a failed create and its cleanup
+	// would destroy it.
+	if st := filepath.Join(m.runcRoot(), o.ID); exists(st) {
+		return nil, fmt.Errorf("container %q: runc already has state in %s: %w", o.ID, st, errdefs.ErrAlreadyExists)
+	}
+	dir, lk, err := makeStateDir(m.cfg.Root, m.cfg.Namespace, o.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer lk.unlock()
+
+	var (
+		c       *Container
+		started bool // `shim start` ran: a shim may serve
+	)
+	defer func() {
+		if retErr == nil || !started {
+			if retErr != nil {
+				os.RemoveAll(dir)
+			}
+			return
+		}
+		// Undo everything: the shim (also one whose answer we never
+		// read: it wrote its address file), what it left, the state.
+		cctx := context.WithoutCancel(ctx)
+		_, rec, _ := m.load(o.ID)
+		if c == nil && rec.Address != "" {
+			c, _ = m.connect(cctx, dir, rec)
+		}
+		if c != nil {
+			c.teardown(cctx)
+		}
+		_, _ = m.deleteShim(cctx, dir, rec)
+		removeSocket(rec.Address)
+		os.RemoveAll(dir)
+	}()
+
+	if err := writeSpec(dir, sspec); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, shimLog), nil, 0o600); err != nil {
+		return nil, err
+	}
+	rec := record{
+		ID:        o.ID,
+		Namespace: m.cfg.Namespace,
+		Bundle:    bundle,
+		Runtime:   m.cfg.RuntimeBinary,
+		Terminal:  o.Terminal,
+		Created:   time.Now().UTC(),
+	}
+	if err := writeRecord(dir, rec); err != nil {
+		return nil, err
+	}
+	started = true
+	res, err := m.startShim(ctx, dir, o.ID)
+	if err != nil {
+		return nil, err
+	}
+	rec.Address, rec.Protocol, rec.Version = res.Address, res.Protocol, res.Version
+	if err := writeRecord(dir, rec); err != nil {
+		return nil, err
+	}
+	c, err = m.connect(ctx, dir, rec)
+	if err != nil {
+		return nil, err
+	}
+	rec.ShimPid = c.rec.ShimPid
+	if err := writeRecord(dir, rec); err != nil {
+		return nil, err
+	}
+
+	paths, att, err := openIO(dir, "", o.IO, o.Terminal)
+	if err != nil {
+		return nil, err
+	}
+	req := &taskAPI.CreateTaskRequest{
+		ID:       o.ID,
+		Bundle:   dir,
+		Terminal: o.Terminal,
+		Stdin:    paths.stdin,
+		Stdout:   paths.stdout,
+		Stderr:   paths.stderr,
+	}
+	if req.Options, err = m.runcOptions(); err != nil {
+		att.close()
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, lifecycleTimeout)
+	resp, err := c.task.Create(cctx, req)
+	cancel()
+	if err != nil {
+		att.close()
+		return nil, fmt.Errorf("create %s: %w", o.ID, fromShim(err))
+	}
+	rec.Pid = int(resp.Pid)
+	rec.Log = paths.log
+	c.rec = rec
+	if err := writeRecord(dir, rec); err != nil {
+		att.close()
+		return nil, err
+	}
+	if err := att.connectStdin(ctx); err != nil {
+		att.close()
+		return nil, err
+	}
+	c.io = att
+	return c, nil
+}
+
+func (m *Manager) runcOptions() (*anypb.Any, error) {
+	if m.cfg.RuncOptions == nil {
+		return nil, nil
+	}
+	a, err := typeurl.MarshalAnyToProto(m.cfg.RuncOptions)
+	if err != nil {
+		return nil, fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return a, nil
+}
+
+// defaultRuncRoot is where the shim has runc keep its state unless the
+// runc Options name a root: one directory per namespace, as containerd's
+// runc shim does.
+const defaultRuncRoot = "/run/containerd/runc"
+
+// runcRoot is the runc root of the Manager's containers.
+func (m *Manager) runcRoot() string {
+	if o := m.cfg.RuncOptions; o != nil && o.Root != "" {
+		return o.Root
+	}
+	return filepath.Join(defaultRuncRoot, m.cfg.Namespace)
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}
+
+func removeSocket(address string) {
+	if p, ok := strings.CutPrefix(address, "unix://"); ok && p != "" {
+		os.Remove(p)
+	}
+}
+
+// notFound is the error for an unknown container.
+func (m *Manager) notFound(id string) error {
+	return fmt.Errorf("container %q in namespace %q: %w", id, m.cfg.Namespace, errdefs.ErrNotFound)
+}
+
+// load reads the record of container id.
+func (m *Manager) load(id string) (string, record, error) {
+	if err := validateName("container id", id); err != nil {
+		return "", record{}, err
+	}
+	dir := m.StateDir(id)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return dir, record{}, m.notFound(id)
+	}
+	rec, err := readRecord(dir)
+	if errdefs.IsNotFound(err) {
+		// The directory of a create in progress, or of a crashed one.
+		lk, lerr := tryLock(dir)
+		if lerr != nil {
+			return dir, record{}, lerr
+		}
+		lk.unlock()
+		return dir, record{ID: id, Namespace: m.cfg.Namespace, Runtime: m.cfg.RuntimeBinary},
+			fmt.Errorf("container %q: creation never finished: %w", id, ErrShimDead)
+	}
+	if err == nil && rec.Address == "" {
+		// A create that died between `shim start` and recording its
+		// answer: the shim also writes its address in its directory.
+		if data, aerr := os.ReadFile(filepath.Join(dir, "address")); aerr == nil {
+			rec.Address = strings.TrimSpace(string(data))
+		}
+	}
+	return dir, rec, err
+}
+
+// Open reconnects to the shim of container id. A shim that does not answer
+// within a bound gives an error wrapping ErrShimDead; Wait and Delete
+// clean such a shim up, Cleanup removes it.
+func (m *Manager) Open(ctx context.Context, id string) (*Container, error) {
+	dir, rec, err := m.load(id)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Exit != nil {
+		return nil, fmt.Errorf("container %q: shim gone, exit status %d: %w", id, rec.Exit.Status, ErrShimDead)
+	}
+	return m.connect(ctx, dir, rec)
+}
+
+// Wait waits for the init process of id to exit and returns its exit. When
+// the shim is dead, or dies while waiting, it is cleaned up with `shim
+// delete` and the exit status that reports is returned; the container's
+// state stays until Delete or Cleanup.
+func (m *Manager) Wait(ctx context.Context, id string) (Exit, error) {
+	c, err := m.Open(ctx, id)
+	if errors.Is(err, ErrShimDead) {
+		return m.reap(ctx, id)
+	}
+	if err != nil {
+		return Exit{}, err
+	}
+	defer c.Close()
+	exit, err := c.Wait(ctx)
+	if errors.Is(err, ErrShimDead) {
+		c.Close()
+		return m.reap(ctx, id)
+	}
+	return exit, err
+}
+
+// reap cleans up after the dead shim of id: `shim delete` (runc delete
+// --force, unmount) reports the saved exit, which is recorded; the state
+// directory stays. Like containerd, it forwards TaskExit and TaskDelete to
+// the events socket (best effort).
+func (m *Manager) reap(ctx context.Context, id string) (Exit, error) {
+	dir, rec, err := m.load(id)
+	if err != nil && !errors.Is(err, ErrShimDead) {
+		return Exit{}, err
+	}
+	if rec.Exit != nil {
+		return *rec.Exit, nil
+	}
+	lk, err := tryLock(dir)
+	if err != nil {
+		return Exit{}, err
+	}
+	defer lk.unlock()
+	return m.reapLocked(ctx, dir, rec)
+}
+
+func (m *Manager) reapLocked(ctx context.Context, dir string, rec record) (Exit, error) {
+	exit, err := m.deleteShim(context.WithoutCancel(ctx), dir, rec)
+	if err != nil {
+		return Exit{}, fmt.Errorf("clean up after the shim of %s: %w", rec.ID, err)
+	}
+	removeSocket(rec.Address)
+	rec.Exit = &exit
+	if _, serr := os.Stat(filepath.Join(dir, recordFile)); serr == nil {
+		if err := writeRecord(dir, rec); err != nil {
+			return exit, err
+		}
+	}
+	m.publishDeadExit(ctx, rec.ID, exit)
+	return exit, nil
+}
+
+// Delete deletes container id and everything minimgr and the shim kept for
+// it. Without force a running container is refused (ErrFailedPrecondition);
+// with force it is killed first. A dead shim is cleaned up with `shim
+// delete`. The exit of the init process is returned.
+func (m *Manager) Delete(ctx context.Context, id string, force bool) (Exit, error) {
+	c, err := m.Open(ctx, id)
+	if errors.Is(err, ErrShimDead) {
+		return m.removeDead(ctx, id)
+	}
+	if err != nil {
+		return Exit{}, err
+	}
+	defer c.Close()
+	exit, err := c.Delete(ctx, force)
+	if errors.Is(err, ErrShimDead) {
+		c.Close()
+		return m.removeDead(ctx, id)
+	}
+	return exit, err
+}
+
+// removeDead reaps a dead shim (once) and removes the state directory.
+func (m *Manager) removeDead(ctx context.Context, id string) (Exit, error) {
+	dir, rec, err := m.load(id)
+	if err != nil && !errors.Is(err, ErrShimDead) {
+		return Exit{}, err
+	}
+	lk, err := tryLock(dir)
+	if err != nil {
+		return Exit{}, err
+	}
+	defer lk.unlock()
+	exit := Exit{}
+	if rec.Exit != nil {
+		exit = *rec.Exit
+	} else if exit, err = m.reapLocked(ctx, dir, rec); err != nil {
+		return exit, err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return exit, fmt.Errorf("remove state of %s: %w", id, err)
+	}
+	return exit, nil
+}
+
+// Status is what List and State say of a container.
+type Status string
+
+// Statuses. Dead is a shim that does not answer; Creating is a container
+// whose creation is in progress in some minimgr process.
+const (
+	StatusCreated  Status = "created"
+	StatusRunning  Status = "running"
+	StatusPausing  Status = "pausing"
+	StatusPaused   Status = "paused"
+	StatusStopped  Status = "stopped"
+	StatusUnknown  Status = "unknown"
+	StatusDead     Status = "dead"
+	StatusCreating Status = "creating"
+)
+
+// Info is one container in List.
+type Info struct {
+	ID        string    `json:"id"`
+	Namespace string    `json:"namespace"`
+	Pid       int       `json:"pid"`
+	Status    Status    `json:"status"`
+	Bundle    string    `json:"bundle"`
+	StateDir  string    `json:"state_dir"`
+	ShimPid   int       `json:"shim_pid,omitempty"`
+	Created   time.Time `json:"created"`
+	Exit      *Exit     `json:"exit,omitempty"`
+	Terminal  bool      `json:"terminal,omitempty"`
+	// Log is the file of the init's output when it runs detached.
+	Log string `json:"log,omitempty"`
+	// Error says why a shim is taken for dead.
+	Error string `json:"error,omitempty"`
+}
+
+// List returns the containers of the namespace, sorted by ID. Shims are
+// asked in parallel, each within a bound; one that does not answer is
+// listed as dead.
+func (m *Manager) List(ctx context.Context) ([]Info, error) {
+	entries, err := os.ReadDir(nsDir(m.cfg.Root, m.cfg.Namespace))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range entries {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			ids = append(ids, e.Name())
+		}
+	}
+	out := make([]Info, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Go(func() { out[i] = m.info(ctx, id) })
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// Inspect returns what List says of container id.
+func (m *Manager) Inspect(ctx context.Context, id string) (Info, error) {
+	if err := validateName("container id", id); err != nil {
+		return Info{}, err
+	}
+	if _, err := os.Stat(m.StateDir(id)); errors.Is(err, os.ErrNotExist) {
+		return Info{}, m.notFound(id)
+	}
+	return m.info(ctx, id), nil
+}
+
+// info probes one container.
+func (m *Manager) info(ctx context.Context, id string) Info {
+	info := Info{ID: id, Namespace: m.cfg.Namespace, StateDir: m.StateDir(id), Status: StatusUnknown}
+	dir, rec, err := m.load(id)
+	info.Bundle, info.Pid, info.ShimPid, info.Created, info.Exit = rec.Bundle, rec.Pid, rec.ShimPid, rec.Created, rec.Exit
+	info.Terminal, info.Log = rec.Terminal, rec.Log
+	switch {
+	case errors.Is(err, ErrBusy):
+		info.Status = StatusCreating
+		return info
+	case errors.Is(err, ErrShimDead):
+		info.Status, info.Error = StatusDead, err.Error()
+		return info
+	case err != nil:
+		info.Error = err.Error()
+		return info
+	case rec.Exit != nil:
+		info.Status = StatusStopped
+		return info
+	}
+	c, err := m.connect(ctx, dir, rec)
+	if err != nil {
+		info.Status, info.Error = StatusDead, err.Error()
+		return info
+	}
+	defer c.Close()
+	st, err := c.State(ctx)
+	switch {
+	case errors.Is(err, ErrShimDead), errors.Is(err, context.DeadlineExceeded):
+		info.Status, info.Error = StatusDead, err.Error()
+	case err != nil:
+		info.Error = err.Error()
+	default:
+		info.Status, info.Pid, info.Exit = st.Status, st.Pid, st.Exit
+	}
+	return info
+}
+
+// Removed is one container that Cleanup removed.
+type Removed struct {
+	ID string `json:"id"`
+	// Reason is "dead shim", "stopped" or "unfinished create".
+	Reason string `json:"reason"`
+	Exit   Exit   `json:"exit"`
+}
+
+// Cleanup removes the state of dead shims (after `shim delete`), of stopped
+// containers (Delete, Shutdown) and of creates that never finished. Running,
+// created and paused containers, and those another minimgr is working on,
+// are left alone.
+func (m *Manager) Cleanup(ctx context.Context) ([]Removed, error) {
+	parent := nsDir(m.cfg.Root, m.cfg.Namespace)
+	entries, err := os.ReadDir(parent)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var (
+		mu      sync.Mutex
+		removed []Removed
+		errs    []error
+		wg      sync.WaitGroup
+	)
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		name := e.Name()
+		if strings.HasPrefix(name, ".") {
+			// A temporary directory of a create that died before it
+			// was renamed into place: no shim was ever started.
+			tmp := filepath.Join(parent, name)
+			if lk, err := tryLock(tmp); err == nil {
+				os.RemoveAll(tmp)
+				lk.unlock()
+			}
+			continue
+		}
+		wg.Go(func() {
+			r, ok, err := m.cleanupOne(ctx, name)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+			if ok {
+				removed = append(removed, r)
+			}
+		})
+	}
+	wg.Wait()
+	os.Remove(parent) // only when empty
+	return removed, errors.Join(errs...)
+}
+
+func (m *Manager) cleanupOne(ctx context.Context, id string) (Removed, bool, error) {
+	r := Removed{ID: id}
+	c, err := m.Open(ctx, id)
+	if err == nil {
+		defer c.Close()
+		var st State
+		st, err = c.State(ctx)
+		switch {
+		case err == nil && st.Status != StatusStopped:
+			return r, false, nil // running, created, paused: kept
+		case err == nil:
+			r.Reason = "stopped"
+		case errdefs.IsNotFound(err):
+			// The shim answers but holds no container: a create that
+			// died half way. Delete shuts it down and cleans up.
+			r.Reason = "unfinished create"
+		}
+		if err == nil || errdefs.IsNotFound(err) {
+			exit, err := c.Delete(ctx, false)
+			if errors.Is(err, ErrBusy) {
+				return r, false, nil
+			}
+			if !errors.Is(err, ErrShimDead) {
+				r.Exit = exit
+				return r, err == nil, err
+			}
+		}
+		c.Close()
+	}
+	switch {
+	case errors.Is(err, ErrBusy):
+		return r, false, nil
+	case !errors.Is(err, ErrShimDead):
+		return r, false, err
+	}
+	_, rec, _ := m.load(id)
+	r.Reason = "dead shim"
+	if rec.Address == "" {
+		r.Reason = "unfinished create"
+	}
+	exit, err := m.removeDead(ctx, id)
+	if errors.Is(err, ErrBusy) {
+		return r, false, nil
+	}
+	r.Exit = exit
+	return r, err == nil, err
+}
