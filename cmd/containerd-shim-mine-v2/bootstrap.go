@@ -106,7 +106,6 @@ func runtimeFromOptions(o *runcoptions.Options, ns string) process.Runtime {
 	if o != nil {
 		r = process.Runtime{
 			Binary:        o.BinaryName,
-			Root:          o.Root,
 			SystemdCgroup: o.SystemdCgroup,
 			NoPivotRoot:   o.NoPivotRoot,
 			NoNewKeyring:  o.NoNewKeyring,
@@ -114,6 +113,9 @@ func runtimeFromOptions(o *runcoptions.Options, ns string) process.Runtime {
 			IoGID:         int(o.IoGid),
 			CriuWorkPath:  o.CriuWorkPath,
 			ShimCgroup:    o.ShimCgroup,
+		}
+		if o.Root != "" {
+			r.Root = filepath.Join(o.Root, ns) // as the default root: per namespace
 		}
 	}
 	return r.WithDefaults(ns)

@@ -274,7 +274,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	if err == nil {
 		err = pio.Started(ctx)
 	} else {
-		err = logm.wrap("runc create", err)
+		err = logm.wrap(c.op("create"), err)
 	}
 	var pid int
 	if err == nil {
@@ -298,6 +298,11 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	c.mu.Unlock()
 	go c.waitExit(c.init, exits)
 	return c, nil
+}
+
+// op names a runtime call in errors: "runc create", "crun start", ...
+func (c *Container) op(name string) string {
+	return filepath.Base(c.cfg.Runtime.Binary) + " " + name
 }
 
 func (c *Container) stdioOptions() stdio.Options {
@@ -447,7 +452,7 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 	}
 	if p.isInit() {
 		logm := markLog(c.rt.Log)
-		err = logm.wrap("runc start", c.rt.Start(ctx, c.id))
+		err = logm.wrap(c.op("start"), c.rt.Start(ctx, c.id))
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if err == nil {
@@ -481,7 +486,7 @@ func (c *Container) restore(ctx context.Context, p *proc) (int, error) {
 	})
 	var pid int
 	if err != nil {
-		err = logm.wrap("runc restore", err)
+		err = logm.wrap(c.op("restore"), err)
 	} else if err = pio.Started(ctx); err == nil {
 		if pid, err = ReadInitPid(c.cfg.Bundle); err != nil {
 			err = fmt.Errorf("read init pid: %w", err)
@@ -549,7 +554,7 @@ func (c *Container) Checkpoint(ctx context.Context, cfg CheckpointConfig) error 
 		Cgroups:                  runc.CgroupMode(cfg.CgroupsMode),
 	}, actions...)
 	if err != nil {
-		return logm.wrap("runc checkpoint", err)
+		return logm.wrap(c.op("checkpoint"), err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -586,6 +591,8 @@ func (c *Container) AddExec(ctx context.Context, cfg ExecConfig) error {
 	if cfg.Stdio.Terminal != cfg.Spec.Terminal {
 		cfg.Spec.Terminal = cfg.Stdio.Terminal
 	}
+	// The exec's pipes belong to the same user as the init's (IoUid/IoGid).
+	cfg.Stdio.UID, cfg.Stdio.GID = c.cfg.Stdio.UID, c.cfg.Stdio.GID
 	if err := cfg.Stdio.Validate(); err != nil {
 		return err
 	}
@@ -626,7 +633,7 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	})
 	if err != nil {
 		pio.Close()
-		return fail(logm.wrap("runc exec", err))
+		return fail(logm.wrap(c.op("exec"), err))
 	}
 	if err := pio.Started(ctx); err != nil {
 		pio.Close()
@@ -666,7 +673,7 @@ func (c *Container) Kill(ctx context.Context, execID string, sig int, all bool) 
 	}
 	if p.isInit() {
 		logm := markLog(c.rt.Log)
-		return logm.wrap("runc kill", c.rt.Kill(ctx, c.id, sig, &runc.KillOpts{All: all}))
+		return logm.wrap(c.op("kill"), c.rt.Kill(ctx, c.id, sig, &runc.KillOpts{All: all}))
 	}
 	if pid == 0 {
 		return fmt.Errorf("exec %q has not started: %w", execID, errdefs.ErrFailedPrecondition)
@@ -775,7 +782,7 @@ func (c *Container) Pause(ctx context.Context) error {
 	c.mu.Unlock()
 
 	logm := markLog(c.rt.Log)
-	err := logm.wrap("runc pause", c.rt.Pause(ctx, c.id))
+	err := logm.wrap(c.op("pause"), c.rt.Pause(ctx, c.id))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p.status != Pausing {
@@ -803,7 +810,7 @@ func (c *Container) Resume(ctx context.Context) error {
 		return err
 	}
 	logm := markLog(c.rt.Log)
-	if err := logm.wrap("runc resume", c.rt.Resume(ctx, c.id)); err != nil {
+	if err := logm.wrap(c.op("resume"), c.rt.Resume(ctx, c.id)); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -827,7 +834,7 @@ func (c *Container) Update(ctx context.Context, res *specs.LinuxResources) error
 		return err
 	}
 	logm := markLog(c.rt.Log)
-	return logm.wrap("runc update", c.rt.Update(ctx, c.id, res))
+	return logm.wrap(c.op("update"), c.rt.Update(ctx, c.id, res))
 }
 
 // Stats returns the cgroup metrics of the container: a cgroup v1 or v2
@@ -862,7 +869,7 @@ func (c *Container) Pids(ctx context.Context) ([]PidInfo, error) {
 	logm := markLog(c.rt.Log)
 	pids, err := c.rt.Ps(ctx, c.id)
 	if err != nil {
-		return nil, logm.wrap("runc ps", err)
+		return nil, logm.wrap(c.op("ps"), err)
 	}
 	c.mu.Lock()
 	byPid := make(map[int]string, len(c.execs))
@@ -912,11 +919,12 @@ func (c *Container) Delete(ctx context.Context, execID string) (ExitRecord, erro
 	logm := markLog(c.rt.Log)
 	derr := c.rt.Delete(ctx, c.id, &runc.DeleteOpts{Force: true})
 	if derr != nil && !c.cfg.Runtime.stateGone(c.id) {
-		return ExitRecord{}, logm.wrap("runc delete", derr)
+		return ExitRecord{}, logm.wrap(c.op("delete"), derr)
 	}
-	if st == Created {
+	if st == Created && p.pid != 0 {
 		// runc delete --force killed the init; its exit comes through the
-		// reaper and is published before the delete event.
+		// reaper and is published before the delete event. (A container
+		// created from a checkpoint and never started has no process.)
 		t := time.NewTimer(deleteExitBound)
 		select {
 		case <-p.done:

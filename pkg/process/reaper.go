@@ -201,13 +201,15 @@ func (r *Reaper) forward(pid int, m Mark) chan runc.Exit {
 
 // Wait implements runc.ProcessMonitor. The exit has already been reaped by
 // the loop, so cmd.Wait only collects the command's I/O goroutines; its
-// "no child processes" error is expected.
+// "no child processes" error is expected. A failed Wait keeps the process's
+// pidfd open until the garbage collector finds it, so it is released here.
 func (r *Reaper) Wait(c *exec.Cmd, ec chan runc.Exit) (int, error) {
 	e, ok := <-ec
 	if !ok {
 		return -1, fmt.Errorf("exit of %s not delivered", c.Path)
 	}
 	_ = c.Wait()
+	_ = c.Process.Release()
 	return e.Status, nil
 }
 

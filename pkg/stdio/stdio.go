@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"os/exec"
 	"sync"
 	"syscall"
 	"time"
@@ -169,6 +170,17 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create stdio pipes: %w", err)
+	}
+	if ko == kindNone || ke == kindNone {
+		// A stream without a target is /dev/null. Left unset, go-runc
+		// would collect the runtime's output through a pipe that the
+		// container inherits, and wait for its end forever.
+		devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		p = &nullOutputs{IO: p, devNull: devNull}
 	}
 	i.pipe = p
 	if i.stdinSrc != nil {
@@ -399,6 +411,35 @@ func (i *IO) Started(ctx context.Context) error {
 	octx, cancel := context.WithTimeout(ctx, openTimeout)
 	defer cancel()
 	return i.startOutputs(octx, ec, nil)
+}
+
+// nullOutputs points the streams a runc.IO leaves unset at /dev/null.
+type nullOutputs struct {
+	runc.IO
+	devNull *os.File
+}
+
+func (n *nullOutputs) Set(cmd *exec.Cmd) {
+	n.IO.Set(cmd)
+	if cmd.Stdout == nil {
+		cmd.Stdout = n.devNull
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = n.devNull
+	}
+}
+
+func (n *nullOutputs) CloseAfterStart() error {
+	err := n.devNull.Close()
+	if c, ok := n.IO.(runc.StartCloser); ok {
+		err = errors.Join(err, c.CloseAfterStart())
+	}
+	return err
+}
+
+func (n *nullOutputs) Close() error {
+	n.devNull.Close()
+	return n.IO.Close()
 }
 
 type nopWriteCloser struct{ io.Writer }

@@ -233,3 +233,25 @@ func TestCloseStdinGivesEOF(t *testing.T) {
 		t.Fatal("cat did not see EOF")
 	}
 }
+
+// A process without I/O gets /dev/null, never a pipe whose end someone
+// waits for: runc create's own output must not be tied to the container.
+func TestNullIOUsesDevNull(t *testing.T) {
+	for _, cfg := range []Config{{}, {Stdin: ""}, {Stdout: "file://" + filepath.Join(t.TempDir(), "out")}} {
+		i, err := Open(context.Background(), cfg, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("/bin/true")
+		i.Runc().Set(cmd)
+		for name, f := range map[string]any{"stdout": cmd.Stdout, "stderr": cmd.Stderr} {
+			if f == nil {
+				t.Errorf("%+v: %s left unset", cfg, name)
+			}
+			if _, ok := f.(*os.File); !ok {
+				t.Errorf("%+v: %s is %T, not a file", cfg, name, f)
+			}
+		}
+		i.Close()
+	}
+}

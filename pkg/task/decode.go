@@ -3,6 +3,7 @@ package task
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
@@ -65,7 +66,7 @@ func checkpointConfig(path string, opts typeurl.Any) (process.CheckpointConfig, 
 // runtimeOptions applies the runc options of a Create (containerd.runc.v1.Options)
 // over the shim's defaults. Other option types (CRI's generic runtimeoptions)
 // carry nothing for us and are ignored.
-func runtimeOptions(base process.Runtime, opts typeurl.Any) (process.Runtime, error) {
+func runtimeOptions(base process.Runtime, opts typeurl.Any, ns string) (process.Runtime, error) {
 	r := base
 	if opts == nil || len(opts.GetValue()) == 0 {
 		return r, nil
@@ -81,7 +82,9 @@ func runtimeOptions(base process.Runtime, opts typeurl.Any) (process.Runtime, er
 		r.Binary = o.BinaryName
 	}
 	if o.Root != "" {
-		r.Root = o.Root
+		// One directory per namespace under the given root, as with the
+		// default root: equal IDs in two namespaces must not collide.
+		r.Root = filepath.Join(o.Root, ns)
 	}
 	r.SystemdCgroup = r.SystemdCgroup || o.SystemdCgroup
 	r.NoPivotRoot = r.NoPivotRoot || o.NoPivotRoot

@@ -49,7 +49,7 @@ func FuzzDecode(f *testing.F) {
 		if _, err := checkpointConfig("/img", a); err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Fatalf("checkpoint options: unclassified %v", err)
 		}
-		if _, err := runtimeOptions(process.Runtime{}, a); err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
+		if _, err := runtimeOptions(process.Runtime{}, a, "ns"); err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Fatalf("runtime options: unclassified %v", err)
 		}
 	})

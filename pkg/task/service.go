@@ -219,7 +219,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 		s.mu.Unlock()
 	}()
 
-	rt, err := runtimeOptions(s.cfg.Runtime, r.Options)
+	rt, err := runtimeOptions(s.cfg.Runtime, r.Options, s.cfg.Namespace)
 	if err != nil {
 		return nil, err
 	}
