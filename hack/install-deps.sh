@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the demo and the e2e tests need, when it is missing:
 #   - runc and a static busybox (Debian packages runc, busybox-static; needs
-#     root and apt-get);
+#     root and apt-get), and crun and criu for the tests of the BinaryName
+#     option and of checkpoint and restore (Debian packages crun, criu), and
+#     the CNI plugins of the CRI tests' pod network (Debian package
+#     containernetworking-plugins, in /usr/lib/cni; without apt-get the CRI
+#     tests use host-network pods instead);
 #   - containerd, ctr and containerd-shim-runc-v2 of containerd
-#     $CONTAINERD_VERSION, built with `go install` into $MINE_CACHE/bin.
+#     $CONTAINERD_VERSION, built with `go install` into $MINE_CACHE/bin;
+#   - for the compatibility tests (test/compat), containerd and ctr of
+#     containerd v2.2.9 in $MINE_CACHE/containerd-v2.2.9/bin and of containerd
+#     v1.7.35 in $MINE_CACHE/containerd-v1.7.35/bin. MINE_COMPAT_DEPS=0 skips
+#     them (test/compat then skips those releases).
 #
 # Idempotent and quiet: when everything is there it does nothing. Progress
 # goes to stderr; stdout gets one line, the directory of the containerd
@@ -11,9 +19,15 @@
 #
 #   export MINE_CONTAINERD_BIN=$(hack/install-deps.sh)
 #
+# The directories of the older releases are fixed:
+#
+#   export MINE_CONTAINERD22_BIN=$MINE_CACHE/containerd-v2.2.9/bin
+#   export MINE_CONTAINERD17_BIN=$MINE_CACHE/containerd-v1.7.35/bin
+#
 # Environment:
 #   MINE_CACHE          cache directory (default ~/.cache/mine)
 #   CONTAINERD_VERSION  containerd release to build (default v2.4.2)
+#   MINE_COMPAT_DEPS    0: do not build containerd v2.2.9 and v1.7.35
 set -euo pipefail
 
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
@@ -41,6 +55,15 @@ static_busybox() {
 pkgs=()
 command -v runc >/dev/null 2>&1 || pkgs+=(runc)
 static_busybox || pkgs+=(busybox-static)
+command -v crun >/dev/null 2>&1 || pkgs+=(crun)
+command -v criu >/dev/null 2>&1 || [ -x /usr/sbin/criu ] || pkgs+=(criu)
+if [ ! -x /usr/lib/cni/bridge ]; then
+	if command -v apt-get >/dev/null 2>&1; then
+		pkgs+=(containernetworking-plugins)
+	else
+		log "no CNI plugins in /usr/lib/cni: the CRI tests will use host-network pods"
+	fi
+fi
 if [ ${#pkgs[@]} -gt 0 ]; then
 	command -v apt-get >/dev/null 2>&1 || die "missing ${pkgs[*]} and no apt-get to install them"
 	sudo=()
@@ -70,6 +93,46 @@ if [ "$have" != yes ] || [ "$(cat "$stamp" 2>/dev/null)" != "$CONTAINERD_VERSION
 	# repository changes how containerd builds. no_btrfs: no btrfs headers.
 	(cd / && GOFLAGS='' GOBIN=$bin go install -tags no_btrfs "${mods[@]}")
 	echo "$CONTAINERD_VERSION" >"$stamp"
+fi
+
+# have_release DIR VERSION: DIR holds containerd and ctr built from VERSION.
+have_release() {
+	[ -x "$1/containerd" ] && [ -x "$1/ctr" ] && [ "$(cat "$1/.containerd-version" 2>/dev/null)" = "$2" ]
+}
+
+if [ "${MINE_COMPAT_DEPS:-1}" != 0 ]; then
+	command -v go >/dev/null 2>&1 || die "no go in PATH to build containerd v2.2.9 and v1.7.35 (MINE_COMPAT_DEPS=0 skips them)"
+
+	v=v2.2.9
+	dir=$MINE_CACHE/containerd-$v/bin
+	if ! have_release "$dir" "$v"; then
+		log "building containerd $v (containerd ctr) into $dir"
+		mkdir -p "$dir"
+		(cd / && GOFLAGS='' GOBIN=$dir go install -tags no_btrfs \
+			"github.com/containerd/containerd/v2/cmd/containerd@$v" \
+			"github.com/containerd/containerd/v2/cmd/ctr@$v")
+		echo "$v" >"$dir/.containerd-version"
+	fi
+
+	# containerd 1.7's go.mod has exclude directives, which `go install
+	# pkg@version` refuses: build in a writable copy of the module instead.
+	v=v1.7.35
+	dir=$MINE_CACHE/containerd-$v/bin
+	if ! have_release "$dir" "$v"; then
+		log "building containerd $v (containerd ctr) into $dir"
+		moddir=$(cd / && GOFLAGS='' go mod download -json "github.com/containerd/containerd@$v" |
+			sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+		[ -d "$moddir" ] || die "go mod download github.com/containerd/containerd@$v: no module directory"
+		src=$(mktemp -d "${TMPDIR:-/tmp}/containerd-$v.XXXXXX")
+		trap 'rm -rf "$src"' EXIT
+		cp -R "$moddir/." "$src/"
+		chmod -R u+w "$src"
+		mkdir -p "$dir"
+		(cd "$src" && GOFLAGS=-mod=mod GOWORK=off go build -tags no_btrfs -o "$dir/" ./cmd/containerd ./cmd/ctr) >&2
+		rm -rf "$src"
+		trap - EXIT
+		echo "$v" >"$dir/.containerd-version"
+	fi
 fi
 
 echo "$bin"

@@ -21,10 +21,30 @@
 // containerd and removes the temporary directory. When a test fails, the tail
 // of containerd's log is printed with it.
 //
+// Kubernetes through CRI: TestCRI (cri_test.go, build tag cri; it needs the
+// module k8s.io/cri-api) drives containerd's CRI plugin with the
+// k8s.io/cri-api client and the runtime handler "mine": two pods of three and
+// two containers, one shim per pod, ExecSync and its timeout, ContainerStats,
+// StopContainer with the image's stop signal and with a timeout, an OOM kill
+// reported as OOMKilled, and pod removal without leftovers. The CRI plugin of
+// the private containerd gets a locally built pause image (package pause) as
+// sandbox image, and a CNI bridge network of its own (Debian package
+// containernetworking-plugins in /usr/lib/cni; host-network pods without
+// it). TestTaskWithoutStdio checks, without CRI, a task with no stdio at all,
+// as CRI creates every pod's sandbox container.
+//
+// containerd restarts: TestContainerdRestart starts a private containerd of
+// its own, kills it with SIGKILL under running containers and starts it again
+// with the same config.
+//
 // What it needs: root, runc on PATH, a static busybox at /bin/busybox
 // (Debian busybox-static), and containerd v2 binaries (containerd, ctr and,
 // for the runc comparison, containerd-shim-runc-v2). Without them every test
-// skips and says why. hack/install-deps.sh installs all of them.
+// skips and says why. The tests of the BinaryName option and of checkpoint
+// and restore also use crun and criu (Debian packages crun, criu), and skip
+// without them, or where they cannot work (crun on a cgroup v1 host whose
+// unified hierarchy has controllers; CRIU on a kernel it cannot dump on).
+// hack/install-deps.sh installs all of them.
 //
 // Environment:
 //
