@@ -14,7 +14,7 @@ export MINE_CONTAINERD_BIN ?= $(MINE_CACHE)/bin
 
 COMMANDS := containerd-shim-mine-v2 minimgr
 
-.PHONY: all build install deps demo test test-unit test-e2e test-fuzz lint bench clean
+.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-fuzz test-cgroupv2 lint bench clean
 
 all: build
 
@@ -36,8 +36,22 @@ install: build
 deps:
 	@hack/install-deps.sh >/dev/null
 
-demo: deps
-	@hack/demo.sh
+# The main job: a busybox container through containerd and the shim, then
+# the same bundle through minimgr, without containerd.
+demo: demo-containerd demo-minimgr
+
+# The demo needs only containerd v2.4.2, not the older releases of test/compat.
+demo-containerd:
+	@MINE_COMPAT_DEPS=0 hack/demo.sh
+
+DEMO_DIR ?= /tmp/mine-demo-bundle
+demo-minimgr: build
+	@MINE_COMPAT_DEPS=0 hack/install-deps.sh >/dev/null
+	@rm -rf $(DEMO_DIR)
+	@$(BINDIR)/minimgr bundle init $(DEMO_DIR)
+	@echo "demo: minimgr run --rm $(DEMO_DIR) demo-minimgr sh -c 'echo hello from minimgr; uname -a'"
+	@$(BINDIR)/minimgr --runtime-binary $(BINDIR)/containerd-shim-mine-v2 run --rm $(DEMO_DIR) demo-minimgr sh -c 'echo hello from minimgr; uname -a'
+	@rm -rf $(DEMO_DIR)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
@@ -47,6 +61,7 @@ lint:
 # share no state (the e2e tests run their own containerd).
 test: deps lint
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-e2e test-fuzz
+	@$(MAKE) --no-print-directory test-cgroupv2
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m ./cmd/... ./pkg/...
@@ -60,6 +75,11 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseStart$$' -fuzztime $(FUZZTIME) ./cmd/containerd-shim-mine-v2
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/task
 	$(GO) test -run '^$$' -fuzz '^FuzzHandlers$$' -fuzztime $(FUZZTIME) ./pkg/task
+
+# cgroup v2 tests (pkg/oom, and a shim-level OOM test with runc) in a
+# throwaway QEMU VM with a cgroup-v2-only Debian kernel (software emulation).
+test-cgroupv2:
+	GO=$(GO) hack/cgv2/test.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./pkg/...

@@ -288,23 +288,39 @@ func TestSocketSecurity(t *testing.T) {
 		t.Fatalf("connect as the shim's uid: %v", err)
 	}
 
-	// Another uid. With the file modes opened up for the probe, the shim
+	// Another uid, with the file modes opened up for it: a hard link of the
+	// socket in a directory it can reach, the socket's mode 0666. The shim
 	// itself must refuse it (the peer credentials of the connection).
-	if err := os.Chmod(filepath.Dir(sock), 0o755); err != nil {
-		t.Fatal(err)
+	base := filepath.Dir(sock)
+	for p := filepath.Dir(sock); p != "/"; p = filepath.Dir(p) {
+		if st, err := os.Stat(p); err == nil && st.Mode().Perm()&0o001 == 0 {
+			base = filepath.Dir(p) // above the highest private directory
+		}
 	}
-	if err := os.Chmod(sock, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Chmod(filepath.Dir(sock), 0o700)
-	defer os.Chmod(sock, 0o600)
-	dir, err := os.MkdirTemp("", "mine-e2e-peer-")
+	dir, err := os.MkdirTemp(base, "mine-e2e-peer-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "sock")
+	if err := os.Link(sock, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Chmod(sock, 0o600)
+	for p := filepath.Dir(dir); p != "/"; p = filepath.Dir(p) {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			t.Skipf("%s is not searchable by others (%v): the probe cannot reach the socket", p, st.Mode().Perm())
+		}
 	}
 	probe := filepath.Join(dir, "peerprobe")
 	build := exec.Command("go", "build", "-o", probe, "./testdata/peerprobe")
@@ -313,7 +329,7 @@ func TestSocketSecurity(t *testing.T) {
 		t.Fatalf("build probe: %v\n%s", err, out)
 	}
 	cmd := exec.Command(probe)
-	cmd.Env = []string{"MINE_E2E_PEER_ID=" + id, "MINE_E2E_PEER_SOCKET=" + sock}
+	cmd.Env = []string{"MINE_E2E_PEER_ID=" + id, "MINE_E2E_PEER_SOCKET=" + link}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
