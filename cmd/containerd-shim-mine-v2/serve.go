@@ -107,7 +107,12 @@ func serve(f flags) error {
 		return fail(err)
 	}
 	defer svc.Close()
-	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
+	trim := newTrimmer()
+	defer trim.stop()
+	server, err := ttrpc.NewServer(
+		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithUnaryServerInterceptor(trim.interceptor),
+	)
 	if err != nil {
 		return fail(err)
 	}
