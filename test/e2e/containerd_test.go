@@ -60,7 +60,8 @@ func (c daemonConfig) toml() string {
 	fmt.Fprintf(&b, "\n[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n")
 	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = %q\n", c.Snapshotter)
 	// These machines cannot lower oom_score_adj (no CAP_SYS_RESOURCE).
-	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.runtime']\n  restrict_oom_score_adj = true\n")
+	// Pod network namespaces go under state, not /var/run/netns.
+	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.runtime']\n  restrict_oom_score_adj = true\n  netns_mounts_under_state_dir = true\n")
 	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.runtime'.containerd]\n  default_runtime_name = \"runc\"\n")
 	for _, name := range sortedKeys(c.Runtimes) {
 		fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%s]\n  runtime_type = %q\n",
@@ -92,14 +93,25 @@ func startDaemon(containerd string, cfg daemonConfig) (*daemon, error) {
 	if err := os.WriteFile(cfg.configPath(), []byte(cfg.toml()), 0o644); err != nil {
 		return nil, err
 	}
+	d := &daemon{cfg: cfg}
+	if err := d.launch(containerd); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// launch starts the containerd binary with d's config file and waits until
+// it serves.
+func (d *daemon) launch(containerd string) error {
+	cfg := d.cfg
 	logf, err := os.OpenFile(cfg.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer logf.Close() // the child has its own copy
 
 	if err := closeOnExecAll(); err != nil {
-		return nil, fmt.Errorf("mark inherited fds close-on-exec: %w", err)
+		return fmt.Errorf("mark inherited fds close-on-exec: %w", err)
 	}
 	cmd := exec.Command(containerd, "--config", cfg.configPath())
 	cmd.Stdin = nil // /dev/null
@@ -112,18 +124,50 @@ func startDaemon(containerd string, cfg daemonConfig) (*daemon, error) {
 	// not leave containerd running.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", containerd, err)
+		return fmt.Errorf("start %s: %w", containerd, err)
 	}
-	d := &daemon{cfg: cfg, cmd: cmd, exited: make(chan struct{})}
+	d.cmd, d.exited, d.err = cmd, make(chan struct{}), nil
+	exited := d.exited
 	go func() {
 		d.err = cmd.Wait()
-		close(d.exited)
+		close(exited)
 	}()
 	if err := d.waitReady(daemonStartTimeout); err != nil {
 		stopErr := d.stop()
-		return nil, errors.Join(err, stopErr, fmt.Errorf("containerd log tail:\n%s", d.logTail(40)))
+		return errors.Join(err, stopErr, fmt.Errorf("containerd log tail:\n%s", d.logTail(40)))
 	}
-	return d, nil
+	return nil
+}
+
+// crash kills containerd with SIGKILL, as the OOM killer or a crash would,
+// and waits for it to exit. Its shims keep running.
+func (d *daemon) crash() error {
+	select {
+	case <-d.exited:
+		return fmt.Errorf("containerd (pid %d) had already exited: %v", d.cmd.Process.Pid, d.err)
+	default:
+	}
+	if err := d.cmd.Process.Kill(); err != nil {
+		return err
+	}
+	select {
+	case <-d.exited:
+		return nil
+	case <-time.After(daemonStopTimeout):
+		return fmt.Errorf("containerd (pid %d) did not exit after SIGKILL", d.cmd.Process.Pid)
+	}
+}
+
+// restart starts containerd again with the same binary and config once it
+// has exited (after crash or stop), and waits until it serves. Its shims,
+// state and sockets are where the previous run left them.
+func (d *daemon) restart() error {
+	select {
+	case <-d.exited:
+	default:
+		return fmt.Errorf("containerd (pid %d) is still running", d.cmd.Process.Pid)
+	}
+	return d.launch(d.cmd.Path)
 }
 
 // daemonEnv is the test's environment without containerd client settings,

@@ -89,7 +89,7 @@ func (h *harness) ctrRun(t *testing.T, ns, rt, id string, args ...string) (strin
 }
 
 // ensureImage imports the test image into ns unless it is there already.
-func (h *harness) ensureImage(t *testing.T, ns string) {
+func (h *harness) ensureImage(t testing.TB, ns string) {
 	t.Helper()
 	if err := h.importImage(ns); err != nil {
 		t.Fatal(err)
@@ -100,7 +100,7 @@ var idUnsafe = regexp.MustCompile(`[^a-z0-9]+`)
 
 // newID returns a container ID made from the test name and a random suffix,
 // so runs never collide with state a crashed earlier run left behind.
-func newID(t *testing.T) string {
+func newID(t testing.TB) string {
 	t.Helper()
 	name := strings.Trim(idUnsafe.ReplaceAllString(strings.ToLower(t.Name()), "-"), "-")
 	if len(name) > 48 {
@@ -114,7 +114,7 @@ func newID(t *testing.T) string {
 }
 
 // nsContext returns a context in namespace ns bounded by timeout.
-func nsContext(t *testing.T, ns string, timeout time.Duration) context.Context {
+func nsContext(t testing.TB, ns string, timeout time.Duration) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), ns), timeout)
 	t.Cleanup(cancel)

@@ -145,10 +145,9 @@ func (p shimProcess) flag(name string) (string, bool) {
 }
 
 // shimProcesses lists the live shim processes that serve the containerd at
-// address: their -address flag names it (a shim without the flag is listed
-// too). A shim is a process whose argv[0] base name starts with
-// "containerd-shim" or whose executable is one of exes (MINE_SHIM may have
-// any name).
+// address: their -address flag names it. A shim is a process whose argv[0]
+// base name starts with "containerd-shim" or whose executable is one of exes
+// (MINE_SHIM may have any name).
 func shimProcesses(address string, exes []string) ([]shimProcess, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -171,7 +170,10 @@ func shimProcesses(address string, exes []string) ([]shimProcess, error) {
 				continue
 			}
 		}
-		if a, ok := p.flag("address"); ok && a != address && a != "unix://"+address {
+		// containerd passes -address to every shim it starts; a process
+		// without it (a test binary named containerd-shim-*.test, say) is
+		// not a shim of this containerd.
+		if a, ok := p.flag("address"); !ok || a != address && a != "unix://"+address {
 			continue
 		}
 		procs = append(procs, p)

@@ -91,7 +91,7 @@ func TestMain(m *testing.M) {
 
 // requireHarness returns the harness, or skips or fails t with the reason
 // setup gave. On failure, the tail of containerd's log is added to t's output.
-func requireHarness(t *testing.T) *harness {
+func requireHarness(t testing.TB) *harness {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
@@ -174,6 +174,9 @@ func (h *harness) setup() (skip string, err error) {
 		Snapshotter: h.snapshotter,
 		Runtimes:    map[string]string{"runc": runtimeRunc, "mine": runtimeMine},
 		PathDirs:    []string{binDir, filepath.Dir(h.containerd)},
+	}
+	if cfg.ExtraTOML, err = criTOML(h.dir); err != nil {
+		return "", fmt.Errorf("configure CRI: %w", err)
 	}
 	if h.d, err = startDaemon(h.containerd, cfg); err != nil {
 		return "", err

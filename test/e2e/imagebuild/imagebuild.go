@@ -78,6 +78,9 @@ type Options struct {
 	Cmd []string
 	// Env of the image config; nil means [DefaultPath].
 	Env []string
+	// StopSignal of the image config (for example "SIGUSR1"); empty means
+	// none, and the runtime's default (SIGTERM) applies.
+	StopSignal string
 	// Files are added to the layer after the generated entries.
 	Files []File
 	// OS and Architecture of the image; empty means "linux" and the
@@ -137,6 +140,7 @@ type containerConfig struct {
 	Entrypoint []string `json:"Entrypoint,omitempty"`
 	Cmd        []string `json:"Cmd,omitempty"`
 	WorkingDir string   `json:"WorkingDir,omitempty"`
+	StopSignal string   `json:"StopSignal,omitempty"`
 }
 
 type rootFS struct {
@@ -202,6 +206,7 @@ func Write(w io.Writer, opts Options) (Result, error) {
 			Entrypoint: o.Entrypoint,
 			Cmd:        o.Cmd,
 			WorkingDir: "/",
+			StopSignal: o.StopSignal,
 		},
 		RootFS:  rootFS{Type: "layers", DiffIDs: []string{diffID}},
 		History: []history{{Created: created, CreatedBy: "imagebuild: busybox rootfs"}},
