@@ -11,10 +11,13 @@ LDFLAGS   := -s -w -X main.Version=$(VERSION)
 # Where hack/install-deps.sh puts containerd's binaries; the e2e tests read it.
 export MINE_CACHE
 export MINE_CONTAINERD_BIN ?= $(MINE_CACHE)/bin
+# The older releases of the compatibility tests (test/compat).
+export MINE_CONTAINERD22_BIN ?= $(MINE_CACHE)/containerd-v2.2.9/bin
+export MINE_CONTAINERD17_BIN ?= $(MINE_CACHE)/containerd-v1.7.35/bin
 
 COMMANDS := containerd-shim-mine-v2 minimgr
 
-.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-fuzz test-cgroupv2 lint bench clean
+.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-fuzz test-cgroupv2 test-compat lint bench clean
 
 all: build
 
@@ -68,6 +71,11 @@ test-unit:
 
 test-e2e:
 	$(GO) test -count=1 -timeout 30m ./test/...
+
+# The lifecycle and a CRI pod against containerd v2.4.2, v2.2.9 and v1.7.35
+# (also part of test-e2e).
+test-compat: deps
+	$(GO) test -count=1 -timeout 10m ./test/compat/
 
 # A short run of each fuzz target (the seed corpus always runs in test-unit).
 FUZZTIME ?= 10s
