@@ -864,8 +864,18 @@ type PidInfo struct {
 	ExecID string
 }
 
-// Pids lists the processes of the container.
+// Pids lists the processes of the container. A container whose init has
+// stopped has none, and says so with a failed precondition rather than an
+// empty list: containerd, reloading its shims after a restart, takes an
+// empty list for a leaked shim and deletes the task, and with it the exit
+// status that nobody has read yet.
 func (c *Container) Pids(ctx context.Context) ([]PidInfo, error) {
+	c.mu.Lock()
+	err := check(c.init.status, opPids)
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	logm := markLog(c.rt.Log)
 	pids, err := c.rt.Ps(ctx, c.id)
 	if err != nil {

@@ -202,6 +202,10 @@ func TestIllegalTransitions(t *testing.T) {
 	if err := c.Kill(ctx, "", 9, false); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("kill of stopped: %v, want not found", err)
 	}
+	// Not an empty list: containerd would take the shim for a leaked one.
+	if _, err := c.Pids(ctx); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("pids of stopped: %v, want failed precondition", err)
+	}
 	if _, err := c.Start(ctx, ""); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("start of stopped: %v, want failed precondition", err)
 	}

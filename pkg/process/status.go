@@ -52,6 +52,7 @@ const (
 	opUpdate
 	opStats
 	opCheckpoint
+	opPids
 )
 
 func (o op) String() string {
@@ -76,6 +77,8 @@ func (o op) String() string {
 		return "read the stats of"
 	case opCheckpoint:
 		return "checkpoint"
+	case opPids:
+		return "list the processes of"
 	}
 	return fmt.Sprintf("op(%d)", int(o))
 }
@@ -83,10 +86,10 @@ func (o op) String() string {
 // allowed is the whole state machine: which operation may begin in which
 // state. Transitions happen in Container, after the runtime call succeeded.
 var allowed = map[Status]map[op]bool{
-	Created: {opStart: true, opKill: true, opDelete: true, opCloseIO: true, opUpdate: true, opStats: true},
-	Running: {opKill: true, opPause: true, opExec: true, opCloseIO: true, opUpdate: true, opStats: true, opCheckpoint: true},
-	Pausing: {opKill: true, opStats: true},
-	Paused:  {opKill: true, opResume: true, opUpdate: true, opStats: true, opCheckpoint: true},
+	Created: {opStart: true, opKill: true, opDelete: true, opCloseIO: true, opUpdate: true, opStats: true, opPids: true},
+	Running: {opKill: true, opPause: true, opExec: true, opCloseIO: true, opUpdate: true, opStats: true, opCheckpoint: true, opPids: true},
+	Pausing: {opKill: true, opStats: true, opPids: true},
+	Paused:  {opKill: true, opResume: true, opUpdate: true, opStats: true, opCheckpoint: true, opPids: true},
 	Stopped: {opDelete: true},
 	Deleted: {},
 }

@@ -243,6 +243,9 @@ func TestContainerdRestart(t *testing.T) {
 			t.Fatalf("container %s after the restart: %v", sixth.id, err)
 		}
 		task, err := cont.Task(ctx, nil)
+		if errdefs.IsNotFound(err) && p.runtime != runtimeRunc {
+			t.Fatalf("containerd deleted the task of %s on load and its exit status with it: the shim must keep a stopped task until it is deleted", sixth.id)
+		}
 		if errdefs.IsNotFound(err) {
 			t.Logf("containerd deleted the task of %s on load (a shim with no process left), as it does with the runc shim", sixth.id)
 			p.assertNoTraces(t, ns, sixth.id, sixthSocket)
