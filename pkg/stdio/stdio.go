@@ -118,7 +118,9 @@ type IO struct {
 
 	stdinOnce sync.Once
 	stdinSrc  io.ReadCloser  // FIFO read side of stdin; nil without stdin
+	stdinKeep io.Closer      // a write side of the stdin FIFO, held until CloseStdin
 	stdinDst  io.WriteCloser // the process's stdin (pipe or terminal); nil without stdin
+	stdinDone chan struct{}  // closed when the stdin copy loop has ended; nil without one
 
 	mu      sync.Mutex
 	closers []io.Closer // guarded by mu: targets IO opened, closed by Close
@@ -148,6 +150,16 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, err))
 		}
 		i.stdinSrc = in
+		// A client that detaches closes its write side; the process must
+		// not read EOF then, only on CloseIO. The shim's own write side
+		// keeps the FIFO from reaching EOF until CloseStdin.
+		keep, err := fifo.OpenFifo(context.WithoutCancel(ctx), fifoPath(cfg.Stdin), syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			in.Close()
+			i.stdinSrc = nil
+			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, err))
+		}
+		i.stdinKeep = keep
 	}
 	if cfg.Terminal {
 		if opts.Consoles == nil {
@@ -256,17 +268,27 @@ func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) {
 
 func (i *IO) startStdin() {
 	src, dst := i.stdinSrc, i.stdinDst
+	done := make(chan struct{})
+	i.stdinDone = done
 	go func() {
+		defer close(done)
 		buf := getBuf()
 		defer putBuf(buf)
 		_, _ = io.CopyBuffer(dst, src, *buf)
+		// The FIFO reaches EOF only after CloseStdin dropped the shim's
+		// write side and every client closed theirs: EOF for the process.
+		// A terminal stays open (closing it would hang the process up);
+		// CloseStdin sends it ^D.
 		if !i.cfg.Terminal {
-			// EOF on the FIFO is EOF for the process. A terminal stays
-			// open: closing it would hang up the process.
-			i.CloseStdin()
+			_ = dst.Close()
 		}
 	}()
 }
+
+// stdinDrainBound bounds how long CloseStdin lets what a client wrote to
+// stdin flow before it cuts stdin off (a client still holding the FIFO open
+// would otherwise keep it open).
+const stdinDrainBound = 2 * time.Second
 
 func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
 	k, u, err := parseTarget(target)
@@ -457,19 +479,46 @@ func (i *IO) Resize(width, height uint32) error {
 // CloseStdin closes the process's stdin so that it reads EOF. For a terminal
 // it sends the EOF character. It is safe to call more than once.
 func (i *IO) CloseStdin() error {
+	return i.closeStdin(true)
+}
+
+// closeStdin ends the process's stdin; with drain, what clients wrote is
+// delivered first (bounded by stdinDrainBound).
+func (i *IO) closeStdin(drain bool) error {
 	var err error
 	i.stdinOnce.Do(func() {
+		// Drop the shim's write side: once every client has closed
+		// theirs, the copy loop reads what is left, then EOF.
+		if i.stdinKeep != nil {
+			_ = i.stdinKeep.Close()
+		}
+		if !drain && i.stdinSrc != nil {
+			_ = i.stdinSrc.Close()
+		}
+		if i.stdinDone != nil {
+			t := time.NewTimer(stdinDrainBound)
+			select {
+			case <-i.stdinDone:
+			case <-t.C:
+				// A client still holds the FIFO: cut stdin off.
+				_ = i.stdinSrc.Close()
+				<-i.stdinDone
+			}
+			t.Stop()
+		}
+		if i.stdinSrc != nil {
+			_ = i.stdinSrc.Close()
+		}
 		if i.cfg.Terminal {
 			if i.ec != nil {
 				_, err = i.ec.Write([]byte{4}) // ^D: EOF in canonical mode
 			}
 		} else if i.pipe != nil {
 			if w := i.pipe.Stdin(); w != nil {
-				err = w.Close()
+				if cerr := w.Close(); cerr != nil && !errors.Is(cerr, os.ErrClosed) {
+					err = cerr
+				}
 			}
-		}
-		if i.stdinSrc != nil {
-			_ = i.stdinSrc.Close()
 		}
 	})
 	return err
@@ -546,7 +595,7 @@ func (i *IO) closeTargets() error {
 // Close closes the pipes or terminal and every target IO opened; the copy
 // loops end and a binary logger sees EOF.
 func (i *IO) Close() error {
-	i.CloseStdin()
+	i.closeStdin(false)
 	err := i.closeProcessSide()
 	if i.sock != nil {
 		err = errors.Join(err, i.sock.Close())

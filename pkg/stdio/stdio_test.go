@@ -99,7 +99,11 @@ func TestFIFOs(t *testing.T) {
 	if _, err := inW.Write([]byte("hello\n")); err != nil {
 		t.Fatal(err)
 	}
-	inW.Close() // EOF on the FIFO is EOF for the process
+	// The client detaching is not EOF for the process; CloseStdin is.
+	inW.Close()
+	if err := i.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("process: %v", err)
 	}
@@ -253,5 +257,43 @@ func TestNullIOUsesDevNull(t *testing.T) {
 			}
 		}
 		i.Close()
+	}
+}
+
+// A client that closes its side of the stdin FIFO (detaches) does not end
+// the process's stdin: another client can attach and write.
+func TestStdinSurvivesDetach(t *testing.T) {
+	dir := t.TempDir()
+	in, out := mkfifo(t, dir, "in"), mkfifo(t, dir, "out")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	outR, err := fifo.OpenFifo(ctx, out, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outR.Close()
+	i, err := Open(ctx, Config{Stdin: in, Stdout: out}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer i.Close()
+	cmd := spawn(t, i, "read a; read b; echo \"$a $b\"")
+	for _, line := range []string{"first\n", "second\n"} {
+		w, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+		w.Close() // detach
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	i.Drain(DrainBound)
+	got, _ := io.ReadAll(outR)
+	if string(got) != "first second\n" {
+		t.Fatalf("process read %q", got)
 	}
 }
