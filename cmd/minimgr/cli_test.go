@@ -115,7 +115,13 @@ func TestMinimgrKilledContainerSurvives(t *testing.T) {
 	if l := readLine(t, bufio.NewReader(out), 20*time.Second); l != "ready" {
 		t.Fatalf("first line %q", l)
 	}
+	// The program runs (and prints) a moment before the Start call that
+	// started it has returned and the shim says running.
 	before := e.state("surv")
+	for deadline := time.Now().Add(10 * time.Second); before.Status == minimgr.StatusCreated && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		before = e.state("surv")
+	}
 	if before.Status != minimgr.StatusRunning || before.Pid == 0 {
 		t.Fatalf("state before: %+v", before)
 	}
