@@ -264,7 +264,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 		att.close()
 		return nil, err
 	}
-	if err := att.connectStdin(ctx); err != nil {
+	if err := att.connectStdin(ctx, func() { _ = c.closeStdin(context.Background(), "") }); err != nil {
 		att.close()
 		return nil, err
 	}

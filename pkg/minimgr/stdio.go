@@ -151,10 +151,12 @@ func (a *attachment) track(c io.Closer) {
 }
 
 // connectStdin opens our end of the stdin FIFO, once the shim holds its
-// read end, and copies the caller's reader into it; EOF of the reader
-// closes the FIFO, which is EOF for the process. The copy goroutine ends
-// when the reader returns (the caller owns the reader).
-func (a *attachment) connectStdin(ctx context.Context) error {
+// read end, and copies the caller's reader into it. At EOF of the reader it
+// closes the FIFO and calls eof, which asks the shim to close the process's
+// stdin (CloseIO): the shim keeps the FIFO open across clients that detach,
+// so closing our end alone is not EOF for the process. The copy goroutine
+// ends when the reader returns (the caller owns the reader).
+func (a *attachment) connectStdin(ctx context.Context, eof func()) error {
 	if a == nil || a.stdinSrc == nil {
 		return nil
 	}
@@ -169,6 +171,9 @@ func (a *attachment) connectStdin(ctx context.Context) error {
 	go func() {
 		_, _ = io.Copy(w, src)
 		w.Close()
+		if eof != nil {
+			eof()
+		}
 	}()
 	return nil
 }
