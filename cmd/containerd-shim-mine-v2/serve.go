@@ -29,6 +29,11 @@ import (
 const (
 	logOpenTimeout  = 5 * time.Second
 	shutdownTimeout = 5 * time.Second
+	// orphanTimeout is how long a shim with no container and no call
+	// waits before it exits on its own (containerd calls Create right
+	// after start, and Shutdown after the last Delete).
+	orphanTimeout     = 10 * time.Second
+	idleCheckInterval = 2 * time.Second
 )
 
 // serve is the daemon: it serves the Task API on the socket that start
@@ -130,9 +135,19 @@ func serve(f flags) error {
 	signal.Ignore(unix.SIGPIPE)
 	dump := make(chan os.Signal, 1)
 	signal.Notify(dump, unix.SIGUSR1)
+	idle := time.NewTicker(idleCheckInterval)
+	defer idle.Stop()
 wait:
 	for {
 		select {
+		case <-idle.C:
+			// A shim that serves nothing and is called by no one has been
+			// forgotten: containerd died between start and Create, or lost
+			// the bundle. Without this it would live forever.
+			if svc.Count() == 0 && trim.idleFor() > orphanTimeout {
+				log.G(ctx).WithField("idle", trim.idleFor().String()).Warn("no container and no caller; exiting")
+				break wait
+			}
 		case <-done:
 			log.G(ctx).Info("shutdown requested")
 			break wait

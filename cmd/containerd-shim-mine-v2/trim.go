@@ -22,12 +22,14 @@ const idleTrimDelay = 5 * time.Second
 // (debug.FreeOSMemory) and the pages of its executable that the last burst
 // of calls mapped (dropStartupPages). An idle shim is most of a shim's life.
 type trimmer struct {
-	mu    sync.Mutex
-	timer *time.Timer // guarded by mu
+	mu       sync.Mutex
+	timer    *time.Timer // guarded by mu
+	lastCall time.Time   // guarded by mu
+	inFlight int         // guarded by mu
 }
 
 func newTrimmer() *trimmer {
-	t := &trimmer{}
+	t := &trimmer{lastCall: time.Now()}
 	t.timer = time.AfterFunc(idleTrimDelay, t.trim)
 	return t
 }
@@ -37,17 +39,30 @@ func (t *trimmer) trim() {
 	dropStartupPages()
 }
 
-// touch postpones the trim: the shim is busy.
-func (t *trimmer) touch() {
+// interceptor notes every call served: the trim waits for the shim to be
+// idle.
+func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 	t.mu.Lock()
-	t.timer.Reset(idleTrimDelay)
+	t.inFlight++
 	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.inFlight--
+		t.lastCall = time.Now()
+		t.timer.Reset(idleTrimDelay)
+		t.mu.Unlock()
+	}()
+	return m(ctx, u)
 }
 
-// interceptor notes every call served.
-func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-	defer t.touch()
-	return m(ctx, u)
+// idleFor reports how long no call has been served (0 while one is).
+func (t *trimmer) idleFor() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.inFlight > 0 {
+		return 0
+	}
+	return time.Since(t.lastCall)
 }
 
 func (t *trimmer) stop() {
