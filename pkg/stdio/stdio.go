@@ -100,7 +100,7 @@ type Options struct {
 
 // openTimeout bounds how long opening a FIFO whose peer never shows up, or
 // receiving a terminal master from the runtime, may take.
-const openTimeout = 10 * time.Second
+const openTimeout = 30 * time.Second
 
 // IO is the shim's side of one process's stdio: the pipes (or the terminal)
 // handed to the runtime and the copy loops between them and the targets.
