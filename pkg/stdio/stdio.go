@@ -153,7 +153,10 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 		// A client that detaches closes its write side; the process must
 		// not read EOF then, only on CloseIO. The shim's own write side
 		// keeps the FIFO from reaching EOF until CloseStdin.
-		keep, err := fifo.OpenFifo(context.WithoutCancel(ctx), fifoPath(cfg.Stdin), syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		// O_RDWR opens a FIFO at once (a non-blocking write open would
+		// complete later, and a client detaching before it did would be
+		// EOF after all).
+		keep, err := fifo.OpenFifo(context.WithoutCancel(ctx), fifoPath(cfg.Stdin), syscall.O_RDWR, 0)
 		if err != nil {
 			in.Close()
 			i.stdinSrc = nil
