@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sync"
 	"time"
 
@@ -149,12 +148,21 @@ type Container struct {
 	metrics          metricsSource    // guarded by mu; loaded on first Stats
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,75}$`)
+// maxIDLength bounds container and exec IDs (containerd's own limit).
+const maxIDLength = 76
 
-// ValidateID checks a container or exec ID before any path is built from it.
+// ValidateID checks a container or exec ID before any path is built from it:
+// 1 to 76 of [A-Za-z0-9_.-], starting with a letter or digit (so never "."
+// or ".."), and no "/".
 func ValidateID(id string) error {
-	if !idPattern.MatchString(id) {
-		return fmt.Errorf("invalid id %q: must match %s: %w", id, idPattern, errdefs.ErrInvalidArgument)
+	ok := len(id) > 0 && len(id) <= maxIDLength
+	for i := 0; ok && i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		ok = alnum || i > 0 && (c == '_' || c == '.' || c == '-')
+	}
+	if !ok {
+		return fmt.Errorf("invalid id %q: want 1 to %d of [A-Za-z0-9_.-] starting with a letter or digit: %w", id, maxIDLength, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

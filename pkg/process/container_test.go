@@ -480,3 +480,22 @@ func TestCreateRefusesForeignRuntimeState(t *testing.T) {
 		t.Fatalf("the runtime was called: %v", f.calls(t))
 	}
 }
+
+func TestValidateID(t *testing.T) {
+	for _, tc := range []struct {
+		id string
+		ok bool
+	}{
+		{"c1", true}, {"a.b-c_d", true}, {"0", true}, {strings.Repeat("x", 76), true},
+		{"", false}, {".", false}, {"..", false}, {"-x", false}, {"_x", false}, {"a/b", false},
+		{"a b", false}, {"a\x00", false}, {strings.Repeat("x", 77), false}, {"é", false},
+	} {
+		err := ValidateID(tc.id)
+		if (err == nil) != tc.ok {
+			t.Errorf("ValidateID(%q) = %v, want ok %v", tc.id, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("ValidateID(%q): unclassified %v", tc.id, err)
+		}
+	}
+}

@@ -114,6 +114,9 @@ func (d *daemon) launch(containerd string) error {
 		return fmt.Errorf("mark inherited fds close-on-exec: %w", err)
 	}
 	cmd := exec.Command(containerd, "--config", cfg.configPath())
+	// containerd looks for containerd-shim-* in its working directory
+	// before PATH: a stray binary there would replace the shim under test.
+	cmd.Dir = cfg.Dir
 	cmd.Stdin = nil // /dev/null
 	cmd.Stdout = logf
 	cmd.Stderr = logf
