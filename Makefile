@@ -17,7 +17,7 @@ export MINE_CONTAINERD17_BIN ?= $(MINE_CACHE)/containerd-v1.7.35/bin
 
 COMMANDS := containerd-shim-mine-v2 minimgr
 
-.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-fuzz test-cgroupv2 test-compat lint bench clean
+.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-fuzz test-cgroupv2 test-compat lint bench bench-pkg clean
 
 all: build
 
@@ -89,7 +89,14 @@ test-fuzz:
 test-cgroupv2:
 	GO=$(GO) hack/cgv2/test.sh
 
+# Every figure beside containerd's own runc shim of the same containerd, in
+# the same run, interleaved; writes docs/bench.json and docs/bench-rss.svg
+# (docs/BENCHMARKS.md explains them).
 bench:
+	@hack/bench.sh
+
+# The package benchmarks (pkg/oom: 500 watched cgroups).
+bench-pkg:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./pkg/...
 
 clean:

@@ -1,0 +1,171 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// oomLimit is the memory limit of the OOM container; its process asks for
+// four times as much.
+const oomLimit = 16 << 20
+
+// oomArgs allocate 64 MiB and fill it: busybox dd reads /dev/zero into one
+// buffer of bs bytes.
+var oomArgs = []string{"dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"}
+
+// OOMResult is the latency from the kernel's OOM kill of the container's
+// process to the arrival of /tasks/oom, and of /tasks/exit, at a subscriber
+// of containerd's event stream. KillClock says how the kill was timed:
+// "oom:mark_victim" (the kernel's tracepoint, see killTracer) or, where
+// tracefs is missing, "oom_kill counter" (the moment the cgroup's counter
+// was seen to move, see oomProbe).
+type OOMResult struct {
+	LimitBytes int        `json:"limit_bytes"`
+	KillClock  string     `json:"kill_clock"`
+	OOMEvent   Comparison `json:"kill_to_task_oom_ms"`
+	ExitEvent  Comparison `json:"kill_to_task_exit_ms"`
+}
+
+// oomOnce runs one container into its memory limit and returns the two
+// latencies, in seconds. kills may be nil: the probe times the kill then.
+func (e *Env) oomOnce(ctx context.Context, rt Runtime, id string, kills *killTracer) (oom, exit float64, err error) {
+	b, err := e.newBox(ctx, rt, id, oomArgs, oci.WithMemoryLimit(oomLimit))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() { err = errors.Join(err, b.remove(ctx, e)) }()
+	if err := b.createTask(ctx, e); err != nil {
+		return 0, 0, err
+	}
+	pid := int(b.t.Pid())
+	var probe *oomProbe
+	if kills == nil {
+		if probe, err = newOOMProbe(pid); err != nil {
+			return 0, 0, err
+		}
+		defer probe.close()
+	}
+	oomKey := eventKey{topic: topicOOM, container: id}
+	exitKey := eventKey{topic: topicExit, container: id}
+	oomC, exitC := e.events.expect(oomKey), e.events.expect(exitKey)
+	defer e.events.forget(oomKey)
+	defer e.events.forget(exitKey)
+	if err := b.start(ctx, e); err != nil {
+		return 0, 0, err
+	}
+	var killed float64
+	if probe != nil {
+		if killed, err = probe.wait(time.Now().Add(exitTimeout)); err != nil {
+			return 0, 0, fmt.Errorf("%s (%s): %w", id, rt.Short(), err)
+		}
+	}
+	oomAt, err := e.events.await(oomC, oomKey, exitTimeout)
+	if err != nil {
+		return 0, 0, err
+	}
+	exitAt, err := e.events.await(exitC, exitKey, exitTimeout)
+	if err != nil {
+		return 0, 0, err
+	}
+	if kills != nil {
+		if killed, err = kills.killTime(pid); err != nil {
+			return 0, 0, fmt.Errorf("%s (%s): %w", id, rt.Short(), err)
+		}
+	}
+	return oomAt - killed, exitAt - killed, nil
+}
+
+// OOM measures n OOM kills per runtime, alternating.
+func (e *Env) OOM(ctx context.Context, n int) (*OOMResult, error) {
+	res := &OOMResult{LimitBytes: oomLimit, KillClock: "oom:mark_victim"}
+	kills, err := newKillTracer(Namespace + "-" + e.tag)
+	if err != nil {
+		e.logf("oom: timing kills by the oom_kill counter: %v", err)
+		res.KillClock = "oom_kill counter"
+	} else {
+		defer kills.close()
+	}
+	var oom, exit Pair
+	for i := range n {
+		for _, rt := range order(i) {
+			o, x, err := e.oomOnce(ctx, rt, fmt.Sprintf("oom-%s-%s-%d", rt.Short(), e.tag, i), kills)
+			if err != nil {
+				return nil, err
+			}
+			oom.add(rt, o*1000)
+			exit.add(rt, x*1000)
+		}
+	}
+	res.OOMEvent, res.ExitEvent = oom.Compare("ms"), exit.Compare("ms")
+	return res, nil
+}
+
+// ExecExitResult is the latency of /tasks/exit of an exec of `true`:
+// measured from the return of the exec's Start call (FromStartReturn; it
+// can be negative, when the exit is published before Start's reply
+// arrives) and from the call (FromStartCall).
+type ExecExitResult struct {
+	FromStartReturn Comparison `json:"start_return_to_task_exit_ms"`
+	FromStartCall   Comparison `json:"start_call_to_task_exit_ms"`
+}
+
+// execExitOnce execs `true` into b and times its /tasks/exit.
+func (e *Env) execExitOnce(ctx context.Context, b *box, spec *specs.Process, execID string) (fromReturn, fromCall float64, err error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	key := eventKey{topic: topicExit, container: b.id, exec: execID}
+	ch := e.events.expect(key)
+	defer e.events.forget(key)
+	p, err := b.t.Exec(ctx, execID, spec, cio.NullIO)
+	if err != nil {
+		return 0, 0, fmt.Errorf("exec %s in %s: %w", execID, b.id, err)
+	}
+	defer func() {
+		if _, derr := p.Delete(ctx); derr != nil {
+			err = errors.Join(err, fmt.Errorf("delete exec %s: %w", execID, derr))
+		}
+	}()
+	call := monotonic()
+	if err := p.Start(ctx); err != nil {
+		return 0, 0, fmt.Errorf("start exec %s in %s: %w", execID, b.id, err)
+	}
+	ret := monotonic()
+	at, err := e.events.await(ch, key, exitTimeout)
+	if err != nil {
+		return 0, 0, err
+	}
+	return at - ret, at - call, nil
+}
+
+// ExecExit measures n execs per runtime into one running container each,
+// one at a time, alternating.
+func (e *Env) ExecExit(ctx context.Context, n int) (_ *ExecExitResult, err error) {
+	targets, err := e.execTargets(ctx, "xl")
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, e.removeTargets(ctx, targets)) }()
+	fromReturn, fromCall := Pair{}, Pair{}
+	for i := range n {
+		for _, rt := range order(i) {
+			b := targets[rt]
+			spec, err := b.execSpec(ctx, e, "true")
+			if err != nil {
+				return nil, err
+			}
+			r, c, err := e.execExitOnce(ctx, b, spec, fmt.Sprintf("x%d", i))
+			if err != nil {
+				return nil, err
+			}
+			fromReturn.add(rt, r*1000)
+			fromCall.add(rt, c*1000)
+		}
+	}
+	return &ExecExitResult{FromStartReturn: fromReturn.Compare("ms"), FromStartCall: fromCall.Compare("ms")}, nil
+}

@@ -1,0 +1,206 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options size a full run. DefaultOptions take about three and a half
+// minutes on two cores.
+type Options struct {
+	LifecycleRuns   int           `json:"lifecycle_runs"`    // rounds of (mine, runc-v2, raw runc)
+	LifecycleWarm   int           `json:"lifecycle_warm"`    // uncounted rounds first
+	MemoryCounts    []int         `json:"memory_counts"`     // container counts of the idle memory figure
+	Settle          time.Duration `json:"settle_ns"`         // idle time before memory is read: longer than any idle trim of a shim
+	ExecParallel    int           `json:"exec_parallel"`     // execs per burst
+	ExecRounds      int           `json:"exec_rounds"`       // bursts per runtime
+	StartParallel   int           `json:"start_parallel"`    // containers per start burst
+	StartRounds     int           `json:"start_rounds"`      // start bursts per runtime
+	OOMRuns         int           `json:"oom_runs"`          // OOM kills per runtime
+	ExecLatencyRuns int           `json:"exec_latency_runs"` // single execs per runtime
+	ProfileRuns     int           `json:"profile_runs"`      // traced lifecycles per runtime; 0: none
+}
+
+// DefaultOptions are the sizes of `hack/bench.sh`.
+func DefaultOptions() Options {
+	return Options{
+		LifecycleRuns:   60,
+		LifecycleWarm:   2,
+		MemoryCounts:    []int{1, 10, 50},
+		Settle:          12 * time.Second,
+		ExecParallel:    50,
+		ExecRounds:      8,
+		StartParallel:   50,
+		StartRounds:     4,
+		OOMRuns:         16,
+		ExecLatencyRuns: 60,
+		ProfileRuns:     12,
+	}
+}
+
+// Host describes the machine.
+type Host struct {
+	Kernel   string `json:"kernel"`
+	CPU      string `json:"cpu"`
+	CPUs     int    `json:"cpus"`
+	MemoryMB int    `json:"memory_mb"`
+	Cgroup   string `json:"cgroup"`
+}
+
+// Report is the result of a full run; it is written as JSON.
+type Report struct {
+	Date        string              `json:"date"`
+	Host        Host                `json:"host"`
+	Versions    Versions            `json:"versions"`
+	Snapshotter string              `json:"snapshotter"`
+	Options     Options             `json:"options"`
+	LoadBefore  [3]float64          `json:"load_before"`
+	LoadAfter   [3]float64          `json:"load_after"`
+	StepLoad    []StepLoad          `json:"step_load"`
+	Seconds     float64             `json:"seconds"`
+	Binaries    map[string]Binary   `json:"binaries"`
+	Lifecycle   *LifecycleResult    `json:"lifecycle,omitempty"`
+	Memory      []MemoryPoint       `json:"idle_memory,omitempty"`
+	Exec        *BurstResult        `json:"parallel_exec,omitempty"`
+	Start       *BurstResult        `json:"concurrent_start,omitempty"`
+	OOM         *OOMResult          `json:"oom,omitempty"`
+	ExecExit    *ExecExitResult     `json:"exec_exit,omitempty"`
+	Profile     map[string]*Profile `json:"profile,omitempty"`
+	ProfileNote string              `json:"profile_note,omitempty"`
+}
+
+// StepLoad is the load average when a step began. It counts the
+// benchmark's own processes too: after the bursts it stays high for a
+// minute although the machine is idle again.
+type StepLoad struct {
+	Step string     `json:"step"`
+	Load [3]float64 `json:"load"`
+}
+
+// Run measures everything Options ask for, in a fixed order, and returns the
+// report. A failing step ends the run with the report so far.
+func Run(ctx context.Context, e *Env, o Options) (*Report, error) {
+	begin := time.Now()
+	r := &Report{
+		Date:        begin.UTC().Format(time.RFC3339),
+		Host:        hostInfo(),
+		Versions:    e.Versions(ctx),
+		Snapshotter: e.snapshotter,
+		Options:     o,
+		LoadBefore:  LoadAvg(),
+	}
+	defer func() {
+		r.LoadAfter = LoadAvg()
+		r.Seconds = time.Since(begin).Seconds()
+	}()
+	var err error
+	// Flush the freshly built shim's pages, so they count as clean.
+	unix.Sync()
+	if r.Binaries, err = e.Binaries(); err != nil {
+		return r, err
+	}
+	// The heaviest steps last: concurrent starts load the machine (and the
+	// load average, which counts the benchmark's own processes) most.
+	steps := []struct {
+		name string
+		run  func() error
+	}{
+		{"lifecycle", func() (err error) {
+			r.Lifecycle, err = e.Lifecycle(ctx, o.LifecycleRuns, o.LifecycleWarm)
+			return err
+		}},
+		{"profile", func() error {
+			if o.ProfileRuns == 0 {
+				r.ProfileNote = "not run"
+				return nil
+			}
+			p, err := e.TraceLifecycles(ctx, o.ProfileRuns)
+			if err != nil {
+				// Tracing is optional: the machine may have no perf.
+				r.ProfileNote = err.Error()
+				e.logf("lifecycle trace skipped: %v", err)
+				return nil
+			}
+			r.Profile = p
+			return nil
+		}},
+		{"exec exit", func() (err error) {
+			r.ExecExit, err = e.ExecExit(ctx, o.ExecLatencyRuns)
+			return err
+		}},
+		{"oom", func() (err error) {
+			r.OOM, err = e.OOM(ctx, o.OOMRuns)
+			return err
+		}},
+		{"idle memory", func() (err error) {
+			r.Memory, err = e.Memory(ctx, o.MemoryCounts, o.Settle)
+			return err
+		}},
+		{"parallel exec", func() (err error) {
+			r.Exec, err = e.ParallelExec(ctx, o.ExecParallel, o.ExecRounds)
+			return err
+		}},
+		{"concurrent start", func() (err error) {
+			r.Start, err = e.ConcurrentStart(ctx, o.StartParallel, o.StartRounds)
+			return err
+		}},
+	}
+	for _, s := range steps {
+		start := time.Now()
+		load := LoadAvg()
+		r.StepLoad = append(r.StepLoad, StepLoad{Step: s.name, Load: load})
+		e.logf("%s: start (load %s)", s.name, fmtLoad(load))
+		if err := s.run(); err != nil {
+			return r, fmt.Errorf("%s: %w\ncontainerd log, last lines:\n%s", s.name, err, e.d.logTail(20))
+		}
+		e.logf("%s: done in %.1fs", s.name, time.Since(start).Seconds())
+	}
+	return r, nil
+}
+
+// LoadAvg returns the 1, 5 and 15 minute load averages.
+func LoadAvg() [3]float64 {
+	var l [3]float64
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return l
+	}
+	f := strings.Fields(string(data))
+	for i := 0; i < 3 && i < len(f); i++ {
+		l[i], _ = strconv.ParseFloat(f[i], 64)
+	}
+	return l
+}
+
+func fmtLoad(l [3]float64) string { return fmt.Sprintf("%.2f %.2f %.2f", l[0], l[1], l[2]) }
+
+func hostInfo() Host {
+	h := Host{CPUs: runtime.NumCPU()}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		h.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				h.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if m, err := readKB("/proc/meminfo"); err == nil {
+		h.MemoryMB = int(m["MemTotal"] / 1024)
+	}
+	h.Cgroup = "v1 (memory controller in a v1 hierarchy)"
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		h.Cgroup = "v2 (unified)"
+	}
+	return h
+}
