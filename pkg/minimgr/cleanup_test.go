@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -132,8 +133,8 @@ func TestReconnectAndExec(t *testing.T) {
 	if st, err := c2.State(ctx); err != nil || st.Status != StatusRunning || st.Pid != pid {
 		t.Fatalf("state %+v %v, want running pid %d", st, err, pid)
 	}
-	var out bytes.Buffer
-	p, err := c2.Exec(ctx, ExecOpts{ID: "x", Args: []string{"sh", "-c", "echo $$; sleep 1000"}, IO: IO{Stdout: &out}})
+	out := &lockedBuffer{}
+	p, err := c2.Exec(ctx, ExecOpts{ID: "x", Args: []string{"sh", "-c", "echo $$; sleep 1000"}, IO: IO{Stdout: out}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,6 +155,13 @@ func TestReconnectAndExec(t *testing.T) {
 	}
 	if found[xpid] != "x" {
 		t.Errorf("pids %v: no exec x with pid %d", ps, xpid)
+	}
+	// Its pid is printed before it sleeps: kill it only then.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "\n"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no output from the exec within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if err := p.Kill(ctx, 9); err != nil {
 		t.Fatal(err)
@@ -205,4 +213,23 @@ func TestCreateRefusesForeignRuncState(t *testing.T) {
 	if exists(m.StateDir("taken")) {
 		t.Error("a state directory was left")
 	}
+}
+
+// lockedBuffer is a bytes.Buffer that a copy goroutine writes while the
+// test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
