@@ -13,6 +13,9 @@
 #                           $MINE_CGV2_MODULES (with their dependencies)
 #   busybox-static          every tool of the guest (applets linked at boot)
 #   runc libseccomp2 libc6  runc and the shared libraries it links against
+#   crun and its libraries  crun (libcap2 libsystemd0 libyajl2 libgcrypt20
+#                           liblzma5 libzstd1 liblz4-1 libgpg-error0), for
+#                           the BinaryName=crun test
 #
 # The guest's PID 1 is init.sh of this directory.
 #
@@ -91,7 +94,10 @@ kpkg=${MINE_CGV2_KERNEL_PKG:-}
 if [ -z "$kpkg" ]; then
 	kpkg=$(apt_retry kernel_pkg) || die "cannot tell which kernel linux-image-amd64 depends on"
 fi
-pkgs=("$kpkg" busybox-static runc libseccomp2 libc6)
+# crun and its libraries: the BinaryName=crun test (crun refuses cgroup v1
+# hybrid hosts, so it runs only here).
+pkgs=("$kpkg" busybox-static runc libseccomp2 libc6
+	crun libcap2 libsystemd0 libyajl2 libgcrypt20 liblzma5 libzstd1 liblz4-1 libgpg-error0)
 
 say "downloading ${pkgs[*]}"
 mkdir "$work/debs"
@@ -136,23 +142,30 @@ mkdir -p "$r"/{bin,sbin,dev,proc,sys,etc/cgv2,tmp,run,root,mnt,lib64,usr/bin,usr
 cp "$bb" "$r/bin/busybox"
 ln -s busybox "$r/bin/sh"
 
-# --- runc and what the dynamic loader of libc6 resolves for it.
-runc=$(first "$x/usr/sbin/runc" "$x/usr/bin/runc") || die "runc holds no runc"
-cp "$runc" "$r/usr/sbin/runc"
+# --- runc and crun, and what the dynamic loader of libc6 resolves for them.
 loader=$(first "$x/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" "$x/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2") ||
 	die "libc6 holds no dynamic loader"
 libpath=$x/lib/x86_64-linux-gnu:$x/usr/lib/x86_64-linux-gnu
-"$loader" --library-path "$libpath" --list "$runc" >"$work/runc-libs" ||
-	die "cannot resolve the libraries of runc"
-sed -n 's/^.* => \(\/[^ ]*\) (0x[0-9a-f]*)$/\1/p' "$work/runc-libs" | while read -r lib; do
-	case $lib in
-	"$x"/*) ;;
-	*) die "runc needs $lib, which is not in ${pkgs[*]}" ;;
-	esac
-	rel=${lib#"$x"/}
-	mkdir -p "$r/$(dirname "$rel")"
-	cp -L "$lib" "$r/$rel"
-done
+# install_binary NAME: copy the binary NAME into /usr/sbin of the image with
+# the shared libraries it links against.
+install_binary() {
+	local name=$1 bin lib rel
+	bin=$(first "$x/usr/sbin/$name" "$x/usr/bin/$name") || die "no $name in the packages"
+	cp "$bin" "$r/usr/sbin/$name"
+	"$loader" --library-path "$libpath" --list "$bin" >"$work/$name-libs" ||
+		die "cannot resolve the libraries of $name"
+	sed -n 's/^.* => \(\/[^ ]*\) (0x[0-9a-f]*)$/\1/p' "$work/$name-libs" | while read -r lib; do
+		case $lib in
+		"$x"/*) ;;
+		*) die "$name needs $lib, which is not in ${pkgs[*]}" ;;
+		esac
+		rel=${lib#"$x"/}
+		mkdir -p "$r/$(dirname "$rel")"
+		cp -L "$lib" "$r/$rel"
+	done
+}
+install_binary runc
+install_binary crun
 mkdir -p "$r/lib/x86_64-linux-gnu"
 cp -L "$loader" "$r/lib/x86_64-linux-gnu/"
 ln -s /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$r/lib64/ld-linux-x86-64.so.2"

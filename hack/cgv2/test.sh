@@ -58,7 +58,8 @@ declare -A required=(
 	[oom.test]='TestRealOOM/v2
 TestRealNoOOM/v2
 TestManyAddRemove/v2_real_and_v2_fake'
-	[cgv2.test]='TestShimOOM'
+	[cgv2.test]='TestShimOOM
+TestShimOOMCrun'
 )
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mine-cgv2-test.XXXXXX")
