@@ -50,6 +50,16 @@ type cli struct {
 	ctx    context.Context
 }
 
+// attachedIO connects a process to minimgr's own stdio: a terminal carries
+// stdout and stderr together.
+func (c *cli) attachedIO(tty bool) minimgr.IO {
+	io := minimgr.IO{Stdin: c.stdin, Stdout: c.stdout}
+	if !tty {
+		io.Stderr = c.stderr
+	}
+	return io
+}
+
 func (c *cli) manager() (*minimgr.Manager, error) {
 	return minimgr.New(minimgr.Config{
 		Root:          c.g.stateDir,

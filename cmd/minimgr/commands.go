@@ -58,10 +58,7 @@ func runFlags(fs *flag.FlagSet) func(*cli, []string) (int, error) {
 			}
 			return 0, nil
 		}
-		opts.IO = minimgr.IO{Stdin: c.stdin, Stdout: c.stdout}
-		if !*tty {
-			opts.IO.Stderr = c.stderr
-		}
+		opts.IO = c.attachedIO(*tty)
 		term, err := openTerminal(*tty, c.stdin)
 		if err != nil {
 			return 0, err
@@ -172,10 +169,7 @@ func execFlags(fs *flag.FlagSet) func(*cli, []string) (int, error) {
 			_, err = p.Start(c.ctx)
 			return 0, err
 		}
-		opts.IO = minimgr.IO{Stdin: c.stdin, Stdout: c.stdout}
-		if !*tty {
-			opts.IO.Stderr = c.stderr
-		}
+		opts.IO = c.attachedIO(*tty)
 		term, err := openTerminal(*tty, c.stdin)
 		if err != nil {
 			return 0, err
