@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -122,7 +123,7 @@ func Cleanup(ctx context.Context, bundle, ns, id string) (ExitRecord, error) {
 		rt = Runtime{}.WithDefaults(ns)
 	}
 	if !rt.stateGone(id) {
-		if _, lerr := lookPath(rt.Binary); lerr != nil {
+		if _, lerr := exec.LookPath(rt.Binary); lerr != nil {
 			errs = errors.Join(errs, fmt.Errorf("runtime %q: %w", rt.Binary, lerr))
 		} else {
 			r := rt.client(bundle)

@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
@@ -49,7 +49,7 @@ func (r Runtime) Check() error {
 	if bin == "" {
 		bin = "runc"
 	}
-	if _, err := lookPath(bin); err != nil {
+	if _, err := exec.LookPath(bin); err != nil {
 		return fmt.Errorf("runtime binary %q: %v: %w", bin, err, errdefs.ErrFailedPrecondition)
 	}
 	if r.SystemdCgroup {
@@ -58,29 +58,6 @@ func (r Runtime) Check() error {
 		}
 	}
 	return nil
-}
-
-func lookPath(bin string) (string, error) {
-	if strings.Contains(bin, "/") {
-		st, err := os.Stat(bin)
-		if err != nil {
-			return "", err
-		}
-		if st.IsDir() || st.Mode()&0o111 == 0 {
-			return "", fmt.Errorf("%s is not executable", bin)
-		}
-		return bin, nil
-	}
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		if dir == "" {
-			dir = "."
-		}
-		p := filepath.Join(dir, bin)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found in PATH", bin)
 }
 
 // client returns the go-runc client of bundle, logging to bundle/log.json.

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -299,7 +300,7 @@ func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
 		return nil, err
 	}
 	if k == kindFile {
-		if err := os.MkdirAll(dirOf(u.Path), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
 			return nil, classifyOpen(fmt.Errorf("log file %s: %w", u.Path, err))
 		}
 		f, err := os.OpenFile(u.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
@@ -335,15 +336,6 @@ func classifyOpen(err error) error {
 		return fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	}
 	return err
-}
-
-func dirOf(path string) string {
-	for i := len(path) - 1; i > 0; i-- {
-		if path[i] == '/' {
-			return path[:i]
-		}
-	}
-	return "/"
 }
 
 type keepaliveWriter struct {
