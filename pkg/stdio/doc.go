@@ -1,18 +1,25 @@
 // Package stdio connects the standard streams of a container process to
-// where containerd (or minimgr) wants them.
+// where containerd (or minimgr) wants them: FIFOs (opened with
+// containerd/fifo), terminals (containerd/console), binary:// loggers and
+// file:// paths.
 //
-// The process gets pipes (go-runc's pipe I/O, owned by IoUid/IoGid); IO copies
-// between those pipes and the targets named in Config: FIFOs that containerd
-// created (opened with containerd/fifo), with more target kinds to come
-// (binary:// loggers, file:// paths, terminals).
+// Pipes: the process gets pipes owned by IoUid/IoGid. Once the runtime has
+// started it, the shim closes every end the process uses, stdin's read end
+// included, so a process that exits with unread stdin gives the shim's
+// writer EPIPE rather than a full pipe that blocks for good; what clients
+// still write to the stdin FIFO is then read and dropped.
 //
-// Ownership: Open starts one goroutine per stream; they are owned by the IO
-// and end when the process side of the pipe closes, when Drain's bound
-// passes, or on Close. Whoever calls Open calls Close once the process is
-// gone; Close closes every descriptor IO opened.
+// Ownership: Open starts one goroutine per stream; they are owned by the IO.
+// Whoever calls Open calls Close once the process is deleted; Close closes
+// every descriptor IO opened and returns within its bound whatever the
+// process, its children or the clients do.
+//
+// Exit and output: Flush, called when the process has exited, returns once
+// what the process wrote has been copied (the pipe is empty and nothing is
+// in flight), without closing anything: a background child that inherited
+// stdout keeps writing and its output keeps flowing until Close, which lets
+// it flow DeleteBound more and then cuts it off.
 //
 // Output FIFOs are held open for reading too, so a process never receives
-// SIGPIPE while containerd restarts. DrainBound bounds how long output may
-// keep flowing after the process has exited, for background children that
-// inherited stdout.
+// SIGPIPE while containerd restarts.
 package stdio

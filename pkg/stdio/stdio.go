@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -17,6 +16,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
 )
 
 // Config names where a process's standard streams go, as containerd gives
@@ -105,17 +105,23 @@ const openTimeout = 30 * time.Second
 
 // IO is the shim's side of one process's stdio: the pipes (or the terminal)
 // handed to the runtime and the copy loops between them and the targets.
-// The copy goroutines are owned by IO and end when the process side closes,
-// when Drain's bound expires, or on Close.
+//
+// Ownership: the copy goroutines are owned by IO. An output loop ends when
+// the pipe closes (every writer, background children included, is gone) or
+// on Close; the stdin loop ends at the FIFO's EOF (CloseStdin) or on Close.
+// Nothing in IO waits without a bound, and no method may be called with a
+// lock of the caller's held across it except Resize.
 type IO struct {
 	cfg  Config
 	opts Options
-	pipe runc.IO // pipe mode; nil in terminal mode
+	pipe *pipes // pipe mode; nil in terminal mode
 
 	// terminal mode
-	sock *runc.Socket    // until the master is received
-	con  console.Console // the master, once received
+	sock *runc.Socket // until the master is received
 	ec   *console.EpollConsole
+
+	conMu sync.Mutex
+	con   console.Console // guarded by conMu: the master, once received, until closed
 
 	stdinOnce sync.Once
 	stdinSrc  io.ReadCloser  // FIFO read side of stdin; nil without stdin
@@ -126,7 +132,8 @@ type IO struct {
 	mu      sync.Mutex
 	closers []io.Closer // guarded by mu: targets IO opened, closed by Close
 
-	outputs sync.WaitGroup // output copy loops
+	copies  []*outputCopy  // pipe mode output loops, set before Open returns
+	outputs sync.WaitGroup // every output copy loop
 	logger  *logger        // binary:// logger process, if any
 }
 
@@ -140,7 +147,7 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 	i := &IO{cfg: cfg, opts: opts}
 	defer func() {
 		if retErr != nil {
-			i.Close()
+			i.Close(0)
 		}
 	}()
 	if cfg.Stdin != "" {
@@ -159,8 +166,6 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 		// EOF after all).
 		keep, err := fifo.OpenFifo(context.WithoutCancel(ctx), fifoPath(cfg.Stdin), syscall.O_RDWR, 0)
 		if err != nil {
-			in.Close()
-			i.stdinSrc = nil
 			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, err))
 		}
 		i.stdinKeep = keep
@@ -179,24 +184,9 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 
 	ko, _, _ := parseTarget(cfg.Stdout)
 	ke, _, _ := parseTarget(cfg.Stderr)
-	p, err := runc.NewPipeIO(cfg.UID, cfg.GID, func(o *runc.IOOption) {
-		o.OpenStdin = cfg.Stdin != ""
-		o.OpenStdout = ko != kindNone
-		o.OpenStderr = ke != kindNone
-	})
+	p, err := newPipes(cfg.UID, cfg.GID, cfg.Stdin != "", ko != kindNone, ke != kindNone)
 	if err != nil {
 		return nil, fmt.Errorf("create stdio pipes: %w", err)
-	}
-	if ko == kindNone || ke == kindNone {
-		// A stream without a target is /dev/null. Left unset, go-runc
-		// would collect the runtime's output through a pipe that the
-		// container inherits, and wait for its end forever.
-		devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-		if err != nil {
-			p.Close()
-			return nil, err
-		}
-		p = &nullOutputs{IO: p, devNull: devNull}
 	}
 	i.pipe = p
 	if i.stdinSrc != nil {
@@ -246,7 +236,9 @@ func (i *IO) startOutputs(ctx context.Context, stdout, stderr io.Reader) error {
 				shared = w
 			}
 		}
-		i.startCopy(w, s.src, !same)
+		if err := i.startCopy(w, s.src, !same); err != nil {
+			return err
+		}
 	}
 	if shared != nil {
 		go func() {
@@ -257,17 +249,30 @@ func (i *IO) startOutputs(ctx context.Context, stdout, stderr io.Reader) error {
 	return nil
 }
 
-func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) {
+func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) error {
+	var oc *outputCopy
+	if f, ok := src.(*os.File); ok && i.pipe != nil {
+		var err error
+		if oc, err = newOutputCopy(f); err != nil {
+			return err
+		}
+		i.copies = append(i.copies, oc)
+	}
 	i.outputs.Add(1)
 	go func() {
 		defer i.outputs.Done()
 		buf := getBuf()
 		defer putBuf(buf)
-		_, _ = io.CopyBuffer(dst, src, *buf)
+		if oc != nil {
+			oc.run(dst, *buf)
+		} else {
+			_, _ = io.CopyBuffer(dst, src, *buf)
+		}
 		if closeDst {
 			dst.Close()
 		}
 	}()
+	return nil
 }
 
 func (i *IO) startStdin() {
@@ -278,20 +283,34 @@ func (i *IO) startStdin() {
 		defer close(done)
 		buf := getBuf()
 		defer putBuf(buf)
-		_, _ = io.CopyBuffer(dst, src, *buf)
+		for {
+			n, rerr := src.Read(*buf)
+			if n > 0 && dst != nil {
+				if _, werr := dst.Write((*buf)[:n]); werr != nil {
+					// The process and everything that shared its stdin
+					// are gone (EPIPE), or stdin was cut off: what
+					// clients still write is read and dropped, so that
+					// they never block on a FIFO nobody reads.
+					dst = nil
+				}
+			}
+			if rerr != nil {
+				break
+			}
+		}
 		// The FIFO reaches EOF only after CloseStdin dropped the shim's
 		// write side and every client closed theirs: EOF for the process.
 		// A terminal stays open (closing it would hang the process up);
 		// CloseStdin sends it ^D.
-		if !i.cfg.Terminal {
-			_ = dst.Close()
+		if !i.cfg.Terminal && i.stdinDst != nil {
+			_ = i.stdinDst.Close()
 		}
 	}()
 }
 
 // stdinDrainBound bounds how long CloseStdin lets what a client wrote to
-// stdin flow before it cuts stdin off (a client still holding the FIFO open
-// would otherwise keep it open).
+// stdin flow before it cuts stdin off (a client still holding the FIFO open,
+// or a process that does not read, would otherwise keep it open).
 const stdinDrainBound = 2 * time.Second
 
 func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
@@ -420,7 +439,9 @@ func (i *IO) Started(ctx context.Context) error {
 		r.con.Close()
 		return err
 	}
+	i.conMu.Lock()
 	i.con, i.ec = r.con, ec
+	i.conMu.Unlock()
 	if i.stdinSrc != nil {
 		i.stdinDst = nopWriteCloser{ec}
 		i.startStdin()
@@ -430,56 +451,35 @@ func (i *IO) Started(ctx context.Context) error {
 	return i.startOutputs(octx, ec, nil)
 }
 
-// nullOutputs points the streams a runc.IO leaves unset at /dev/null.
-type nullOutputs struct {
-	runc.IO
-	devNull *os.File
-}
-
-func (n *nullOutputs) Set(cmd *exec.Cmd) {
-	n.IO.Set(cmd)
-	if cmd.Stdout == nil {
-		cmd.Stdout = n.devNull
-	}
-	if cmd.Stderr == nil {
-		cmd.Stderr = n.devNull
-	}
-}
-
-func (n *nullOutputs) CloseAfterStart() error {
-	err := n.devNull.Close()
-	if c, ok := n.IO.(runc.StartCloser); ok {
-		err = errors.Join(err, c.CloseAfterStart())
-	}
-	return err
-}
-
-func (n *nullOutputs) Close() error {
-	n.devNull.Close()
-	return n.IO.Close()
-}
-
 type nopWriteCloser struct{ io.Writer }
 
 func (nopWriteCloser) Close() error { return nil }
 
-// Resize sets the terminal size; it fails without a terminal.
+// Resize sets the terminal size; it fails without a terminal. It may run
+// while the process exits and its I/O closes.
 func (i *IO) Resize(width, height uint32) error {
+	i.conMu.Lock()
+	defer i.conMu.Unlock()
 	if i.con == nil {
+		if i.cfg.Terminal {
+			// Not received yet, or closed: the process is gone.
+			return fmt.Errorf("terminal not available: %w", errdefs.ErrFailedPrecondition)
+		}
 		return fmt.Errorf("process has no terminal: %w", errdefs.ErrFailedPrecondition)
 	}
 	return i.con.Resize(console.WinSize{Width: uint16(width), Height: uint16(height)})
 }
 
-// CloseStdin closes the process's stdin so that it reads EOF. For a terminal
-// it sends the EOF character. It is safe to call more than once.
+// CloseStdin closes the process's stdin so that it reads EOF, once what
+// clients wrote has flowed (bounded by stdinDrainBound). For a terminal it
+// sends the EOF character. It is safe to call more than once.
 func (i *IO) CloseStdin() error {
-	return i.closeStdin(true)
+	return i.closeStdin(stdinDrainBound)
 }
 
-// closeStdin ends the process's stdin; with drain, what clients wrote is
-// delivered first (bounded by stdinDrainBound).
-func (i *IO) closeStdin(drain bool) error {
+// closeStdin ends the process's stdin; what clients wrote may flow for up to
+// drain first. It never waits longer than drain plus closeBound.
+func (i *IO) closeStdin(drain time.Duration) error {
 	var err error
 	i.stdinOnce.Do(func() {
 		// Drop the shim's write side: once every client has closed
@@ -487,90 +487,137 @@ func (i *IO) closeStdin(drain bool) error {
 		if i.stdinKeep != nil {
 			_ = i.stdinKeep.Close()
 		}
-		if !drain && i.stdinSrc != nil {
-			_ = i.stdinSrc.Close()
+		ended := i.stdinDone == nil
+		if !ended && drain > 0 {
+			ended = waitBound(i.stdinDone, drain)
 		}
-		if i.stdinDone != nil {
-			t := time.NewTimer(stdinDrainBound)
-			select {
-			case <-i.stdinDone:
-			case <-t.C:
-				// A client still holds the FIFO: cut stdin off.
+		if !ended {
+			// A client still holds the FIFO, or the process does not
+			// read: cut stdin off. Closing either side ends a copy
+			// blocked on it.
+			if i.stdinSrc != nil {
 				_ = i.stdinSrc.Close()
-				<-i.stdinDone
 			}
-			t.Stop()
+			if i.stdinDst != nil {
+				_ = i.stdinDst.Close()
+			}
+			if !waitBound(i.stdinDone, closeBound) {
+				log.L.Warn("stdin copy did not end")
+			}
 		}
 		if i.stdinSrc != nil {
 			_ = i.stdinSrc.Close()
 		}
 		if i.cfg.Terminal {
-			if i.ec != nil {
-				_, err = i.ec.Write([]byte{4}) // ^D: EOF in canonical mode
+			i.conMu.Lock()
+			ec := i.ec
+			closed := i.con == nil
+			i.conMu.Unlock()
+			if ec != nil && !closed && drain > 0 {
+				_, err = ec.Write([]byte{4}) // ^D: EOF in canonical mode
 			}
-		} else if i.pipe != nil {
-			if w := i.pipe.Stdin(); w != nil {
-				if cerr := w.Close(); cerr != nil && !errors.Is(cerr, os.ErrClosed) {
-					err = cerr
-				}
+		} else if i.stdinDst != nil {
+			if cerr := i.stdinDst.Close(); cerr != nil && !errors.Is(cerr, os.ErrClosed) {
+				err = cerr
 			}
 		}
 	})
 	return err
 }
 
-// DrainBound is how long output may keep flowing after the process has
-// exited. A background child that inherited stdout (`sleep 1000 &`) keeps the
-// pipe open forever; past this bound the shim stops copying so that Wait and
-// Delete return.
-const DrainBound = 2 * time.Second
-
-// Drain is called once the process has exited. It waits until the output
-// copy loops have ended or bound has passed, then closes the process side so
-// that they end. It reports whether everything was copied.
-func (i *IO) Drain(bound time.Duration) bool {
-	if i.ec != nil {
-		// The terminal's reader keeps waiting through hang-ups until it is
-		// shut down; what is buffered is still read.
-		_ = i.ec.Shutdown(i.opts.Consoles.remove)
+// waitBound waits for ch to close, at most d; it reports whether it did.
+func waitBound(ch <-chan struct{}, d time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	default:
 	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// closeBound bounds each step of closing once its cause is gone (a read or
+// write ended by closing its descriptor returns at once).
+const closeBound = time.Second
+
+// ExitBound is how long Flush lets the output a process wrote before it
+// exited reach its targets before its exit is published anyway.
+const ExitBound = 2 * time.Second
+
+// DeleteBound is how long Close lets output keep flowing (a background child
+// that inherited stdout may still write) before it cuts it off, as the
+// process is deleted: containerd's runc shim waits as long.
+const DeleteBound = 2 * time.Second
+
+// Flush is called once the process has exited. It returns when what the
+// process wrote has been copied to the targets: the copy loops have ended,
+// or (pipe mode) the pipes are empty and nothing read is still being
+// written, because a background child that inherited them keeps them open.
+// It never closes anything: such a child's later output is still copied,
+// until Close. It waits at most bound and reports whether all was copied.
+func (i *IO) Flush(bound time.Duration) bool {
 	done := make(chan struct{})
 	go func() {
 		i.outputs.Wait()
 		close(done)
 	}()
-	t := time.NewTimer(bound)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
+	if i.ec != nil {
+		// A terminal's reader keeps waiting through hang-ups until it is
+		// shut down; what is buffered is still read. A terminal is not
+		// kept for background children.
+		_ = i.ec.Shutdown(i.opts.Consoles.remove)
+		return waitBound(done, bound)
 	}
-	// Closing the process side ends a loop blocked reading it; closing the
-	// targets ends one blocked writing to a reader that went away.
-	i.closeProcessSide()
-	t.Reset(time.Second)
-	select {
-	case <-done:
-	case <-t.C:
-		i.closeTargets()
-		<-done
+	deadline := time.Now().Add(bound)
+	poll := 100 * time.Microsecond
+	for {
+		select {
+		case <-done:
+			return true
+		default:
+		}
+		if i.copiesDrained() {
+			return true
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		select {
+		case <-done:
+			return true
+		case <-time.After(min(poll, left)):
+		}
+		poll = min(2*poll, 10*time.Millisecond)
 	}
-	return false
+}
+
+func (i *IO) copiesDrained() bool {
+	for _, oc := range i.copies {
+		if !oc.drained() {
+			return false
+		}
+	}
+	return true
 }
 
 func (i *IO) closeProcessSide() error {
 	var err error
 	if i.pipe != nil {
 		err = i.pipe.Close()
-		if errors.Is(err, os.ErrClosed) {
-			// The process's ends were closed after it started.
-			err = nil
-		}
 	}
-	if i.con != nil {
-		err = errors.Join(err, i.con.Close())
-		i.con = nil
+	i.conMu.Lock()
+	con := i.con
+	i.con = nil
+	i.conMu.Unlock()
+	if con != nil {
+		err = errors.Join(err, con.Close())
 	}
 	return err
 }
@@ -587,14 +634,35 @@ func (i *IO) closeTargets() error {
 	return err
 }
 
-// Close closes the pipes or terminal and every target IO opened; the copy
-// loops end and a binary logger sees EOF.
-func (i *IO) Close() error {
-	i.closeStdin(false)
+// Close ends the process's I/O: output may keep flowing for up to bound
+// (what a background child still writes), then the pipes or terminal and
+// every target IO opened are closed; the copy loops end and a binary logger
+// sees EOF. It returns within bound plus a few closeBounds, whatever the
+// process, its children or the clients do.
+func (i *IO) Close(bound time.Duration) error {
+	i.closeStdin(0)
+	if i.ec != nil {
+		_ = i.ec.Shutdown(i.opts.Consoles.remove)
+	}
+	done := make(chan struct{})
+	go func() {
+		i.outputs.Wait()
+		close(done)
+	}()
+	if bound > 0 {
+		waitBound(done, bound)
+	}
 	err := i.closeProcessSide()
 	if i.sock != nil {
 		err = errors.Join(err, i.sock.Close())
 		i.sock = nil
+	}
+	if !waitBound(done, closeBound) {
+		// A loop blocked writing to a target whose reader went away.
+		err = errors.Join(err, i.closeTargets())
+		if !waitBound(done, closeBound) {
+			log.L.Warn("output copy did not end")
+		}
 	}
 	err = errors.Join(err, i.closeTargets())
 	if i.logger != nil {

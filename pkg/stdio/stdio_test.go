@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/console"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
 )
@@ -94,7 +95,7 @@ func TestFIFOs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer i.Close()
+	defer i.Close(0)
 	cmd := spawn(t, i, "cat; echo oops >&2")
 	if _, err := inW.Write([]byte("hello\n")); err != nil {
 		t.Fatal(err)
@@ -107,8 +108,8 @@ func TestFIFOs(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("process: %v", err)
 	}
-	if !i.Drain(DrainBound) {
-		t.Fatal("drain hit its bound")
+	if !i.Flush(ExitBound) {
+		t.Fatal("flush hit its bound")
 	}
 	gotOut, _ := io.ReadAll(outR)
 	gotErr, _ := io.ReadAll(errR)
@@ -124,10 +125,10 @@ func TestFileTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer i.Close()
+	defer i.Close(0)
 	cmd := spawn(t, i, "echo out; echo err >&2")
 	cmd.Wait()
-	i.Drain(DrainBound)
+	i.Flush(ExitBound)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +154,7 @@ func TestBinaryLogger(t *testing.T) {
 	}
 	cmd := spawn(t, i, "echo to-stdout; echo to-stderr >&2")
 	cmd.Wait()
-	i.Close()
+	i.Close(0)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		data, _ := os.ReadFile(out)
@@ -171,9 +172,10 @@ func TestBinaryLogger(t *testing.T) {
 	}
 }
 
-// A background child that keeps stdout open must not hold the drain past
-// its bound.
-func TestDrainIsBounded(t *testing.T) {
+// A background child that keeps stdout open does not hold the exit: Flush
+// returns once what the process wrote has been copied, and what the child
+// writes later is still copied, until Close cuts it off within its bound.
+func TestFlushLeavesBackgroundOutputFlowing(t *testing.T) {
 	dir := t.TempDir()
 	out := mkfifo(t, dir, "out")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -187,21 +189,106 @@ func TestDrainIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer i.Close()
-	cmd := spawn(t, i, "sleep 30 & echo hi")
+	marker := filepath.Join(dir, "go")
+	cmd := spawn(t, i, "(while [ ! -e "+marker+" ]; do sleep 0.05; done; echo later; sleep 30) & echo hi")
 	cmd.Wait()
-	const bound = 300 * time.Millisecond
-	start := time.Now()
-	if i.Drain(bound) {
-		t.Fatal("drain reported complete while a child holds stdout")
-	}
-	if d := time.Since(start); d > bound+2*time.Second {
-		t.Fatalf("drain took %s", d)
+	if !i.Flush(ExitBound) {
+		t.Fatal("flush hit its bound although the pipe was empty")
 	}
 	buf := make([]byte, 16)
 	n, _ := outR.Read(buf)
 	if got := string(buf[:n]); got != "hi\n" {
 		t.Fatalf("read %q", got)
+	}
+	// The child writes after the process's exit: still delivered.
+	if err := os.WriteFile(marker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		n, _ := outR.Read(buf)
+		got <- string(buf[:n])
+	}()
+	select {
+	case s := <-got:
+		if s != "later\n" {
+			t.Fatalf("read %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("output of the background child was not copied")
+	}
+	const bound = 300 * time.Millisecond
+	start := time.Now()
+	i.Close(bound)
+	if d := time.Since(start); d > bound+2*closeBound {
+		t.Fatalf("close took %s", d)
+	}
+}
+
+// Stdin that the process never reads: its exit must not leave the copy, a
+// client writing, or Close blocked (a full pipe whose read end the shim kept
+// wedged containers for good).
+func TestUnreadStdinNeverBlocks(t *testing.T) {
+	dir := t.TempDir()
+	in := mkfifo(t, dir, "in")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	i, err := Open(ctx, Config{Stdin: in}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := w.Write(make([]byte, 300000))
+		w.Close()
+		wrote <- err
+	}()
+	cmd := spawn(t, i, "exit 0")
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatalf("client write: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("client blocked writing stdin of an exited process")
+	}
+	start := time.Now()
+	if err := i.CloseStdin(); err != nil && !errors.Is(err, os.ErrClosed) {
+		t.Logf("close stdin: %v", err)
+	}
+	i.Close(DeleteBound)
+	if d := time.Since(start); d > stdinDrainBound+DeleteBound+2*closeBound {
+		t.Fatalf("closing took %s", d)
+	}
+}
+
+// Resize may race with the process's exit closing its terminal.
+func TestResizeRacesClose(t *testing.T) {
+	for n := 0; n < 50; n++ {
+		con, _, err := console.NewPty()
+		if err != nil {
+			t.Skipf("no pty: %v", err)
+		}
+		i := &IO{cfg: Config{Terminal: true}, con: con}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for k := 0; k < 20; k++ {
+				_ = i.Resize(80, 24)
+			}
+		}()
+		i.Close(0)
+		<-done
+		if err := i.Resize(80, 24); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			t.Fatalf("resize after close: %v", err)
+		}
 	}
 }
 
@@ -213,7 +300,7 @@ func TestCloseStdinGivesEOF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer i.Close()
+	defer i.Close(0)
 	var stdout bytes.Buffer
 	cmd := exec.Command("/bin/sh", "-c", "cat >/dev/null; echo eof")
 	i.Runc().Set(cmd)
@@ -256,7 +343,7 @@ func TestNullIOUsesDevNull(t *testing.T) {
 				t.Errorf("%+v: %s is %T, not a file", cfg, name, f)
 			}
 		}
-		i.Close()
+		i.Close(0)
 	}
 }
 
@@ -276,7 +363,7 @@ func TestStdinSurvivesDetach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer i.Close()
+	defer i.Close(0)
 	cmd := spawn(t, i, "read a; read b; echo \"$a $b\"")
 	for _, line := range []string{"first\n", "second\n"} {
 		w, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY, 0)
@@ -291,7 +378,7 @@ func TestStdinSurvivesDetach(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	i.Drain(DrainBound)
+	i.Flush(ExitBound)
 	got, _ := io.ReadAll(outR)
 	if string(got) != "first second\n" {
 		t.Fatalf("process read %q", got)
