@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,7 +13,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
-	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Files the shim keeps in a container's bundle, so that `shim delete` can
@@ -123,19 +122,94 @@ func Cleanup(ctx context.Context, bundle, ns, id string) (ExitRecord, error) {
 		rt = Runtime{}.WithDefaults(ns)
 	}
 	if !rt.stateGone(id) {
-		if _, lerr := exec.LookPath(rt.Binary); lerr != nil {
-			errs = errors.Join(errs, fmt.Errorf("runtime %q: %w", rt.Binary, lerr))
-		} else {
-			r := rt.client(bundle)
-			r.PdeathSignal = 0
-			logm := markLog(r.Log)
-			if err := r.Delete(ctx, id, &runc.DeleteOpts{Force: true}); err != nil && !rt.stateGone(id) {
-				errs = errors.Join(errs, logm.wrap("runc delete", err))
-			}
+		a := newAdapter(rt, bundle, id)
+		a.rc.PdeathSignal = 0 // `shim delete` exits at once
+		if err := a.delete(ctx); err != nil {
+			errs = errors.Join(errs, err)
 		}
 	}
 	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = errors.Join(errs, fmt.Errorf("unmount rootfs: %w", err))
 	}
 	return exit, errs
+}
+
+// maxIDLength bounds container and exec IDs (containerd's own limit).
+const maxIDLength = 76
+
+// ValidateID checks a container or exec ID before any path is built from it:
+// 1 to 76 of [A-Za-z0-9_.-], starting with a letter or digit (so never "."
+// or ".."), and no "/".
+func ValidateID(id string) error {
+	ok := len(id) > 0 && len(id) <= maxIDLength
+	for i := 0; ok && i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		ok = alnum || i > 0 && (c == '_' || c == '.' || c == '-')
+	}
+	if !ok {
+		return fmt.Errorf("invalid id %q: want 1 to %d of [A-Za-z0-9_.-] starting with a letter or digit: %w", id, maxIDLength, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// ValidateBundle checks that bundle is an absolute directory holding a
+// config.json that parses, before anything is written into it.
+func ValidateBundle(bundle string) error {
+	if !filepath.IsAbs(bundle) || filepath.Clean(bundle) != bundle {
+		return fmt.Errorf("bundle %q is not a clean absolute path: %w", bundle, errdefs.ErrInvalidArgument)
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return fmt.Errorf("bundle %s: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return fmt.Errorf("bundle %s: config.json: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// loadSpec reads the bundle's config.json.
+func loadSpec(bundle string) (*specs.Spec, error) {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return nil, fmt.Errorf("bundle %s: config.json: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
+	}
+	return &spec, nil
+}
+
+// checkRoot checks that the root filesystem the spec names exists, once the
+// rootfs mounts are in place.
+func checkRoot(bundle string, spec *specs.Spec) error {
+	if spec.Root == nil || spec.Root.Path == "" {
+		return nil // the runtime decides
+	}
+	root := spec.Root.Path
+	if !filepath.IsAbs(root) {
+		root = filepath.Join(bundle, root)
+	}
+	if st, err := os.Stat(root); err != nil || !st.IsDir() {
+		return fmt.Errorf("root filesystem %s of bundle %s is missing: %w", spec.Root.Path, bundle, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// sharedPIDNamespace reports whether the container has no PID namespace of
+// its own (the host's, or another's, as Kubernetes' shareProcessNamespace
+// and hostPID give): its init's exit does not end its other processes.
+func sharedPIDNamespace(spec *specs.Spec) bool {
+	if spec.Linux == nil {
+		return true
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.PIDNamespace {
+			return ns.Path != ""
+		}
+	}
+	return true
 }

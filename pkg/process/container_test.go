@@ -3,10 +3,14 @@ package process
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +18,8 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/mineshim/mine/pkg/stdio"
 )
 
 var testReaper = NewReaper()
@@ -88,7 +94,7 @@ func newFake(t *testing.T) fakeEnv {
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{}`), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"linux":{"namespaces":[{"type":"pid"}]}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	script, err := filepath.Abs("testdata/fake-runtime.sh")
@@ -99,6 +105,8 @@ func newFake(t *testing.T) fakeEnv {
 	t.Setenv("FAKE_RUNTIME_LOG", argv)
 	t.Setenv("FAKE_RUNTIME_FAIL", "")
 	t.Setenv("FAKE_RUNTIME_EXIT_ON_START", "")
+	t.Setenv("FAKE_RUNTIME_EXEC_BLOCK", "")
+	t.Setenv("FAKE_RUNTIME_DELETE_KEEPS", "")
 	return fakeEnv{bundle: bundle, argv: argv, rt: Runtime{Binary: script, Root: filepath.Join(dir, "root")}}
 }
 
@@ -498,4 +506,264 @@ func TestValidateID(t *testing.T) {
 			t.Errorf("ValidateID(%q): unclassified %v", tc.id, err)
 		}
 	}
+}
+
+// A container without a PID namespace of its own: the init's exit kills
+// every other process of the container (runc kill --all) before the exit is
+// published.
+func TestSharedPIDInitExitKillsAll(t *testing.T) {
+	f := newFake(t)
+	if err := os.WriteFile(filepath.Join(f.bundle, "config.json"), []byte(`{"linux":{"namespaces":[{"type":"network"}]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kill(ctx, "", 9, false); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Wait(wctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	calls := f.calls(t)
+	if !strings.Contains(calls[len(calls)-1], "kill --all c1 9") && !strings.Contains(strings.Join(calls, "\n"), "kill --all c1 9") {
+		t.Fatalf("no kill --all after the init's exit: %q", calls)
+	}
+	// Kill with all of a stopped init still reaches the runtime.
+	n := len(f.calls(t))
+	_ = c.Kill(ctx, "", 9, true)
+	if got := f.calls(t); len(got) <= n || !strings.Contains(got[n], "kill --all c1 9") {
+		t.Fatalf("kill --all of a stopped init did not reach the runtime: %q", got[n:])
+	}
+	if err := c.Kill(ctx, "", 9, false); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("kill of a stopped init: %v, want not found", err)
+	}
+}
+
+// plantPid starts a process that gets pid, through ns_last_pid; it skips
+// the test when another process took the pid first.
+func plantPid(t *testing.T, pid int) *exec.Cmd {
+	t.Helper()
+	for try := 0; try < 20; try++ {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+			t.Skipf("cannot choose a pid: %v", err)
+		}
+		cmd := exec.Command("sleep", "100")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == pid {
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			return cmd
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+	t.Skipf("pid %d kept being taken by other processes", pid)
+	return nil
+}
+
+// A kill of an exec whose exit has been reaped never reaches the process
+// that got its pid afterwards: it reports not found.
+func TestExecKillNeverReachesRecycledPid(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddExec(ctx, ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"sleep", "1000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := c.Start(ctx, "e1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The exec dies and is reaped by the shim's reaper.
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("exec not reaped")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	planted := plantPid(t, pid)
+	if err := c.Kill(ctx, "e1", int(unix.SIGKILL), false); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("kill of a reaped exec: %v, want not found", err)
+	}
+	if err := planted.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the process that took pid %d was signalled: %v", pid, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if e, err := c.Wait(wctx, "e1"); err != nil || e.Status != 137 {
+		t.Fatalf("exec wait: %+v, %v", e, err)
+	}
+}
+
+// Delete gives up waiting for the exit of an init it killed; the exit that
+// comes later neither panics nor publishes anything after the delete.
+func TestDeleteTimeoutThenLateExit(t *testing.T) {
+	f := newFake(t)
+	t.Setenv("FAKE_RUNTIME_DELETE_KEEPS", "1")
+	old := deleteExitBound
+	deleteExitBound = 200 * time.Millisecond
+	defer func() { deleteExitBound = old }()
+	rec := newRecorder()
+	c := f.create(t, rec)
+	pid := c.Pid()
+	if _, err := c.Delete(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the late exit goes through the pipeline
+	if got, want := strings.Join(rec.kinds(), ","), "create,delete"; got != want {
+		t.Fatalf("events %s, want %s", got, want)
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if e, err := c.Wait(wctx, ""); err != nil || e.Status != 137 {
+		t.Fatalf("wait after delete: %+v, %v", e, err)
+	}
+}
+
+// An Exec request while the init's exit is held behind a starting exec is
+// accepted (State still says running); its Start fails, classified; the
+// starting exec is killed once it runs, and everything is published.
+func TestExecWhileInitExitPending(t *testing.T) {
+	f := newFake(t)
+	block := filepath.Join(t.TempDir(), "block")
+	if err := unix.Mkfifo(block, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FAKE_RUNTIME_EXEC_BLOCK", block)
+	if err := c.AddExec(ctx, ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"sleep", "1000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { _, err := c.Start(ctx, "e1"); started <- err }()
+	// Wait until runc exec blocks, then kill the init.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(strings.Join(f.calls(t), "\n"), " exec ") {
+		if time.Now().After(deadline) {
+			t.Fatal("exec never called")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	initPid := c.Pid()
+	if err := unix.Kill(initPid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", initPid)); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("init not reaped")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // the exit reaches the sequencer
+	if st, _ := c.State(""); st.Status != Running {
+		t.Fatalf("state with the init's exit held: %s", st.Status)
+	}
+	if err := c.AddExec(ctx, ExecConfig{ID: "e2", Spec: &specs.Process{Args: []string{"true"}}}); err != nil {
+		t.Fatalf("exec while the init's exit is held: %v", err)
+	}
+	if _, err := c.Start(ctx, "e2"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("start of e2: %v, want failed precondition", err)
+	}
+	// Unblock runc exec: e1 starts, is killed, and its exit goes first.
+	w, err := os.OpenFile(block, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("go\n"))
+	w.Close()
+	if err := <-started; err != nil {
+		t.Fatalf("start of e1: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Wait(wctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	kinds := rec.kinds()
+	if got := strings.Join(kinds[len(kinds)-2:], ","); got != "exit:e1,exit" {
+		t.Fatalf("events %v", kinds)
+	}
+	dctx, dcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer dcancel()
+	if _, err := c.Delete(dctx, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Execs left undeleted release their I/O when the container is deleted.
+func TestUndeletedExecsReleasedWithContainer(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	before := countFDs(t)
+	logs := t.TempDir()
+	for i := 0; i < 5; i++ {
+		id := fmt.Sprintf("e%d", i)
+		out := "file://" + filepath.Join(logs, id)
+		if err := c.AddExec(ctx, ExecConfig{ID: id, Spec: &specs.Process{Args: []string{"sleep", "1000"}}, Stdio: stdio.Config{Stdout: out, Stderr: out}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Start(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if during := countFDs(t); during <= before {
+		t.Fatalf("fds %d with 5 execs, %d before: the test sees nothing", during, before)
+	}
+	if err := c.Kill(ctx, "", 9, false); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if _, err := c.Wait(wctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Delete(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if after := countFDs(t); after > before {
+		t.Fatalf("fds %d after delete, %d before", after, before)
+	}
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }

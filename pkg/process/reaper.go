@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 )
@@ -41,6 +42,12 @@ type unclaimedExit struct {
 // its pid. It implements go-runc's ProcessMonitor so that runc invocations
 // and container processes share one reaping loop without racing exec.Cmd.
 type Reaper struct {
+	// reapMu is held for writing around each wait4 and the delivery of its
+	// exit, and for reading by Pidfd and Signal: while it is read-held no
+	// child is reaped, so a pid whose claim is still waiting cannot be
+	// released and reused.
+	reapMu sync.RWMutex
+
 	mu        sync.Mutex
 	seq       uint64                // guarded by mu
 	waiters   map[int]chan Exit     // guarded by mu
@@ -73,6 +80,15 @@ func (r *Reaper) Run(ctx context.Context) error {
 }
 
 func (r *Reaper) reapAll() {
+	for r.reapOne() {
+	}
+}
+
+// reapOne reaps one exited child and delivers its exit; it reports whether
+// there was one.
+func (r *Reaper) reapOne() bool {
+	r.reapMu.Lock()
+	defer r.reapMu.Unlock()
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -80,10 +96,56 @@ func (r *Reaper) reapAll() {
 			continue
 		}
 		if err != nil || pid <= 0 {
-			return
+			return false
 		}
 		r.deliver(Exit{Pid: pid, Status: exitCode(ws), Time: time.Now()})
+		return true
 	}
+}
+
+// errReaped says that a process has exited and been reaped: its pid may
+// belong to another process by now.
+var errReaped = fmt.Errorf("process has exited: %w", errdefs.ErrNotFound)
+
+// waiting reports whether a claim of pid waits for its exit. Called
+// with reapMu read-held, a true answer means that pid is still that process
+// (alive, or a zombie nobody reaped).
+func (r *Reaper) waiting(pid int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.waiters[pid]
+	return ok
+}
+
+// Pidfd opens a pidfd of the claimed process pid, or fails with errReaped
+// when its exit has already been reaped. Signals sent through the pidfd can
+// never reach another process. Where the kernel has no pidfd_open (before
+// 5.3) it returns -1 and no error: use Signal.
+func (r *Reaper) Pidfd(pid int) (int, error) {
+	r.reapMu.RLock()
+	defer r.reapMu.RUnlock()
+	if !r.waiting(pid) {
+		return -1, errReaped
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ENOSYS) {
+		return -1, nil
+	}
+	if err != nil {
+		return -1, fmt.Errorf("pidfd of %d: %w", pid, err)
+	}
+	return fd, nil
+}
+
+// Signal sends sig to the claimed process pid, unless its exit has been
+// reaped (errReaped): it never signals a recycled pid.
+func (r *Reaper) Signal(pid int, sig unix.Signal) error {
+	r.reapMu.RLock()
+	defer r.reapMu.RUnlock()
+	if !r.waiting(pid) {
+		return errReaped
+	}
+	return unix.Kill(pid, sig)
 }
 
 func exitCode(ws unix.WaitStatus) int {

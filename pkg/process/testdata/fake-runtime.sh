@@ -1,7 +1,9 @@
 #!/bin/sh
 # A stand-in OCI runtime for unit tests: records its argv in $FAKE_RUNTIME_LOG,
 # runs `sleep` as the container's process, and fails the command named in
-# $FAKE_RUNTIME_FAIL with a runc-style log.json error.
+# $FAKE_RUNTIME_FAIL with a runc-style log.json error. $FAKE_RUNTIME_EXEC_BLOCK
+# names a FIFO that exec reads before it starts its process;
+# $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive.
 echo "$*" >> "$FAKE_RUNTIME_LOG"
 root=/tmp/fake-runtime
 logfile=
@@ -38,13 +40,14 @@ start)
 	if [ -n "$FAKE_RUNTIME_EXIT_ON_START" ]; then kill -9 "$(cat "$root/$id/pid")"; sleep 0.2; fi ;;
 exec)
 	[ -d "$root/$id" ] || exit 1
+	[ -n "$FAKE_RUNTIME_EXEC_BLOCK" ] && read _ < "$FAKE_RUNTIME_EXEC_BLOCK"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
 	echo $! > "$pidfile"; echo $! >> "$root/$id/execs" ;;
 kill)
 	[ -f "$root/$id/pid" ] || exit 1
 	kill -"$sig" "$(cat "$root/$id/pid")" 2>/dev/null || exit 1 ;;
 delete)
-	if [ -f "$root/$id/pid" ]; then kill -9 "$(cat "$root/$id/pid")" 2>/dev/null; fi
+	if [ -f "$root/$id/pid" ] && [ -z "$FAKE_RUNTIME_DELETE_KEEPS" ]; then kill -9 "$(cat "$root/$id/pid")" 2>/dev/null; fi
 	rm -rf "$root/$id" ;;
 checkpoint)
 	[ -d "$root/$id" ] || exit 1

@@ -1,0 +1,296 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// The container's own lifecycle, through its init process: start (or
+// restore), checkpoint, pause, resume, update and delete.
+
+// deleteExitBound bounds how long Delete of a created container waits for
+// the exit of the init it killed. (A variable for the tests.)
+var deleteExitBound = 5 * time.Second
+
+// Start starts the init process (execID "") or an exec process.
+func (c *Container) Start(ctx context.Context, execID string) (int, error) {
+	p, err := c.lookup(execID)
+	if err != nil {
+		return 0, err
+	}
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	if !p.isInit() {
+		return c.startExec(ctx, p)
+	}
+
+	c.mu.Lock()
+	if err := check(p.status, opStart); err != nil {
+		c.mu.Unlock()
+		return 0, err
+	}
+	c.seq.beginStart("")
+	c.mu.Unlock()
+
+	if c.cfg.Checkpoint != "" {
+		return c.restore(ctx, p)
+	}
+	err = c.rt.start(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil {
+		p.status = Running
+	}
+	c.applyLocked(c.seq.endStart("", err == nil))
+	return p.pid, err
+}
+
+// restore starts a container created from a checkpoint: runc restore
+// brings its processes back, running.
+func (c *Container) restore(ctx context.Context, p *proc) (int, error) {
+	c.mu.Lock()
+	pio := p.io
+	c.mu.Unlock()
+	mark := c.cfg.Reaper.Mark()
+	err := c.rt.restore(ctx, c.cfg.Bundle, &runc.RestoreOpts{
+		CheckpointOpts: runc.CheckpointOpts{
+			ImagePath: c.cfg.Checkpoint,
+			WorkDir:   c.cfg.Runtime.CriuWorkPath,
+		},
+		IO:            pio.Runc(),
+		ConsoleSocket: pio.ConsoleSocket(),
+		Detach:        true,
+		PidFile:       filepath.Join(c.cfg.Bundle, initPidFile),
+		NoPivot:       c.cfg.Runtime.NoPivotRoot,
+	})
+	var pid int
+	if err == nil {
+		if err = pio.Started(ctx); err == nil {
+			if pid, err = ReadInitPid(c.cfg.Bundle); err != nil {
+				err = fmt.Errorf("read init pid: %w", err)
+			}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.applyLocked(c.seq.endStart("", false))
+		return 0, err
+	}
+	p.pid, p.status = pid, Running
+	go c.exitPipeline(p, c.cfg.Reaper.Claim(pid, mark))
+	c.applyLocked(c.seq.endStart("", true))
+	return pid, nil
+}
+
+// CheckpointConfig says how to checkpoint a container (runc checkpoint).
+type CheckpointConfig struct {
+	ImagePath           string // where the image goes (required)
+	WorkPath            string // CRIU's work directory (default: the runtime's CriuWorkPath)
+	ParentPath          string
+	Exit                bool // stop the container after the checkpoint
+	OpenTCP             bool
+	ExternalUnixSockets bool
+	Terminal            bool
+	FileLocks           bool
+	EmptyNamespaces     []string
+	CgroupsMode         string
+}
+
+// Checkpoint dumps the container's processes with CRIU into cfg.ImagePath.
+func (c *Container) Checkpoint(ctx context.Context, cfg CheckpointConfig) error {
+	if cfg.ImagePath == "" {
+		return fmt.Errorf("checkpoint without an image path: %w", errdefs.ErrInvalidArgument)
+	}
+	p := c.init
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	c.mu.Lock()
+	err := check(p.status, opCheckpoint)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	work := cfg.WorkPath
+	if work == "" {
+		work = c.cfg.Runtime.CriuWorkPath
+	}
+	var actions []runc.CheckpointAction
+	if !cfg.Exit {
+		actions = append(actions, runc.LeaveRunning)
+	}
+	err = c.rt.checkpoint(ctx, &runc.CheckpointOpts{
+		ImagePath:                cfg.ImagePath,
+		WorkDir:                  work,
+		ParentPath:               cfg.ParentPath,
+		AllowOpenTCP:             cfg.OpenTCP,
+		AllowExternalUnixSockets: cfg.ExternalUnixSockets,
+		AllowTerminal:            cfg.Terminal,
+		FileLocks:                cfg.FileLocks,
+		EmptyNamespaces:          cfg.EmptyNamespaces,
+		Cgroups:                  runc.CgroupMode(cfg.CgroupsMode),
+	}, actions...)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.emitLocked(Event{Kind: EventCheckpointed, ContainerID: c.id, Checkpoint: cfg.ImagePath})
+	return nil
+}
+
+// Pause freezes every process of the container. While runc works the init
+// is Pausing; a failure rolls it back to Running.
+func (c *Container) Pause(ctx context.Context) error {
+	p := c.init
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	c.mu.Lock()
+	if err := check(p.status, opPause); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	p.status = Pausing
+	c.mu.Unlock()
+
+	err := c.rt.pause(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.status != Pausing {
+		// The init exited meanwhile; its exit decided the state.
+		return err
+	}
+	if err != nil {
+		p.status = Running
+		return err
+	}
+	p.status = Paused
+	c.emitLocked(Event{Kind: EventPaused, ContainerID: c.id})
+	return nil
+}
+
+// Resume thaws a paused container.
+func (c *Container) Resume(ctx context.Context) error {
+	p := c.init
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	c.mu.Lock()
+	err := check(p.status, opResume)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := c.rt.resume(ctx); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.status == Paused {
+		p.status = Running
+	}
+	c.emitLocked(Event{Kind: EventResumed, ContainerID: c.id})
+	return nil
+}
+
+// Update changes the container's resource limits (runc update).
+func (c *Container) Update(ctx context.Context, res *specs.LinuxResources) error {
+	if res == nil {
+		return fmt.Errorf("update without resources: %w", errdefs.ErrInvalidArgument)
+	}
+	c.mu.Lock()
+	err := check(c.init.status, opUpdate)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return c.rt.update(ctx, res)
+}
+
+// Delete removes an exec process, or the container when execID is "": the
+// runtime state, the rootfs mount, and the I/O of the init and of every exec
+// left undeleted. The init must have stopped, or not have started (then it
+// is killed). Every wait in it is bounded and none holds a lock.
+func (c *Container) Delete(ctx context.Context, execID string) (ExitRecord, error) {
+	p, err := c.lookup(execID)
+	if err != nil {
+		return ExitRecord{}, err
+	}
+	if !p.isInit() {
+		return c.deleteExec(ctx, p)
+	}
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	c.mu.Lock()
+	st, pid := p.status, p.pid
+	err = check(st, opDelete)
+	c.mu.Unlock()
+	if err != nil {
+		return ExitRecord{}, err
+	}
+
+	if err := c.rt.delete(ctx); err != nil {
+		return ExitRecord{}, err
+	}
+	if st == Created && pid != 0 {
+		// runc delete --force killed the init; its exit comes through the
+		// pipeline and is published before the delete event. (A container
+		// created from a checkpoint and never started has no process.)
+		if !waitDone(p.done, deleteExitBound) {
+			c.logger(ctx).Warn("no exit from the killed init")
+		}
+	}
+	var errs error
+	if c.mounted {
+		errs = mount.UnmountRecursive(filepath.Join(c.cfg.Bundle, "rootfs"), 0)
+	}
+	// The init's I/O, and that of execs nobody deleted: a pod's shim lives
+	// as long as its pod, so nothing of a deleted container may stay.
+	c.mu.Lock()
+	procs := []*proc{p}
+	for _, e := range c.execs {
+		procs = append(procs, e)
+	}
+	c.mu.Unlock()
+	for _, q := range procs {
+		errs = errors.Join(errs, c.releaseIO(q))
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, e := range c.execs {
+		e.status = Deleted
+		e.finish()
+		delete(c.execs, id)
+	}
+	if p.status != Stopped {
+		// The exit never came: report what delete reports for a lost one.
+		p.exit = ExitRecord{Pid: p.pid, Status: 137, ExitedAt: time.Now()}
+	}
+	p.status = Deleted
+	p.finish()
+	c.emitLocked(Event{Kind: EventDelete, ContainerID: c.id, Pid: p.pid, ExitStatus: p.exit.Status, ExitedAt: p.exit.ExitedAt})
+	if errs != nil {
+		c.logger(ctx).WithError(errs).Warn("release container resources")
+	}
+	return p.exit, nil
+}
+
+// waitDone waits for done to close, at most d.
+func waitDone(done <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}

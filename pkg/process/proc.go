@@ -1,0 +1,288 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/mineshim/mine/pkg/stdio"
+)
+
+// proc is an init or exec process. Its mutable fields are guarded by the
+// container's mu; opMu serialises the lifecycle operations of this one
+// process (start, delete, pause, ...) and is never taken by State, Kill or
+// Wait.
+type proc struct {
+	execID string // "" for init
+	spec   *specs.Process
+	stdio  stdio.Config
+	opMu   sync.Mutex
+
+	status Status     // guarded by Container.mu
+	pid    int        // guarded by Container.mu
+	pidfd  int        // guarded by Container.mu; -1 when none (exec processes only)
+	io     *stdio.IO  // guarded by Container.mu; nil once released
+	exited bool       // guarded by Container.mu; reaped: no signal may target pid
+	exit   ExitRecord // guarded by Container.mu; valid when status >= Stopped
+
+	done     chan struct{} // closed once the exit is published, or the process deleted
+	doneOnce sync.Once
+}
+
+func newProc(execID string, spec *specs.Process, cfg stdio.Config) *proc {
+	return &proc{execID: execID, spec: spec, stdio: cfg, pidfd: -1, done: make(chan struct{})}
+}
+
+func (p *proc) isInit() bool { return p.execID == "" }
+
+// finish closes done, once: Wait returns.
+func (p *proc) finish() { p.doneOnce.Do(func() { close(p.done) }) }
+
+// killBound bounds the kill of a container's remaining processes when its
+// init exits.
+const killBound = 10 * time.Second
+
+// initExitBound bounds how long the init's exit waits for the exits of exec
+// processes that are still running (they are killed when the init exits).
+const initExitBound = 5 * time.Second
+
+// exitPipeline is the one path of a process's exit, run by one goroutine per
+// process:
+//
+//  1. at once, under the lock: the process is marked exited, so that no
+//     signal is sent to its pid any more;
+//  2. outside every lock: when the container has no PID namespace of its
+//     own, what remains of it is killed (the init's exit ends the container
+//     as it does with a PID namespace); then the output the process wrote
+//     is flushed to its targets (bounded; a background child's later output
+//     keeps flowing until Delete);
+//  3. under the lock: the exit goes to the sequencer, and the steps it
+//     returns are carried out.
+func (c *Container) exitPipeline(p *proc, exits <-chan Exit) {
+	e := <-exits
+	c.mu.Lock()
+	p.exited = true
+	pio := p.io
+	c.mu.Unlock()
+
+	if p.isInit() && c.sharedPID {
+		ctx, cancel := context.WithTimeout(context.Background(), killBound)
+		if err := c.rt.kill(ctx, int(unix.SIGKILL), true); err != nil && !errdefs.IsNotFound(err) {
+			c.logger(ctx).WithError(err).Warn("kill the processes left after the init's exit")
+		}
+		cancel()
+	}
+	if pio != nil && !pio.Flush(stdio.ExitBound) {
+		log.L.WithField("container_id", c.id).WithField("exec_id", p.execID).Debug("output still flowing at exit")
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.applyLocked(c.seq.exited(p.execID, e))
+}
+
+// applyLocked carries out the sequencer's steps, in order.
+func (c *Container) applyLocked(steps []step) {
+	for _, s := range steps {
+		p, err := c.lookupLocked(s.execID)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		switch s.kind {
+		case stepPublishStart:
+			if p.isInit() {
+				c.emitLocked(Event{Kind: EventStart, ContainerID: c.id, Pid: p.pid})
+			} else {
+				c.emitLocked(Event{Kind: EventExecStarted, ContainerID: c.id, ExecID: p.execID, Pid: p.pid})
+			}
+		case stepKillExecs:
+			c.killExecsLocked()
+		case stepArmInitDeadline:
+			time.AfterFunc(initExitBound, func() {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				steps := c.seq.expireInit()
+				if len(steps) > 0 {
+					log.L.WithField("container_id", c.id).Warn("exec exits still missing; publishing the init's exit")
+				}
+				c.applyLocked(steps)
+			})
+		case stepCheckOOM:
+			if c.cfg.BeforeInitExit != nil {
+				c.cfg.BeforeInitExit()
+			}
+		case stepSaveExit:
+			rec := ExitRecord{Pid: p.pid, Status: s.exit.Status, ExitedAt: s.exit.Time}
+			if err := writeExit(c.cfg.Bundle, rec); err != nil {
+				log.L.WithError(err).WithField("container_id", c.id).Warn("save exit status")
+			}
+		case stepPublishExit:
+			if p.status == Deleted {
+				continue // Delete gave up waiting and reported the exit itself
+			}
+			p.exit = ExitRecord{Pid: p.pid, Status: s.exit.Status, ExitedAt: s.exit.Time}
+			p.status = Stopped
+			p.finish()
+			c.emitLocked(Event{Kind: EventExit, ContainerID: c.id, ExecID: p.execID, Pid: p.pid, ExitStatus: s.exit.Status, ExitedAt: s.exit.Time})
+		}
+	}
+}
+
+// killExecsLocked kills every exec still running, through its pidfd (or the
+// reaper, which refuses a reaped pid).
+func (c *Container) killExecsLocked() {
+	for _, p := range c.execs {
+		if p.pid > 0 && !p.exited {
+			_ = c.signalLocked(p, unix.SIGKILL)
+		}
+	}
+}
+
+// signalLocked signals an exec process; a process that has exited gives
+// errdefs.ErrNotFound and no signal is sent.
+func (c *Container) signalLocked(p *proc, sig unix.Signal) error {
+	if p.exited {
+		return fmt.Errorf("exec %q has exited: %w", p.execID, errdefs.ErrNotFound)
+	}
+	var err error
+	if p.pidfd >= 0 {
+		err = unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
+	} else {
+		err = c.cfg.Reaper.Signal(p.pid, sig)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.ESRCH), errdefs.IsNotFound(err):
+		return fmt.Errorf("exec %q has exited: %w", p.execID, errdefs.ErrNotFound)
+	case errors.Is(err, unix.EINVAL):
+		return fmt.Errorf("signal %d: %w", sig, errdefs.ErrInvalidArgument)
+	}
+	return fmt.Errorf("signal exec %q: %w", p.execID, err)
+}
+
+// Kill signals the init (all: every process of the container) or an exec.
+// A process that has exited gives errdefs.ErrNotFound; Kill with all of a
+// stopped init still reaches the runtime, so that leftovers are ended.
+func (c *Container) Kill(ctx context.Context, execID string, sig int, all bool) error {
+	c.mu.Lock()
+	p, err := c.lookupLocked(execID)
+	if err == nil {
+		err = check(p.status, opKill)
+		if err != nil && p.isInit() && all && p.status == Stopped {
+			err = nil
+		}
+	}
+	if err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	if !p.isInit() {
+		defer c.mu.Unlock()
+		if p.pid == 0 {
+			return fmt.Errorf("exec %q has not started: %w", execID, errdefs.ErrFailedPrecondition)
+		}
+		return c.signalLocked(p, unix.Signal(sig))
+	}
+	c.mu.Unlock()
+	return c.rt.kill(ctx, sig, all)
+}
+
+// Wait blocks until the process's exit is published or ctx is done.
+func (c *Container) Wait(ctx context.Context, execID string) (ExitRecord, error) {
+	p, err := c.lookup(execID)
+	if err != nil {
+		return ExitRecord{}, err
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return ExitRecord{}, ctx.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return p.exit, nil
+}
+
+// ProcessState is a snapshot of one process.
+type ProcessState struct {
+	ExecID   string
+	Pid      int
+	Status   Status
+	Exit     ExitRecord
+	Stdio    stdio.Config
+	Terminal bool
+}
+
+// State returns a snapshot of the init (execID "") or an exec process.
+func (c *Container) State(execID string) (ProcessState, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, err := c.lookupLocked(execID)
+	if err != nil {
+		return ProcessState{}, err
+	}
+	return ProcessState{ExecID: execID, Pid: p.pid, Status: p.status, Exit: p.exit, Stdio: p.stdio, Terminal: p.stdio.Terminal}, nil
+}
+
+// CloseStdin closes the stdin of a process so that it reads EOF. It waits
+// (bounded) for what clients wrote to flow, with no lock held.
+func (c *Container) CloseStdin(execID string) error {
+	c.mu.Lock()
+	p, err := c.lookupLocked(execID)
+	var pio *stdio.IO
+	if err == nil {
+		pio = p.io
+	}
+	c.mu.Unlock()
+	if err != nil || pio == nil {
+		return err
+	}
+	return pio.CloseStdin()
+}
+
+// Resize sets the terminal size of a process.
+func (c *Container) Resize(execID string, width, height uint32) error {
+	c.mu.Lock()
+	p, err := c.lookupLocked(execID)
+	var pio *stdio.IO
+	if err == nil {
+		pio = p.io
+	}
+	stopped := err == nil && (p.status >= Stopped || p.exited)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if stopped {
+		// Clients resize once more as they detach; the terminal is gone.
+		return nil
+	}
+	if pio == nil {
+		return fmt.Errorf("process has not started: %w", errdefs.ErrFailedPrecondition)
+	}
+	return pio.Resize(width, height)
+}
+
+// releaseIO closes the I/O of p (bounded, no lock held) and its pidfd.
+func (c *Container) releaseIO(p *proc) error {
+	c.mu.Lock()
+	pio := p.io
+	p.io = nil
+	if p.pidfd >= 0 {
+		unix.Close(p.pidfd)
+		p.pidfd = -1
+	}
+	c.mu.Unlock()
+	if pio == nil {
+		return nil
+	}
+	return pio.Close(stdio.DeleteBound)
+}

@@ -1,0 +1,65 @@
+package process
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/proto"
+)
+
+// Stats returns the cgroup metrics of the container: a cgroup v1 or v2
+// Metrics message, for the hierarchy in use.
+func (c *Container) Stats(ctx context.Context) (proto.Message, error) {
+	c.mu.Lock()
+	err := check(c.init.status, opStats)
+	src, pid := c.metrics, c.init.pid
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if src == nil {
+		if src, err = loadMetricsSource(pid); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		c.metrics = src
+		c.mu.Unlock()
+	}
+	return src.metrics()
+}
+
+// PidInfo is one process of the container; ExecID is set for exec processes.
+type PidInfo struct {
+	Pid    int
+	ExecID string
+}
+
+// Pids lists the processes of the container. A container whose init has
+// stopped has none, and says so with a failed precondition rather than an
+// empty list: containerd, reloading its shims after a restart, takes an
+// empty list for a leaked shim and deletes the task, and with it the exit
+// status that nobody has read yet.
+func (c *Container) Pids(ctx context.Context) ([]PidInfo, error) {
+	c.mu.Lock()
+	err := check(c.init.status, opPids)
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	pids, err := c.rt.ps(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	byPid := make(map[int]string, len(c.execs))
+	for id, p := range c.execs {
+		if p.pid > 0 {
+			byPid[p.pid] = id
+		}
+	}
+	c.mu.Unlock()
+	out := make([]PidInfo, 0, len(pids))
+	for _, pid := range pids {
+		out = append(out, PidInfo{Pid: pid, ExecID: byPid[pid]})
+	}
+	return out, nil
+}
