@@ -2,7 +2,6 @@ package task
 
 import (
 	"context"
-	"errors"
 	"net"
 	"strings"
 	"sync"
@@ -18,46 +17,61 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// Publisher bounds and timings. An event whose forward keeps failing is
-// retried, in order, for forwardRetryBound (containerd restarting), then
-// dropped with a log line; the queue holds queueSize events meanwhile.
+// Publisher bounds and timings. Each event gets one try and, when that
+// fails, one more after retryDelay; an exit or OOM event that still could
+// not be delivered is held and sent before anything else as soon as the
+// events service answers again (tried every heldRetry); any other event is
+// dropped with a log line. Events other than exits and OOMs beyond
+// queueSize are dropped when they are published.
 const (
-	queueSize         = 1024
-	forwardTimeout    = 5 * time.Second
-	forwardRetryBound = 30 * time.Second
-	dialTimeout       = 2 * time.Second
+	queueSize      = 1024
+	forwardTimeout = 5 * time.Second
+	dialTimeout    = 2 * time.Second
+	retryDelay     = 200 * time.Millisecond
+	heldRetry      = time.Second
 )
 
 // Publisher forwards task events to containerd's (or minimgr's) Events
 // service over ttrpc. Exactly one goroutine sends, in the order Publish was
-// called; Publish never blocks. Close drains what is queued (bounded by its
-// context) and closes the connection, which the sending goroutine owns.
+// called; Publish never blocks. No exit or OOM event is dropped while the
+// shim lives: a failing one is held, in order, until the service answers
+// again, and it never holds back the events behind it longer than one
+// bounded retry. Close drains what is queued (bounded by its context) and
+// closes the connection, which the sending goroutine owns.
 type Publisher struct {
 	address string
-	queue   chan *eventsapi.ForwardRequest
+	wake    chan struct{} // buffered 1: something was queued, or Close
 	done    chan struct{}
 
-	mu     sync.Mutex
-	closed bool // guarded by mu
+	mu      sync.Mutex
+	queue   []*eventsapi.ForwardRequest // guarded by mu
+	closed  bool                        // guarded by mu
+	dropped uint64                      // guarded by mu
 
 	// closing is set by Close: from then on an event that cannot be
 	// delivered at once is dropped rather than retried, so that a shim
 	// whose events address is gone exits without waiting.
 	closing atomic.Bool
 
-	dropped uint64 // owned by Publish callers under mu
+	// Owned by the sending goroutine.
+	client *ttrpc.Client
+	svc    eventsapi.TTRPCEventsService
+	held   []*eventsapi.ForwardRequest
 }
 
 // NewPublisher starts the sending goroutine. An empty address discards events.
 func NewPublisher(address string) *Publisher {
 	p := &Publisher{
 		address: strings.TrimPrefix(address, "unix://"),
-		queue:   make(chan *eventsapi.ForwardRequest, queueSize),
+		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
 	go p.run()
 	return p
 }
+
+// critical reports whether an event of topic must never be dropped.
+func critical(topic string) bool { return topic == TopicExit || topic == TopicOOM }
 
 // Publish queues one event of namespace ns under topic.
 func (p *Publisher) Publish(ns, topic string, event proto.Message) {
@@ -73,71 +87,141 @@ func (p *Publisher) Publish(ns, topic string, event proto.Message) {
 		Event:     body,
 	}}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.closed {
+		p.mu.Unlock()
 		return
 	}
-	select {
-	case p.queue <- req:
-	default:
+	if len(p.queue) >= queueSize && !critical(topic) {
 		p.dropped++
 		log.L.WithField("topic", topic).WithField("dropped", p.dropped).Error("event queue full; event dropped")
+		p.mu.Unlock()
+		return
+	}
+	p.queue = append(p.queue, req)
+	p.mu.Unlock()
+	p.signal()
+}
+
+func (p *Publisher) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next returns the next queued event, or nil when Close was called and the
+// queue is empty. While events are held it wakes every heldRetry to try
+// them.
+func (p *Publisher) next() *eventsapi.ForwardRequest {
+	for {
+		p.mu.Lock()
+		if len(p.queue) > 0 {
+			req := p.queue[0]
+			p.queue[0] = nil
+			p.queue = p.queue[1:]
+			p.mu.Unlock()
+			return req
+		}
+		closed := p.closed
+		p.mu.Unlock()
+		if closed {
+			return nil
+		}
+		if len(p.held) == 0 {
+			<-p.wake
+			continue
+		}
+		t := time.NewTimer(heldRetry)
+		select {
+		case <-p.wake:
+		case <-t.C:
+			p.sendHeld()
+		}
+		t.Stop()
 	}
 }
 
 func (p *Publisher) run() {
 	defer close(p.done)
-	var (
-		client *ttrpc.Client
-		svc    eventsapi.TTRPCEventsService
-	)
 	defer func() {
-		if client != nil {
-			client.Close()
+		if p.client != nil {
+			p.client.Close()
 		}
 	}()
-	for req := range p.queue {
+	for {
+		req := p.next()
+		if req == nil {
+			break
+		}
 		if p.address == "" {
 			continue
 		}
-		deadline := time.Now().Add(forwardRetryBound)
-		backoff := 50 * time.Millisecond
-		for {
-			if client == nil {
-				conn, err := net.DialTimeout("unix", p.address, dialTimeout)
-				if err == nil {
-					client = ttrpc.NewClient(conn)
-					svc = eventsapi.NewTTRPCEventsClient(client)
-				}
-			}
-			var err error = errNotConnected
-			if client != nil {
-				ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
-				_, err = svc.Forward(ctx, req)
-				cancel()
-				if err != nil {
-					client.Close()
-					client = nil
-				}
-			}
-			if err == nil {
-				break
-			}
-			if p.closing.Load() {
-				log.L.WithError(err).WithField("topic", req.Envelope.Topic).Warn("forward event at shutdown; dropped")
-				break
-			}
-			if time.Now().After(deadline) {
-				log.L.WithError(err).WithField("topic", req.Envelope.Topic).Error("forward event; dropped")
-				break
-			}
-			time.Sleep(backoff)
-			backoff = min(2*backoff, 2*time.Second)
+		// Held events go first; while they cannot, the service is down
+		// and this one is not tried either.
+		if p.sendHeld() && p.send(req, !p.closing.Load()) {
+			continue
 		}
+		p.undelivered(req)
+	}
+	if len(p.held) > 0 && p.address != "" && !p.sendHeld() {
+		log.L.WithField("events", len(p.held)).Warn("exit events not delivered at shutdown")
 	}
 }
 
-var errNotConnected = errors.New("events address not reachable")
+// undelivered holds an exit or OOM event, and drops any other.
+func (p *Publisher) undelivered(req *eventsapi.ForwardRequest) {
+	topic := req.Envelope.Topic
+	if critical(topic) && !p.closing.Load() {
+		p.held = append(p.held, req)
+		log.L.WithField("topic", topic).WithField("held", len(p.held)).Warn("forward event failed; held until the events service answers")
+		return
+	}
+	log.L.WithField("topic", topic).Warn("forward event failed; dropped")
+}
+
+// sendHeld sends the held events in order; it reports whether none is left.
+func (p *Publisher) sendHeld() bool {
+	for len(p.held) > 0 {
+		if !p.send(p.held[0], false) {
+			return false
+		}
+		p.held[0] = nil
+		p.held = p.held[1:]
+	}
+	return true
+}
+
+// send forwards one event: one try and, with retry, one more after
+// retryDelay.
+func (p *Publisher) send(req *eventsapi.ForwardRequest, retry bool) bool {
+	if p.forward(req) == nil {
+		return true
+	}
+	if !retry {
+		return false
+	}
+	time.Sleep(retryDelay)
+	return p.forward(req) == nil
+}
+
+func (p *Publisher) forward(req *eventsapi.ForwardRequest) error {
+	if p.client == nil {
+		conn, err := net.DialTimeout("unix", p.address, dialTimeout)
+		if err != nil {
+			return err
+		}
+		p.client = ttrpc.NewClient(conn)
+		p.svc = eventsapi.NewTTRPCEventsClient(p.client)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
+	defer cancel()
+	if _, err := p.svc.Forward(ctx, req); err != nil {
+		p.client.Close()
+		p.client, p.svc = nil, nil
+		return err
+	}
+	return nil
+}
 
 // Close stops accepting events and waits until the queued ones are sent or
 // ctx is done.
@@ -146,9 +230,9 @@ func (p *Publisher) Close(ctx context.Context) error {
 	if !p.closed {
 		p.closed = true
 		p.closing.Store(true)
-		close(p.queue)
 	}
 	p.mu.Unlock()
+	p.signal()
 	select {
 	case <-p.done:
 		return nil

@@ -2,14 +2,17 @@ package task
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
 	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // A publisher whose events address is gone must not hold the shim's exit.
@@ -52,5 +55,67 @@ func TestPublisherOrder(t *testing.T) {
 	got := ev.waitFor(t, len(want))
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("order %v", got)
+	}
+}
+
+// flakyEvents fails every Forward while down is set.
+type flakyEvents struct {
+	eventsServer
+	down atomic.Bool
+}
+
+func (f *flakyEvents) Forward(ctx context.Context, r *eventsapi.ForwardRequest) (*emptypb.Empty, error) {
+	if f.down.Load() {
+		return nil, errors.New("events service down")
+	}
+	return f.eventsServer.Forward(ctx, r)
+}
+
+// While the events service fails, exits and OOMs are held (never dropped,
+// never reordered), other events do not wait behind them longer than one
+// retry, and a full queue never drops an exit.
+func TestPublisherHoldsExitsWhileDown(t *testing.T) {
+	ev := &flakyEvents{eventsServer: eventsServer{got: make(chan string, 4096)}}
+	ev.down.Store(true)
+	sock := filepath.Join(t.TempDir(), "events.sock")
+	serveUnix(t, sock, func(s *ttrpc.Server) { eventsapi.RegisterTTRPCEventsService(s, ev) })
+	p := NewPublisher("unix://" + sock)
+	p.Publish("ns", TopicStart, &eventstypes.TaskStart{ContainerID: "c"})
+	p.Publish("ns", TopicOOM, &eventstypes.TaskOOM{ContainerID: "c"})
+	p.Publish("ns", TopicExit, &eventstypes.TaskExit{ContainerID: "c"})
+	// More events than the queue holds: the exits among them stay.
+	exits := 2
+	for i := 0; i < queueSize+10; i++ {
+		topic := TopicDelete
+		if i == queueSize+5 {
+			topic = TopicExit
+			exits++
+		}
+		p.Publish("ns", topic, &eventstypes.TaskExit{ContainerID: "c"})
+	}
+	// All of it passes through the sender within a few retries.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		p.mu.Lock()
+		left := len(p.queue)
+		p.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d events still queued: one failing event held the queue", left)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ev.down.Store(false)
+	got := ev.waitFor(t, exits)
+	want := []string{TopicOOM, TopicExit, TopicExit}
+	if strings.Join(got[:3], ",") != strings.Join(want, ",") {
+		t.Fatalf("delivered %v, want %v first", got, want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
