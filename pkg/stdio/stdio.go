@@ -250,12 +250,22 @@ func (i *IO) startOutputs(ctx context.Context, stdout, stderr io.Reader) error {
 }
 
 func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) error {
-	var oc *outputCopy
-	if f, ok := src.(*os.File); ok && i.pipe != nil {
-		var err error
-		if oc, err = newOutputCopy(f); err != nil {
-			return err
+	var (
+		oc  *outputCopy
+		err error
+	)
+	switch {
+	case i.pipe != nil:
+		if f, ok := src.(*os.File); ok {
+			oc, err = newOutputCopy(f)
 		}
+	case i.ec != nil:
+		oc = newConsoleCopy(src, i.consolePending)
+	}
+	if err != nil {
+		return err
+	}
+	if oc != nil {
 		i.copies = append(i.copies, oc)
 	}
 	i.outputs.Add(1)
@@ -451,6 +461,17 @@ func (i *IO) Started(ctx context.Context) error {
 	return i.startOutputs(octx, ec, nil)
 }
 
+// consolePending returns the bytes waiting in the terminal master, or false
+// once it is closed.
+func (i *IO) consolePending() (int, bool) {
+	i.conMu.Lock()
+	defer i.conMu.Unlock()
+	if i.con == nil {
+		return 0, false
+	}
+	return inq(i.con.Fd()), true
+}
+
 type nopWriteCloser struct{ io.Writer }
 
 func (nopWriteCloser) Close() error { return nil }
@@ -557,23 +578,17 @@ const DeleteBound = 2 * time.Second
 
 // Flush is called once the process has exited. It returns when what the
 // process wrote has been copied to the targets: the copy loops have ended,
-// or (pipe mode) the pipes are empty and nothing read is still being
-// written, because a background child that inherited them keeps them open.
-// It never closes anything: such a child's later output is still copied,
-// until Close. It waits at most bound and reports whether all was copied.
+// or nothing is left in the pipes (or the terminal) and nothing read is
+// still being written, because a background child that inherited them keeps
+// them open. It never closes anything: such a child's later output is still
+// copied, until Close. It waits at most bound and reports whether all was
+// copied.
 func (i *IO) Flush(bound time.Duration) bool {
 	done := make(chan struct{})
 	go func() {
 		i.outputs.Wait()
 		close(done)
 	}()
-	if i.ec != nil {
-		// A terminal's reader keeps waiting through hang-ups until it is
-		// shut down; what is buffered is still read. A terminal is not
-		// kept for background children.
-		_ = i.ec.Shutdown(i.opts.Consoles.remove)
-		return waitBound(done, bound)
-	}
 	deadline := time.Now().Add(bound)
 	poll := 100 * time.Microsecond
 	for {

@@ -486,64 +486,6 @@ func TestInitExitAfterExecExits(t *testing.T) {
 	}
 }
 
-// TestExecBackgroundChildKeepsOutput runs an exec that leaves a child
-// holding its output open: Wait must return within the shim's drain bound
-// (2 s) plus a margin, with the output written before the exit.
-func TestExecBackgroundChildKeepsOutput(t *testing.T) {
-	h := requireHarness(t)
-	const bound = 6 * time.Second
-	c := h.startHost(t, h.runtime, newID(t), discardIO(), oci.WithProcessArgs(sleeper...))
-	tests := []struct {
-		name string
-		tty  bool
-		want string
-	}{
-		{name: "pipes", want: "hi\n"},
-		{name: "tty", tty: true, want: "hi\r\n"},
-	}
-	for i, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx := c.ctx(t, execTimeout)
-			out := newOutputBuffer()
-			opts := []cio.Opt{cio.WithStreams(nil, out, out)}
-			if tc.tty {
-				opts = append(opts, cio.WithTerminal)
-			}
-			start := time.Now()
-			p, exitC, err := c.startExec(ctx, ctx, execID("bg", i), c.execSpec(tc.tty, "sh", "-c", "sleep 1000 & echo hi"),
-				cio.NewCreator(opts...))
-			if err != nil {
-				t.Fatal(err)
-			}
-			code, err := exitCode(exitC, exitTimeout)
-			waited := time.Since(start)
-			if err != nil || code != 0 {
-				t.Fatalf("exec: status %d, %v; want 0", code, err)
-			}
-			t.Logf("Wait returned %v after Start", waited.Round(time.Millisecond))
-			if waited > bound {
-				t.Errorf("Wait returned %v after Start, want within %v", waited.Round(time.Millisecond), bound)
-			}
-			out.waitFor(t, strings.TrimSpace(tc.want), ioTimeout)
-			// Once the exit is out, the shim has given up the output: the
-			// client's streams end even though the child still holds them.
-			if err := waitIO(p.IO(), bound); err != nil {
-				if h.runtime == runtimeRunc {
-					t.Skipf("known behaviour of containerd's runc shim, which has no drain bound: %v", err)
-				}
-				t.Fatal(err)
-			}
-			if got := out.String(); got != tc.want {
-				t.Errorf("output %q, want %q", got, tc.want)
-			}
-			if _, err := p.Delete(ctx); err != nil {
-				t.Errorf("delete exec: %v", err)
-			}
-		})
-	}
-	c.delete(t)
-}
-
 // BenchmarkParallelExec50 measures 50 execs of `true` started at once into
 // one container, under the mine shim and containerd's runc shim, side by
 // side. One op is one batch of 50, from the first Exec to the last Delete;
