@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/mineshim/mine/pkg/process"
+	"github.com/mineshim/mine/pkg/task"
 )
 
 // maxBootstrapInput bounds what start reads from stdin.
@@ -102,21 +103,5 @@ func answerStart(r startRequest, address string) ([]byte, error) {
 
 // runtimeFromOptions turns runc options into the runtime defaults of the shim.
 func runtimeFromOptions(o *runcoptions.Options, ns string) process.Runtime {
-	var r process.Runtime
-	if o != nil {
-		r = process.Runtime{
-			Binary:        o.BinaryName,
-			SystemdCgroup: o.SystemdCgroup,
-			NoPivotRoot:   o.NoPivotRoot,
-			NoNewKeyring:  o.NoNewKeyring,
-			IoUID:         int(o.IoUid),
-			IoGID:         int(o.IoGid),
-			CriuWorkPath:  o.CriuWorkPath,
-			ShimCgroup:    o.ShimCgroup,
-		}
-		if o.Root != "" {
-			r.Root = filepath.Join(o.Root, ns) // as the default root: per namespace
-		}
-	}
-	return r.WithDefaults(ns)
+	return task.RuntimeFromOptions(process.Runtime{}, o, ns)
 }

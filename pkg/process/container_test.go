@@ -767,3 +767,52 @@ func countFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// The runtime adapter classifies a failed call from the runtime's state:
+// a kill of a container that no longer runs is not found, a pause of it a
+// failed precondition, a call on a container the runtime does not know not
+// found.
+func TestRuntimeErrorsClassified(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	pid := c.Pid()
+	// The process dies behind the runtime's back, so that a kill fails.
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for pidAliveUnreaped(pid) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := c.rt.kill(ctx, 9, false); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("kill of a stopped container: %v, want not found", err)
+	}
+	t.Setenv("FAKE_RUNTIME_FAIL", "pause")
+	if err := c.rt.pause(ctx); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("pause of a stopped container: %v, want failed precondition", err)
+	}
+	if err := os.RemoveAll(f.rt.StateDir("c1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.rt.resume(ctx); err != nil {
+		t.Logf("resume: %v", err)
+	}
+	t.Setenv("FAKE_RUNTIME_FAIL", "resume")
+	if err := c.rt.resume(ctx); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("resume of a container the runtime lost: %v, want not found", err)
+	}
+	if err := c.rt.resume(ctx); !strings.Contains(err.Error(), "fake resume failed on purpose") {
+		t.Fatalf("the runtime's own words are lost: %v", err)
+	}
+}
+
+// pidAliveUnreaped reports whether pid exists and is not a zombie.
+func pidAliveUnreaped(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(data), ')')
+	return i > 0 && !strings.HasPrefix(strings.TrimSpace(string(data[i+1:])), "Z")
+}

@@ -67,28 +67,39 @@ func checkpointConfig(path string, opts typeurl.Any) (process.CheckpointConfig, 
 // over the shim's defaults. Other option types (CRI's generic runtimeoptions)
 // carry nothing for us and are ignored.
 func runtimeOptions(base process.Runtime, opts typeurl.Any, ns string) (process.Runtime, error) {
-	r := base
 	if opts == nil || len(opts.GetValue()) == 0 {
-		return r, nil
+		return base, nil
 	}
 	var o runcoptions.Options
 	if !typeurl.Is(opts, &o) {
-		return r, nil
+		return base, nil
 	}
 	if err := typeurl.UnmarshalTo(opts, &o); err != nil {
-		return r, fmt.Errorf("decode runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+		return base, fmt.Errorf("decode runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return RuntimeFromOptions(base, &o, ns), nil
+}
+
+// RuntimeFromOptions is the one mapping of containerd's runc options to the
+// runtime the shim uses, for the bootstrap (over no defaults), for Create
+// (over the bootstrap's) and for minimgr. Options given replace what base
+// says, booleans included: they are the runtime handler's whole
+// configuration. Root gets one directory per namespace, as the default root
+// does, so that equal IDs in two namespaces never collide.
+func RuntimeFromOptions(base process.Runtime, o *runcoptions.Options, ns string) process.Runtime {
+	r := base
+	if o == nil {
+		return r.WithDefaults(ns)
 	}
 	if o.BinaryName != "" {
 		r.Binary = o.BinaryName
 	}
 	if o.Root != "" {
-		// One directory per namespace under the given root, as with the
-		// default root: equal IDs in two namespaces must not collide.
 		r.Root = filepath.Join(o.Root, ns)
 	}
-	r.SystemdCgroup = r.SystemdCgroup || o.SystemdCgroup
-	r.NoPivotRoot = r.NoPivotRoot || o.NoPivotRoot
-	r.NoNewKeyring = r.NoNewKeyring || o.NoNewKeyring
+	r.SystemdCgroup = o.SystemdCgroup
+	r.NoPivotRoot = o.NoPivotRoot
+	r.NoNewKeyring = o.NoNewKeyring
 	if o.IoUid != 0 {
 		r.IoUID = int(o.IoUid)
 	}
@@ -101,5 +112,5 @@ func runtimeOptions(base process.Runtime, opts typeurl.Any, ns string) (process.
 	if o.ShimCgroup != "" {
 		r.ShimCgroup = o.ShimCgroup
 	}
-	return r, nil
+	return r.WithDefaults(ns)
 }

@@ -56,6 +56,11 @@ restore)
 	mkdir -p "$root/$id"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
 	echo $! > "$pidfile"; echo $! > "$root/$id/pid" ;;
+state)
+	[ -d "$root/$id" ] || exit 1
+	st=stopped
+	kill -0 "$(cat "$root/$id/pid" 2>/dev/null)" 2>/dev/null && st=running
+	printf '{"id":"%s","pid":%s,"status":"%s","bundle":"","rootfs":"","created":"2026-01-01T00:00:00Z"}\n' "$id" "$(cat "$root/$id/pid")" "$st" ;;
 ps)
 	printf '[%s]\n' "$(cat "$root/$id/pid" 2>/dev/null)" ;;
 *)
