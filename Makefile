@@ -17,7 +17,7 @@ export MINE_CONTAINERD17_BIN ?= $(MINE_CACHE)/containerd-v1.7.35/bin
 
 COMMANDS := containerd-shim-mine-v2 minimgr
 
-.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-fuzz test-cgroupv2 test-compat lint bench bench-pkg clean
+.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-stress test-fuzz test-cgroupv2 test-compat lint bench bench-pkg clean
 
 all: build
 
@@ -63,7 +63,7 @@ lint:
 # Unit tests (race detector) and end-to-end tests run side by side: they
 # share no state (the e2e tests run their own containerd).
 test: deps lint
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-e2e test-fuzz
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-e2e test-fuzz test-stress
 	@$(MAKE) --no-print-directory test-cgroupv2
 
 test-unit:
@@ -71,6 +71,16 @@ test-unit:
 
 test-e2e:
 	$(GO) test -count=1 -timeout 30m ./test/...
+
+# 500 mixed exec cycles (unread stdin, background children, resizes,
+# kills) against a shim built with the race detector; a race report fails
+# the test.
+test-stress:
+	@d=$$(mktemp -d /tmp/mine-stress.XXXXXX) && \
+	CGO_ENABLED=1 $(GO) build -race -o $$d/containerd-shim-mine-v2 ./cmd/containerd-shim-mine-v2 && \
+	GORACE="log_path=$$d/race halt_on_error=0" MINE_SHIM=$$d/containerd-shim-mine-v2 MINE_E2E_STRESS_CYCLES=500 \
+		$(GO) test -count=1 -timeout 20m -run '^TestExecStressMixed$$' -v ./test/e2e/; \
+	rc=$$?; rm -rf $$d; exit $$rc
 
 # The lifecycle and a CRI pod against containerd v2.4.2, v2.2.9 and v1.7.35
 # (also part of test-e2e).
