@@ -7,8 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
-	"time"
 
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
@@ -27,6 +27,7 @@ type pipes struct {
 	in, out, err *pipe    // nil for a stream without a target
 	devNull      *os.File // for the streams without a target; nil when every stream has one
 
+	started   atomic.Bool // CloseAfterStart ran: the process holds its ends
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -120,6 +121,7 @@ func (p *pipes) Set(cmd *exec.Cmd) {
 // CloseAfterStart implements runc.StartCloser: the process holds its ends
 // now, the shim drops its copies of them.
 func (p *pipes) CloseAfterStart() error {
+	p.started.Store(true)
 	var err error
 	for _, f := range p.processEnds() {
 		if cerr := f.Close(); cerr != nil && !errors.Is(cerr, os.ErrClosed) {
@@ -198,26 +200,17 @@ var (
 	_ runc.StartCloser = (*pipes)(nil)
 )
 
-// outputCopy copies one output stream of a process into its target and can
-// tell whether everything written into it so far has been read and written
-// on (drained), without waiting for it to close: a background child that
-// inherited the stream may keep it open long after the process exited.
-//
-// For a pipe the read happens under mu together with the in-flight mark, so
-// drained is exact. A terminal is read through the console's epoll reader,
-// which blocks; its in-flight mark follows the read, and drained asks for two
-// observations a millisecond apart to cover that gap.
+// outputCopy copies one output pipe of a process into its target and can
+// tell whether everything written into the pipe so far has been read and
+// written on (drained), without waiting for the pipe to close: a background
+// child that inherited the pipe may keep it open long after the process
+// exited. The read happens under mu together with the in-flight mark, so
+// drained never sees bytes that have left the pipe but are not yet written.
 type outputCopy struct {
-	src     io.Reader       // the console reader; nil for a pipe
-	raw     syscall.RawConn // the pipe; nil for a terminal
-	console bool
-	// pending returns the bytes waiting to be read, or false once the
-	// stream is closed.
-	pending func() (int, bool)
+	raw syscall.RawConn
 
 	mu       sync.Mutex
-	inflight bool   // guarded by mu: bytes read from src and not yet written
-	reads    uint64 // guarded by mu
+	inflight bool // guarded by mu: bytes read from the pipe and not yet written
 	done     chan struct{}
 }
 
@@ -226,69 +219,25 @@ func newOutputCopy(src *os.File) (*outputCopy, error) {
 	if err != nil {
 		return nil, err
 	}
-	pending := func() (int, bool) {
-		n := -1
-		if err := raw.Control(func(fd uintptr) { n = inq(fd) }); err != nil {
-			return 0, false
-		}
-		return n, true
-	}
-	return &outputCopy{raw: raw, pending: pending, done: make(chan struct{})}, nil
+	return &outputCopy{raw: raw, done: make(chan struct{})}, nil
 }
 
-// newConsoleCopy copies from the epoll reader r of a terminal master;
-// pending reads what waits in the master.
-func newConsoleCopy(r io.Reader, pending func() (int, bool)) *outputCopy {
-	return &outputCopy{src: r, console: true, pending: pending, done: make(chan struct{})}
-}
-
-// inq returns the bytes waiting to be read from fd (TIOCINQ is FIONREAD),
-// or -1.
-func inq(fd uintptr) int {
-	v, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ)
-	if err != nil {
-		return -1
-	}
-	return v
-}
-
-// run copies until the stream reaches EOF or is closed. A target that fails
-// is dropped and the stream is still read, so the process never blocks on
-// it.
+// run copies until the pipe reaches EOF or is closed. A target that fails
+// is dropped and the pipe is still read, so the process never blocks on it.
 func (o *outputCopy) run(dst io.Writer, buf []byte) {
 	defer close(o.done)
 	for {
-		var (
-			n    int
-			rerr error
-			err  error
-		)
-		if o.console {
-			n, rerr = o.src.Read(buf)
+		var n int
+		var rerr error
+		err := o.raw.Read(func(fd uintptr) bool {
+			o.mu.Lock()
+			n, rerr = unix.Read(int(fd), buf)
 			if n > 0 {
-				o.mu.Lock()
 				o.inflight = true
-				o.reads++
-				o.mu.Unlock()
 			}
-		} else {
-			err = o.raw.Read(func(fd uintptr) bool {
-				// The read and the in-flight mark happen under mu, so that
-				// drained never sees bytes that have left the pipe but are
-				// not yet written.
-				o.mu.Lock()
-				n, rerr = unix.Read(int(fd), buf)
-				if n > 0 {
-					o.inflight = true
-					o.reads++
-				}
-				o.mu.Unlock()
-				return rerr != unix.EAGAIN
-			})
-			if n == 0 && rerr == nil && err == nil {
-				rerr = io.EOF
-			}
-		}
+			o.mu.Unlock()
+			return rerr != unix.EAGAIN
+		})
 		if n > 0 && dst != nil {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				dst = nil
@@ -297,38 +246,33 @@ func (o *outputCopy) run(dst io.Writer, buf []byte) {
 		o.mu.Lock()
 		o.inflight = false
 		o.mu.Unlock()
-		if err != nil || rerr != nil {
+		if err != nil || rerr != nil || n <= 0 {
 			return
 		}
 	}
 }
 
-// drained reports whether the copy has ended, or nothing is left to read and
-// nothing read is still being written.
+// drained reports whether the copy has ended, or nothing is left in the pipe
+// and nothing read is still being written.
 func (o *outputCopy) drained() bool {
 	select {
 	case <-o.done:
 		return true
 	default:
 	}
-	ok, reads := o.idle()
-	if !ok || !o.console {
-		return ok
-	}
-	time.Sleep(time.Millisecond)
-	ok2, reads2 := o.idle()
-	return ok2 && reads2 == reads
-}
-
-func (o *outputCopy) idle() (bool, uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.inflight {
-		return false, o.reads
+		return false
 	}
-	avail, open := o.pending()
-	if !open {
-		return true, o.reads
+	avail := -1
+	if err := o.raw.Control(func(fd uintptr) {
+		// TIOCINQ is FIONREAD: the bytes waiting in the pipe.
+		if v, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ); err == nil {
+			avail = v
+		}
+	}); err != nil {
+		return true // closed
 	}
-	return avail == 0, o.reads
+	return avail == 0
 }

@@ -250,22 +250,12 @@ func (i *IO) startOutputs(ctx context.Context, stdout, stderr io.Reader) error {
 }
 
 func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) error {
-	var (
-		oc  *outputCopy
-		err error
-	)
-	switch {
-	case i.pipe != nil:
-		if f, ok := src.(*os.File); ok {
-			oc, err = newOutputCopy(f)
+	var oc *outputCopy
+	if f, ok := src.(*os.File); ok && i.pipe != nil {
+		var err error
+		if oc, err = newOutputCopy(f); err != nil {
+			return err
 		}
-	case i.ec != nil:
-		oc = newConsoleCopy(src, i.consolePending)
-	}
-	if err != nil {
-		return err
-	}
-	if oc != nil {
 		i.copies = append(i.copies, oc)
 	}
 	i.outputs.Add(1)
@@ -461,17 +451,6 @@ func (i *IO) Started(ctx context.Context) error {
 	return i.startOutputs(octx, ec, nil)
 }
 
-// consolePending returns the bytes waiting in the terminal master, or false
-// once it is closed.
-func (i *IO) consolePending() (int, bool) {
-	i.conMu.Lock()
-	defer i.conMu.Unlock()
-	if i.con == nil {
-		return 0, false
-	}
-	return inq(i.con.Fd()), true
-}
-
 type nopWriteCloser struct{ io.Writer }
 
 func (nopWriteCloser) Close() error { return nil }
@@ -578,17 +557,22 @@ const DeleteBound = 2 * time.Second
 
 // Flush is called once the process has exited. It returns when what the
 // process wrote has been copied to the targets: the copy loops have ended,
-// or nothing is left in the pipes (or the terminal) and nothing read is
-// still being written, because a background child that inherited them keeps
-// them open. It never closes anything: such a child's later output is still
-// copied, until Close. It waits at most bound and reports whether all was
-// copied.
+// or (pipes) nothing is left in the pipes and nothing read is still being
+// written, because a background child that inherited them keeps them open.
+// It closes no pipe: such a child's later output is still copied, until
+// Close. A terminal goes with its process, as with containerd's runc shim:
+// its reader is shut down, what is buffered is still read. It waits at most
+// bound and reports whether all was copied.
 func (i *IO) Flush(bound time.Duration) bool {
 	done := make(chan struct{})
 	go func() {
 		i.outputs.Wait()
 		close(done)
 	}()
+	if i.ec != nil {
+		_ = i.ec.Shutdown(i.opts.Consoles.remove)
+		return waitBound(done, bound)
+	}
 	deadline := time.Now().Add(bound)
 	poll := 100 * time.Microsecond
 	for {
@@ -649,6 +633,17 @@ func (i *IO) closeTargets() error {
 	return err
 }
 
+// started reports whether a process holds the other ends: without one, no
+// output can come and nothing is worth waiting for.
+func (i *IO) started() bool {
+	if i.pipe != nil {
+		return i.pipe.started.Load()
+	}
+	i.conMu.Lock()
+	defer i.conMu.Unlock()
+	return i.con != nil
+}
+
 // Close ends the process's I/O: output may keep flowing for up to bound
 // (what a background child still writes), then the pipes or terminal and
 // every target IO opened are closed; the copy loops end and a binary logger
@@ -664,7 +659,7 @@ func (i *IO) Close(bound time.Duration) error {
 		i.outputs.Wait()
 		close(done)
 	}()
-	if bound > 0 {
+	if bound > 0 && i.started() {
 		waitBound(done, bound)
 	}
 	err := i.closeProcessSide()
