@@ -39,16 +39,19 @@ const (
 // daemon is the serving shim: what setup builds, run uses and teardown
 // releases.
 type daemon struct {
-	bundle   string
-	ctx      context.Context
-	reaper   *process.Reaper
-	svc      *task.Service
-	pub      *task.Publisher
-	server   *ttrpc.Server
-	trim     *trimmer
-	socket   string        // path of the socket
-	done     chan struct{} // closed by the Shutdown call
-	serveErr chan error    // the ttrpc server's end
+	bundle string
+	ctx    context.Context
+	reaper *process.Reaper
+	svc    *task.Service
+	pub    *task.Publisher
+	server *ttrpc.Server
+	trim   *trimmer
+	state  *stateWatch
+	// socket and address are the socket start bound and the address file it
+	// wrote, removed at the end only while they are still ours.
+	socket, address ownedFile
+	done            chan struct{} // closed by the Shutdown call
+	serveErr        chan error    // the ttrpc server's end
 	// closers release what setup acquired, in reverse order.
 	closers []func()
 }
@@ -119,7 +122,18 @@ func setup(f flags) (_ *daemon, retErr error) {
 	}
 	// Closed by the server once it serves; by release if setup fails.
 	d.closers = append(d.closers, func() { l.Close() })
-	d.socket = l.Addr().String()
+	// start bound the socket and wrote the address file before it launched
+	// us, and no other shim replaces a socket that accepts connections: what
+	// the paths name now is ours.
+	if d.socket, err = own(l.Addr().String()); err != nil {
+		return nil, fmt.Errorf("shim socket: %w", err)
+	}
+	if d.address, err = own(filepath.Join(bundle, addressFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("address file: %w", err)
+	}
+	if d.state, err = newStateWatch(bundle); err != nil {
+		return nil, err
+	}
 
 	rt, err := process.LoadRuntime(bundle, f.namespace)
 	if err != nil {
@@ -150,7 +164,7 @@ func setup(f flags) (_ *daemon, retErr error) {
 	d.closers = append(d.closers, d.trim.stop)
 	d.server, err = ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
-		ttrpc.WithUnaryServerInterceptor(d.trim.interceptor),
+		ttrpc.WithChainUnaryServerInterceptor(d.trim.interceptor, d.state.interceptor),
 	)
 	if err != nil {
 		return nil, err
@@ -162,7 +176,8 @@ func setup(f flags) (_ *daemon, retErr error) {
 }
 
 // run serves until Shutdown, a signal, the server's failure, or until the
-// shim is forgotten: no container and no call for orphanTimeout.
+// shim is forgotten: no container and no call for orphanTimeout, or every
+// state directory it serves removed.
 func (d *daemon) run() {
 	ctx := d.ctx
 	sigs := make(chan os.Signal, 1)
@@ -180,6 +195,12 @@ func (d *daemon) run() {
 			// the bundle. Without this it would live forever.
 			if d.svc.Count() == 0 && d.trim.idleFor() > orphanTimeout {
 				log.G(ctx).WithField("idle", d.trim.idleFor().String()).Warn("no container and no caller; exiting")
+				return
+			}
+			// Nobody can reach a shim whose state is gone: its manager
+			// deleted the container, or gave up on this shim.
+			if d.state.gone() {
+				log.G(ctx).WithField("containers", d.svc.Count()).Warn("state directory removed; exiting")
 				return
 			}
 		case <-d.done:
@@ -200,15 +221,22 @@ func (d *daemon) run() {
 }
 
 // teardown answers the Shutdown call in flight, stops the server, drains
-// the events, removes the socket and address file, and releases the rest.
+// the events, removes the socket and address file if they are still ours,
+// and releases the rest.
 func (d *daemon) teardown() error {
 	defer d.release()
 	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer scancel()
 	serr := d.server.Shutdown(sctx)
 	perr := d.pub.Close(sctx)
-	_ = os.Remove(d.socket)
-	_ = os.Remove(filepath.Join(d.bundle, addressFile))
+	// A new shim for the same container may have bound the same path by
+	// now: only what this shim created is removed.
+	if err := d.socket.remove(); err != nil {
+		log.G(d.ctx).WithError(err).Warn("remove socket")
+	}
+	if err := d.address.remove(); err != nil {
+		log.G(d.ctx).WithError(err).Warn("remove address file")
+	}
 	if errors.Is(serr, ttrpc.ErrServerClosed) {
 		serr = nil
 	}
