@@ -60,7 +60,8 @@ func start(f flags, stdin io.Reader, stdout io.Writer) error {
 
 	l, err := listen(path)
 	if errors.Is(err, syscall.EADDRINUSE) {
-		// A shim for this id already serves there (containerd retried).
+		// A shim for this id already serves there (containerd retried, or
+		// this container joins its group).
 		if err := writeAddress(bundle, address); err != nil {
 			return err
 		}
@@ -81,17 +82,22 @@ func start(f flags, stdin io.Reader, stdout io.Writer) error {
 		_ = sock.remove()
 		return fmt.Errorf("save runtime options: %w", err)
 	}
-	// Written before the daemon starts, which records it as its own and
-	// removes it when it ends (unless a new shim has replaced it).
-	if err := writeAddress(bundle, address); err != nil {
+	// Written anew (an old shim ending may still own the file there) before
+	// the daemon starts, which records it as its own and removes it when it
+	// ends, unless a newer shim has replaced it by then.
+	addrPath := filepath.Join(bundle, addressFile)
+	if err := writeFileNew(addrPath, []byte(address), 0o600); err != nil {
+		_ = sock.remove()
+		return err
+	}
+	addr, err := own(addrPath)
+	if err != nil {
 		_ = sock.remove()
 		return err
 	}
 	if err := launch(f, l, bundle); err != nil {
 		_ = sock.remove()
-		if a, aerr := own(filepath.Join(bundle, addressFile)); aerr == nil {
-			_ = a.remove()
-		}
+		_ = addr.remove()
 		return err
 	}
 	return reply(stdout, req, address)
@@ -125,8 +131,9 @@ func shimGroup(bundle, id string) string {
 // containerd < 2.0 reconnects after a restart.
 const addressFile = "address"
 
-// writeAddress writes the address file of bundle, as a new file unless it
-// already says address (a shim that serves there wrote it and owns it).
+// writeAddress writes the address file of bundle for a shim that already
+// serves: as a new file, unless it already names address (then the shim
+// wrote it, owns it, and removes it when it ends).
 func writeAddress(bundle, address string) error {
 	path := filepath.Join(bundle, addressFile)
 	if data, err := os.ReadFile(path); err == nil && string(data) == address {
