@@ -14,6 +14,7 @@ export MINE_CONTAINERD_BIN ?= $(MINE_CACHE)/bin
 # The older releases of the compatibility tests (test/compat).
 export MINE_CONTAINERD22_BIN ?= $(MINE_CACHE)/containerd-v2.2.9/bin
 export MINE_CONTAINERD17_BIN ?= $(MINE_CACHE)/containerd-v1.7.35/bin
+export MINE_CONTAINERD16_BIN ?= $(MINE_CACHE)/containerd-v1.6.20/bin
 
 COMMANDS := containerd-shim-mine-v2 minimgr
 
@@ -82,8 +83,8 @@ test-stress:
 		$(GO) test -count=1 -timeout 20m -run '^TestExecStressMixed$$' -v ./test/e2e/; \
 	rc=$$?; rm -rf $$d; exit $$rc
 
-# The lifecycle and a CRI pod against containerd v2.4.2, v2.2.9 and v1.7.35
-# (also part of test-e2e).
+# The lifecycle and a CRI pod against containerd v2.4.2, v2.2.9, v1.7.35 and
+# Debian's 1.6.20 (also part of test-e2e).
 test-compat: deps
 	$(GO) test -count=1 -timeout 10m ./test/compat/
 

@@ -10,8 +10,11 @@
 #     $CONTAINERD_VERSION, built with `go install` into $MINE_CACHE/bin;
 #   - for the compatibility tests (test/compat), containerd and ctr of
 #     containerd v2.2.9 in $MINE_CACHE/containerd-v2.2.9/bin and of containerd
-#     v1.7.35 in $MINE_CACHE/containerd-v1.7.35/bin. MINE_COMPAT_DEPS=0 skips
-#     them (test/compat then skips those releases).
+#     v1.7.35 in $MINE_CACHE/containerd-v1.7.35/bin, and Debian 12's own
+#     containerd 1.6.20 (containerd, ctr and its containerd-shim-runc-v2,
+#     taken out of the package with `apt-get download` and `dpkg -x`, never
+#     installed over the system) in $MINE_CACHE/containerd-v1.6.20/bin.
+#     MINE_COMPAT_DEPS=0 skips them (test/compat then skips those releases).
 #
 # Idempotent and quiet: when everything is there it does nothing. Progress
 # goes to stderr; stdout gets one line, the directory of the containerd
@@ -23,11 +26,13 @@
 #
 #   export MINE_CONTAINERD22_BIN=$MINE_CACHE/containerd-v2.2.9/bin
 #   export MINE_CONTAINERD17_BIN=$MINE_CACHE/containerd-v1.7.35/bin
+#   export MINE_CONTAINERD16_BIN=$MINE_CACHE/containerd-v1.6.20/bin
 #
 # Environment:
 #   MINE_CACHE          cache directory (default ~/.cache/mine)
 #   CONTAINERD_VERSION  containerd release to build (default v2.4.2)
-#   MINE_COMPAT_DEPS    0: do not build containerd v2.2.9 and v1.7.35
+#   MINE_COMPAT_DEPS    0: do not build containerd v2.2.9 and v1.7.35, nor
+#                       fetch containerd 1.6.20
 set -euo pipefail
 
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
@@ -130,6 +135,44 @@ if [ "${MINE_COMPAT_DEPS:-1}" != 0 ]; then
 		mkdir -p "$dir"
 		(cd "$src" && GOFLAGS=-mod=mod GOWORK=off go build -tags no_btrfs -o "$dir/" ./cmd/containerd ./cmd/ctr) >&2
 		rm -rf "$src"
+		trap - EXIT
+		echo "$v" >"$dir/.containerd-version"
+	fi
+
+	# containerd 1.6 is Debian 12's own package (1.6.20). Its binaries are
+	# taken out of the .deb, never installed over the system's.
+	v=v1.6.20
+	dir=$MINE_CACHE/containerd-$v/bin
+	if ! have_release "$dir" "$v" || [ ! -x "$dir/containerd-shim-runc-v2" ]; then
+		command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 ||
+			die "no apt-get and dpkg to fetch Debian's containerd ${v#v} (MINE_COMPAT_DEPS=0 skips it)"
+		# deb_version prints the Debian version of containerd ${v#v} apt knows.
+		deb_version() {
+			apt-cache madison containerd 2>/dev/null | awk -v want="${v#v}" '
+				{ split($3, a, "~"); if (a[1] == want) { print $3; exit } }'
+		}
+		deb=$(deb_version)
+		if [ -z "$deb" ]; then
+			sudo=()
+			[ "$(id -u)" = 0 ] || sudo=(sudo)
+			log "apt-get update (no containerd ${v#v} in the package lists)"
+			"${sudo[@]}" apt-get update -qq >&2
+			deb=$(deb_version)
+		fi
+		[ -n "$deb" ] || die "apt knows no containerd ${v#v} (Debian 12 ships it)"
+		log "extracting Debian's containerd $deb (containerd ctr containerd-shim-runc-v2) into $dir"
+		work=$(mktemp -d "${TMPDIR:-/tmp}/containerd-$v.XXXXXX")
+		trap 'rm -rf "$work"' EXIT
+		# apt fetches as its own user when it can write there.
+		if [ "$(id -u)" = 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$work"; fi
+		(cd "$work" && apt-get download -qq "containerd=$deb") >&2
+		dpkg -x "$work"/containerd_*.deb "$work/root"
+		mkdir -p "$dir"
+		for c in containerd ctr containerd-shim-runc-v2; do
+			[ -x "$work/root/usr/bin/$c" ] || die "the containerd $deb package has no usr/bin/$c"
+			cp "$work/root/usr/bin/$c" "$dir/$c"
+		done
+		rm -rf "$work"
 		trap - EXIT
 		echo "$v" >"$dir/.containerd-version"
 	fi

@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 
@@ -68,7 +67,8 @@ func parseStart(input []byte, id, namespace string) (startRequest, error) {
 	return req, nil
 }
 
-// socketDir returns where the shim's socket goes.
+// socketDir returns where the shim's socket goes: BootstrapParams'
+// socket_dir when containerd passes one, else containerd's default.
 func (r startRequest) socketDir() string {
 	if r.params != nil && r.params.GetSocketDir() != "" {
 		return r.params.GetSocketDir()
@@ -76,29 +76,43 @@ func (r startRequest) socketDir() string {
 	return defaultSocketDir
 }
 
-// defaultSocketDir is containerd's directory of shim sockets.
-const defaultSocketDir = "/run/containerd/s"
-
-// socketPath derives a short, stable socket path for the shim of id in ns
-// talking to the containerd at address: the unix path limit is ~106 bytes,
-// so the name is a hash.
-func socketPath(dir, address, ns, id string) string {
-	sum := sha256.Sum256([]byte(filepath.Join(address, ns, id, "mine")))
-	return filepath.Join(dir, fmt.Sprintf("%x", sum))
+// grpcAddress returns the containerd address the socket name is derived
+// from: the one of BootstrapParams, else the -address flag.
+func (r startRequest) grpcAddress(flag string) string {
+	if r.params != nil && r.params.GetContainerdGrpcAddress() != "" {
+		return r.params.GetContainerdGrpcAddress()
+	}
+	return flag
 }
 
-// answerStart encodes start's reply for the protocol the request came in.
+// defaultSocketDir is containerd's directory of shim sockets: `s` under
+// its default state directory /run/containerd.
+const defaultSocketDir = "/run/containerd/s"
+
+// socketPath is containerd's rule for a shim's socket (pkg/shim
+// CreateSocketAddress): dir, then the sha256 of
+// "<containerd address>/<namespace>/<id>" in hex, with "/debug" appended
+// for the debug socket. The name is a hash because a unix socket path is
+// limited to about 106 bytes. Tools find a shim's socket by this rule, so it
+// must not change; id is the group's id for a group shim.
+func socketPath(dir, address, ns, id string, debug bool) string {
+	name := filepath.Join(address, ns, id)
+	if debug {
+		name = filepath.Join(name, "debug")
+	}
+	return fmt.Sprintf("%s/%x", dir, sha256.Sum256([]byte(name)))
+}
+
+// answerStart encodes start's reply for the protocol the request came in:
+// a BootstrapResult (version 3, Task API v3) for containerd >= 2.3, and the
+// bare address for every older containerd. containerd 1.6 reads only the
+// address; 1.7 and 2.0 to 2.2 try JSON first and take what does not parse
+// as the address of a Task API v2 shim, which this shim also serves.
 func answerStart(r startRequest, address string) ([]byte, error) {
 	if !r.legacy {
 		return proto.Marshal(&bootapi.BootstrapResult{Version: 3, Address: address, Protocol: "ttrpc"})
 	}
-	// containerd <= 2.2 reads JSON with a version; 2 is the Task API v2,
-	// which every containerd since 1.7 speaks.
-	return json.Marshal(struct {
-		Version  int    `json:"version"`
-		Address  string `json:"address"`
-		Protocol string `json:"protocol"`
-	}{2, address, "ttrpc"})
+	return []byte(address), nil
 }
 
 // runtimeFromOptions turns runc options into the runtime defaults of the shim.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net"
 	"os"
@@ -14,6 +15,8 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	apitypes "github.com/containerd/containerd/api/types"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
@@ -88,30 +91,49 @@ func TestAnswerStart(t *testing.T) {
 	if res.Version != 3 || res.Address != addr || res.Protocol != "ttrpc" {
 		t.Fatalf("result %+v", &res)
 	}
+	// containerd 1.6 takes the whole answer as the address; 1.7 and 2.0 to
+	// 2.2 too when it is not JSON.
 	out, err = answerStart(startRequest{legacy: true}, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var legacy struct {
-		Version  int    `json:"version"`
-		Address  string `json:"address"`
-		Protocol string `json:"protocol"`
+	if string(out) != addr {
+		t.Fatalf("legacy answer %q, want the bare address %q", out, addr)
 	}
-	if err := json.Unmarshal(out, &legacy); err != nil {
-		t.Fatalf("legacy answer %q: %v", out, err)
+	if json.Valid(out) {
+		t.Fatalf("legacy answer %q parses as JSON", out)
 	}
-	if legacy.Version != 2 || legacy.Address != addr {
-		t.Fatalf("legacy answer %+v", legacy)
+}
+
+// The socket path is containerd's own rule, as its pkg/shim computes it.
+func TestSocketPathIsContainerdRule(t *testing.T) {
+	tests := []struct {
+		name, dir, address, ns, id string
+		debug                      bool
+	}{
+		{name: "default dir", dir: defaultSocketDir, address: "/run/containerd/containerd.sock", ns: "default", id: "c1"},
+		{name: "socket_dir", dir: "/tmp/s", address: "/run/x/c.sock", ns: "k8s.io", id: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
+		{name: "debug", dir: defaultSocketDir, address: "/run/containerd/containerd.sock", ns: "default", id: "c1", debug: true},
+		{name: "unix address", dir: defaultSocketDir, address: "unix:///run/containerd/containerd.sock", ns: "n", id: "g"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := namespaces.WithNamespace(context.Background(), tc.ns)
+			want, err := shim.CreateSocketAddress(ctx, tc.dir, tc.address, tc.id, tc.debug)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := "unix://" + socketPath(tc.dir, tc.address, tc.ns, tc.id, tc.debug); got != want {
+				t.Fatalf("socket address %q, containerd's %q", got, want)
+			}
+		})
 	}
 }
 
 func TestSocketPathFitsUnixLimit(t *testing.T) {
-	p := socketPath(defaultSocketDir, "/run/containerd/containerd.sock", "k8s.io", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+	p := socketPath(defaultSocketDir, "/run/containerd/containerd.sock", "k8s.io", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", false)
 	if len(p) > 106 {
 		t.Fatalf("socket path %q is %d bytes", p, len(p))
-	}
-	if p == socketPath(defaultSocketDir, "/run/containerd/containerd.sock", "other", "x") {
-		t.Fatal("socket paths collide")
 	}
 }
 

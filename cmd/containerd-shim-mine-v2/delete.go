@@ -60,9 +60,10 @@ func deleteAction(f flags, stdout, stderr io.Writer) error {
 
 // removeDeadSocket removes the socket named in the bundle's address file
 // when no shim answers on it any more (the shim was killed). A socket a
-// living shim serves (a group's) is left alone.
+// living shim serves (a group's) is left alone, and so is one a new shim
+// bound at the same path after the dead one was found dead.
 func removeDeadSocket(bundle string) {
-	data, err := os.ReadFile(filepath.Join(bundle, "address"))
+	data, err := os.ReadFile(filepath.Join(bundle, addressFile))
 	if err != nil {
 		return
 	}
@@ -70,9 +71,13 @@ func removeDeadSocket(bundle string) {
 	if !ok || !filepath.IsAbs(path) {
 		return
 	}
+	dead, err := own(path)
+	if err != nil {
+		return
+	}
 	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
 		c.Close()
 		return
 	}
-	_ = os.Remove(path)
+	_ = dead.remove()
 }

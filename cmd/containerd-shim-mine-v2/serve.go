@@ -36,6 +36,26 @@ const (
 	idleCheckInterval = 2 * time.Second
 )
 
+// daemon is the serving shim: what setup builds, run uses and teardown
+// releases.
+type daemon struct {
+	bundle string
+	ctx    context.Context
+	reaper *process.Reaper
+	svc    *task.Service
+	pub    *task.Publisher
+	server *ttrpc.Server
+	trim   *trimmer
+	state  *stateWatch
+	// socket and address are the socket start bound and the address file it
+	// wrote, removed at the end only while they are still ours.
+	socket, address ownedFile
+	done            chan struct{} // closed by the Shutdown call
+	serveErr        chan error    // the ttrpc server's end
+	// closers release what setup acquired, in reverse order.
+	closers []func()
+}
+
 // serve is the daemon: it serves the Task API on the socket that start
 // handed over (fd 3) until Shutdown, then exits.
 func serve(f flags) error {
@@ -43,93 +63,123 @@ func serve(f flags) error {
 		return errors.New("no action given (start, delete) and not launched as daemon")
 	}
 	ready := os.NewFile(readyFD, "ready")
-	fail := func(err error) error {
-		if ready != nil {
-			fmt.Fprintf(ready, "%v\n", err)
-			ready.Close()
-		}
+	d, err := setup(f)
+	if err != nil {
+		fmt.Fprintf(ready, "%v\n", err)
+		ready.Close()
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	fmt.Fprintln(ready, "ok")
+	ready.Close()
+	d.run()
+	return d.teardown()
+}
 
-	reaper := process.NewReaper()
+// setup makes the daemon: subreaper, OOM score, log, listener, runtime,
+// Task API service and ttrpc server, serving once it returns. On error,
+// what it acquired is released.
+func setup(f flags) (_ *daemon, retErr error) {
+	d := &daemon{done: make(chan struct{}), serveErr: make(chan error, 1)}
+	defer func() {
+		if retErr != nil {
+			d.release()
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	d.closers = append(d.closers, cancel)
+
+	d.reaper = process.NewReaper()
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		return fail(fmt.Errorf("become child subreaper: %w", err))
+		return nil, fmt.Errorf("become child subreaper: %w", err)
 	}
-	go reaper.Run(ctx)
+	go d.reaper.Run(ctx)
 	// go-runc's package-level monitor: every runc invocation is reaped by
 	// our loop, which also reaps the containers' processes.
-	runc.Monitor = reaper
+	runc.Monitor = d.reaper
 
 	if err := adjustOOMScore(); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	bundle, err := os.Getwd()
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
+	d.bundle = bundle
 	logOut := openLog(ctx, bundle)
-	defer logOut.Close()
+	d.closers = append(d.closers, func() { logOut.Close() })
 	log.L.Logger.SetOutput(logOut)
 	_ = log.SetFormat(log.TextFormat)
 	if f.debug {
 		_ = log.SetLevel("debug")
 	}
-	ctx = log.WithLogger(ctx, log.G(ctx).WithField("runtime", "io.containerd.mine.v2").WithField("pid", os.Getpid()))
+	d.ctx = log.WithLogger(ctx, log.G(ctx).WithField("runtime", "io.containerd.mine.v2").WithField("pid", os.Getpid()))
 
 	lf := os.NewFile(listenFD, "listener")
 	l, err := net.FileListener(lf)
 	lf.Close()
 	if err != nil {
-		return fail(fmt.Errorf("inherited listener: %w", err))
+		return nil, fmt.Errorf("inherited listener: %w", err)
 	}
-	sockPath := l.Addr().String()
+	// Closed by the server once it serves; by release if setup fails.
+	d.closers = append(d.closers, func() { l.Close() })
+	// start bound the socket and wrote the address file before it launched
+	// us, and no other shim replaces a socket that accepts connections: what
+	// the paths name now is ours.
+	if d.socket, err = own(l.Addr().String()); err != nil {
+		return nil, fmt.Errorf("shim socket: %w", err)
+	}
+	if d.address, err = own(filepath.Join(bundle, addressFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("address file: %w", err)
+	}
+	if d.state, err = newStateWatch(bundle); err != nil {
+		return nil, err
+	}
 
 	rt, err := process.LoadRuntime(bundle, f.namespace)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	if rt.ShimCgroup != "" {
 		if err := process.JoinCgroup(rt.ShimCgroup, os.Getpid()); err != nil {
-			return fail(fmt.Errorf("shim cgroup: %w", err))
+			return nil, fmt.Errorf("shim cgroup: %w", err)
 		}
 	}
 	consoles := stdio.NewConsoles()
-	defer consoles.Close()
-	pub := task.NewPublisher(os.Getenv("TTRPC_ADDRESS"))
-	done := make(chan struct{})
-	svc, err := task.New(task.Config{
+	d.closers = append(d.closers, func() { consoles.Close() })
+	d.pub = task.NewPublisher(os.Getenv("TTRPC_ADDRESS"))
+	d.svc, err = task.New(task.Config{
 		Namespace: f.namespace,
 		Version:   version(),
-		Reaper:    reaper,
+		Reaper:    d.reaper,
 		Consoles:  consoles,
-		Events:    pub,
+		Events:    d.pub,
 		Runtime:   rt,
-		Shutdown:  func() { close(done) },
+		Shutdown:  func() { close(d.done) },
 	})
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	defer svc.Close()
-	trim := newTrimmer()
-	defer trim.stop()
-	server, err := ttrpc.NewServer(
+	d.closers = append(d.closers, func() { d.svc.Close() })
+	d.trim = newTrimmer()
+	d.closers = append(d.closers, d.trim.stop)
+	d.server, err = ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
-		ttrpc.WithUnaryServerInterceptor(trim.interceptor),
+		ttrpc.WithChainUnaryServerInterceptor(d.trim.interceptor, d.state.interceptor),
 	)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	svc.RegisterTTRPC(server)
-	svc.RegisterTTRPCv2(server)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- server.Serve(ctx, l) }()
+	d.svc.RegisterTTRPC(d.server)
+	d.svc.RegisterTTRPCv2(d.server)
+	go func() { d.serveErr <- d.server.Serve(ctx, l) }()
+	return d, nil
+}
 
-	fmt.Fprintln(ready, "ok")
-	ready.Close()
-	ready = nil
-
+// run serves until Shutdown, a signal, the server's failure, or until the
+// shim is forgotten: no container and no call for orphanTimeout, or every
+// state directory it serves removed.
+func (d *daemon) run() {
+	ctx := d.ctx
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
 	signal.Ignore(unix.SIGPIPE)
@@ -137,44 +187,68 @@ func serve(f flags) error {
 	signal.Notify(dump, unix.SIGUSR1)
 	idle := time.NewTicker(idleCheckInterval)
 	defer idle.Stop()
-wait:
 	for {
 		select {
 		case <-idle.C:
 			// A shim that serves nothing and is called by no one has been
 			// forgotten: containerd died between start and Create, or lost
 			// the bundle. Without this it would live forever.
-			if svc.Count() == 0 && trim.idleFor() > orphanTimeout {
-				log.G(ctx).WithField("idle", trim.idleFor().String()).Warn("no container and no caller; exiting")
-				break wait
+			if d.svc.Count() == 0 && d.trim.idleFor() > orphanTimeout {
+				log.G(ctx).WithField("idle", d.trim.idleFor().String()).Warn("no container and no caller; exiting")
+				return
 			}
-		case <-done:
+			// Nobody can reach a shim whose state is gone: its manager
+			// deleted the container, or gave up on this shim.
+			if d.state.gone() {
+				log.G(ctx).WithField("containers", d.svc.Count()).Warn("state directory removed; exiting")
+				return
+			}
+		case <-d.done:
 			log.G(ctx).Info("shutdown requested")
-			break wait
+			return
 		case s := <-sigs:
 			log.G(ctx).WithField("signal", s.String()).Info("shutting down on signal")
-			break wait
-		case err := <-serveErr:
+			return
+		case err := <-d.serveErr:
 			log.G(ctx).WithError(err).Error("ttrpc server failed")
-			break wait
+			return
 		case <-dump:
-			if err := dumpStacks(filepath.Join(bundle, stacksFile)); err != nil {
+			if err := dumpStacks(filepath.Join(d.bundle, stacksFile)); err != nil {
 				log.G(ctx).WithError(err).Warn("dump stacks")
 			}
 		}
 	}
+}
 
+// teardown answers the Shutdown call in flight, stops the server, drains
+// the events, removes the socket and address file if they are still ours,
+// and releases the rest.
+func (d *daemon) teardown() error {
+	defer d.release()
 	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer scancel()
-	// Reply to the Shutdown call in flight, then stop.
-	serr := server.Shutdown(sctx)
-	perr := pub.Close(sctx)
-	_ = os.Remove(sockPath)
-	_ = os.Remove(filepath.Join(bundle, "address"))
+	serr := d.server.Shutdown(sctx)
+	perr := d.pub.Close(sctx)
+	// A new shim for the same container may have bound the same path by
+	// now: only what this shim created is removed.
+	if err := d.socket.remove(); err != nil {
+		log.G(d.ctx).WithError(err).Warn("remove socket")
+	}
+	if err := d.address.remove(); err != nil {
+		log.G(d.ctx).WithError(err).Warn("remove address file")
+	}
 	if errors.Is(serr, ttrpc.ErrServerClosed) {
 		serr = nil
 	}
 	return errors.Join(serr, perr)
+}
+
+// release runs the closers of setup, last acquired first.
+func (d *daemon) release() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+	d.closers = nil
 }
 
 // stacksFile is written in the daemon's directory on SIGUSR1: the goroutine

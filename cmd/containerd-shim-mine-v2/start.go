@@ -55,28 +55,52 @@ func start(f flags, stdin io.Reader, stdout io.Writer) error {
 	}
 	// Containers of one group (a pod) share one shim: its socket is named
 	// after the group, so a running group shim is found and reused.
-	path := socketPath(req.socketDir(), f.address, f.namespace, shimGroup(bundle, f.id))
+	path := socketPath(req.socketDir(), req.grpcAddress(f.address), f.namespace, shimGroup(bundle, f.id), false)
 	address := "unix://" + path
 
 	l, err := listen(path)
 	if errors.Is(err, syscall.EADDRINUSE) {
-		// A shim for this id already serves there (containerd retried).
-		return reply(stdout, req, address, bundle)
+		// A shim for this id already serves there (containerd retried, or
+		// this container joins its group).
+		if err := writeAddress(bundle, address); err != nil {
+			return err
+		}
+		return reply(stdout, req, address)
 	}
 	if err != nil {
 		return err
 	}
 	defer l.Close()
-
-	// The runtime defaults of this shim, read by the daemon.
-	if err := process.SaveRuntime(bundle, runtimeFromOptions(req.options, f.namespace)); err != nil {
-		return fmt.Errorf("save runtime options: %w", err)
-	}
-	if err := launch(f, l, bundle); err != nil {
+	sock, err := own(path)
+	if err != nil {
 		_ = os.Remove(path)
 		return err
 	}
-	return reply(stdout, req, address, bundle)
+
+	// The runtime defaults of this shim, read by the daemon.
+	if err := process.SaveRuntime(bundle, runtimeFromOptions(req.options, f.namespace)); err != nil {
+		_ = sock.remove()
+		return fmt.Errorf("save runtime options: %w", err)
+	}
+	// Written anew (an old shim ending may still own the file there) before
+	// the daemon starts, which records it as its own and removes it when it
+	// ends, unless a newer shim has replaced it by then.
+	addrPath := filepath.Join(bundle, addressFile)
+	if err := writeFileNew(addrPath, []byte(address), 0o600); err != nil {
+		_ = sock.remove()
+		return err
+	}
+	addr, err := own(addrPath)
+	if err != nil {
+		_ = sock.remove()
+		return err
+	}
+	if err := launch(f, l, bundle); err != nil {
+		_ = sock.remove()
+		_ = addr.remove()
+		return err
+	}
+	return reply(stdout, req, address)
 }
 
 // Annotations that put a container in a group served by one shim: the
@@ -103,11 +127,22 @@ func shimGroup(bundle, id string) string {
 	return id
 }
 
-func reply(stdout io.Writer, req startRequest, address, bundle string) error {
-	// containerd < 2.0 reconnects through this file.
-	if err := os.WriteFile(filepath.Join(bundle, "address"), []byte(address), 0o600); err != nil {
-		return err
+// addressFile is the bundle file naming the shim's socket, through which
+// containerd < 2.0 reconnects after a restart.
+const addressFile = "address"
+
+// writeAddress writes the address file of bundle for a shim that already
+// serves: as a new file, unless it already names address (then the shim
+// wrote it, owns it, and removes it when it ends).
+func writeAddress(bundle, address string) error {
+	path := filepath.Join(bundle, addressFile)
+	if data, err := os.ReadFile(path); err == nil && string(data) == address {
+		return nil
 	}
+	return writeFileNew(path, []byte(address), 0o600)
+}
+
+func reply(stdout io.Writer, req startRequest, address string) error {
 	out, err := answerStart(req, address)
 	if err != nil {
 		return err
@@ -117,18 +152,25 @@ func reply(stdout io.Writer, req startRequest, address, bundle string) error {
 }
 
 // listen creates the unix socket, 0600 in a 0700 directory. A stale socket
-// nobody answers on is replaced.
+// nobody answers on is replaced; a socket a live shim serves is not, and
+// listen returns EADDRINUSE.
 func listen(path string) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if errors.Is(err, syscall.EADDRINUSE) {
+		stale, serr := lstatID(path)
+		if serr != nil {
+			return nil, err
+		}
 		if c, derr := net.DialTimeout("unix", path, 200*time.Millisecond); derr == nil {
 			c.Close()
 			return nil, err
 		}
-		if rerr := os.Remove(path); rerr != nil {
+		// Only the socket found dead: another start may have replaced it
+		// with a live one since.
+		if rerr := (ownedFile{path: path, id: stale}).remove(); rerr != nil {
 			return nil, err
 		}
 		l, err = net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})

@@ -377,6 +377,12 @@ func TestLifecycle(t *testing.T) {
 				e.assertNoTraces(t, id, socket)
 			})
 
+			t.Run("pause, resume and metrics", func(t *testing.T) {
+				for _, rt := range e.runtimes() {
+					t.Run(rt, func(t *testing.T) { e.pauseResumeMetrics(t, rt) })
+				}
+			})
+
 			t.Run("event order", func(t *testing.T) {
 				id := newID(t, "events")
 				rec := e.recordEvents(t, id)
@@ -413,6 +419,12 @@ func TestLifecycle(t *testing.T) {
 // cleanup removes what the test did not.
 func (e *env) startTask(t *testing.T, id string, out *syncBuffer, args ...string) (client.Task, client.Container, <-chan client.ExitStatus) {
 	t.Helper()
+	return e.startTaskWith(t, runtimeMine, id, out, args...)
+}
+
+// startTaskWith is startTask under runtime rt.
+func (e *env) startTaskWith(t *testing.T, rt, id string, out *syncBuffer, args ...string) (client.Task, client.Container, <-chan client.ExitStatus) {
+	t.Helper()
 	ctx := e.ctx(t)
 	image, err := e.c.GetImage(ctx, imageRef)
 	if err != nil {
@@ -422,7 +434,7 @@ func (e *env) startTask(t *testing.T, id string, out *syncBuffer, args ...string
 		client.WithImage(image),
 		client.WithSnapshotter(e.snapshotter),
 		client.WithNewSnapshot(id+"-snapshot", image),
-		client.WithRuntime(runtimeMine, nil),
+		client.WithRuntime(rt, nil),
 		client.WithNewSpec(oci.WithImageConfig(image), oci.WithProcessArgs(args...)),
 	)
 	if err != nil {

@@ -23,7 +23,7 @@ const criNamespace = "k8s.io"
 
 // TestCRIPod runs one host-network pod with two containers through each
 // release's CRI plugin with the runtime handler "mine", configured as
-// docs/kubernetes.md shows. containerd 1.7 and 2.2 start the shim once per
+// docs/kubernetes.md shows. containerd 1.6, 1.7 and 2.2 start the shim once per
 // container; the shim must group the pod's containers into the sandbox's
 // shim (one shim for the pod, the parent of every container).
 func TestCRIPod(t *testing.T) {

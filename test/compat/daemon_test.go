@@ -33,10 +33,11 @@ var releases = []release{
 	{name: "containerd-2.4", env: "MINE_CONTAINERD_BIN", cacheDir: "bin", line: "2.4"},
 	{name: "containerd-2.2", env: "MINE_CONTAINERD22_BIN", cacheDir: "containerd-v2.2.9/bin", line: "2.2"},
 	{name: "containerd-1.7", env: "MINE_CONTAINERD17_BIN", cacheDir: "containerd-v1.7.35/bin", line: "1.7"},
+	{name: "containerd-1.6", env: "MINE_CONTAINERD16_BIN", cacheDir: "containerd-v1.6.20/bin", line: "1.6"},
 }
 
-// configVersion is the config format the release reads: 1.7 knows version
-// 2 only, 2.x takes version 3.
+// configVersion is the config format the release reads: 1.6 and 1.7 know
+// version 2 only, 2.x takes version 3.
 func (r release) configVersion() int {
 	if strings.HasPrefix(r.line, "1.") {
 		return 2
