@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -11,14 +12,119 @@ import (
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/mineshim/mine/pkg/stdio"
 )
 
-// The container's own lifecycle, through its init process: start (or
-// restore), checkpoint, pause, resume, update and delete.
+// The container's own lifecycle, through its init process: create, start
+// (or restore), checkpoint, pause, resume, update and delete.
 
 // deleteExitBound bounds how long Delete of a created container waits for
 // the exit of the init it killed. (A variable for the tests.)
 var deleteExitBound = 5 * time.Second
+
+// Create creates the container with the runtime (runc create): the init
+// process exists, stopped before the user's program, until Start.
+func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
+	if err := ValidateID(cfg.ID); err != nil {
+		return nil, err
+	}
+	if cfg.Reaper == nil || cfg.Emit == nil {
+		return nil, fmt.Errorf("process.Create: reaper and emit are required: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := ValidateBundle(cfg.Bundle); err != nil {
+		return nil, err
+	}
+	if err := cfg.Runtime.Check(); err != nil {
+		return nil, err
+	}
+	c := &Container{
+		id:    cfg.ID,
+		cfg:   cfg,
+		rt:    newAdapter(cfg.Runtime, cfg.Bundle, cfg.ID),
+		execs: make(map[string]*proc),
+		seq:   newSequencer(),
+		init:  newProc("", nil, cfg.Stdio),
+	}
+	rootfs := filepath.Join(cfg.Bundle, "rootfs")
+	if len(cfg.Rootfs) > 0 {
+		if err := os.MkdirAll(rootfs, 0o711); err != nil {
+			return nil, err
+		}
+		if err := mount.All(cfg.Rootfs, rootfs); err != nil {
+			return nil, fmt.Errorf("mount rootfs: %w", err)
+		}
+		c.mounted = true
+	}
+	defer func() {
+		if retErr != nil && c.mounted {
+			_ = mount.UnmountRecursive(rootfs, 0)
+		}
+	}()
+	spec, err := loadSpec(cfg.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkRoot(cfg.Bundle, spec); err != nil {
+		return nil, err
+	}
+	c.sharedPID = sharedPIDNamespace(spec)
+
+	// runc create of an ID the runtime already has fails, and the cleanup
+	// after a failed create (runc delete --force) would destroy that other
+	// container: refuse it first.
+	if !cfg.Runtime.stateGone(c.id) {
+		return nil, fmt.Errorf("runtime root %s already has a container %q: %w", cfg.Runtime.Root, c.id, errdefs.ErrAlreadyExists)
+	}
+	pio, err := stdio.Open(ctx, cfg.Stdio, c.stdioOptions())
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Checkpoint != "" {
+		// Nothing runs until Start restores it.
+		c.mu.Lock()
+		c.init.status, c.init.io = Created, pio
+		c.emitLocked(Event{
+			Kind: EventCreate, ContainerID: c.id,
+			Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, Stdio: cfg.Stdio, Checkpoint: cfg.Checkpoint,
+		})
+		c.mu.Unlock()
+		return c, nil
+	}
+	mark := cfg.Reaper.Mark()
+	err = c.rt.create(ctx, cfg.Bundle, &runc.CreateOpts{
+		PidFile:       filepath.Join(cfg.Bundle, initPidFile),
+		IO:            pio.Runc(),
+		ConsoleSocket: pio.ConsoleSocket(),
+		NoPivot:       cfg.Runtime.NoPivotRoot,
+		NoNewKeyring:  cfg.Runtime.NoNewKeyring,
+	})
+	if err == nil {
+		err = pio.Started(ctx)
+	}
+	var pid int
+	if err == nil {
+		if pid, err = ReadInitPid(cfg.Bundle); err != nil {
+			err = fmt.Errorf("read init pid: %w", err)
+		}
+	}
+	if err != nil {
+		pio.Close(0)
+		_ = c.rt.delete(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	exits := cfg.Reaper.Claim(pid, mark)
+
+	c.mu.Lock()
+	c.init.status, c.init.pid, c.init.io = Created, pid, pio
+	c.emitLocked(Event{
+		Kind: EventCreate, ContainerID: c.id, Pid: pid,
+		Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, Stdio: cfg.Stdio, Checkpoint: cfg.Checkpoint,
+	})
+	c.mu.Unlock()
+	go c.exitPipeline(c.init, exits)
+	return c, nil
+}
 
 // Start starts the init process (execID "") or an exec process.
 func (c *Container) Start(ctx context.Context, execID string) (int, error) {
