@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mineshim/mine/pkg/process"
+	"github.com/mineshim/mine/pkg/sandbox"
 	"github.com/mineshim/mine/pkg/stdio"
 	"github.com/mineshim/mine/pkg/task"
 )
@@ -99,7 +101,16 @@ func serve(f flags) error {
 	defer consoles.Close()
 	pub := task.NewPublisher(os.Getenv("TTRPC_ADDRESS"))
 	done := make(chan struct{})
-	svc, err := task.New(task.Config{
+	// The pod's sandbox, when containerd asks this shim for one (CRI's
+	// sandboxer "shim"): it keeps the shim up until ShutdownSandbox.
+	var svc *task.Service
+	sb := sandbox.New(sandbox.Config{
+		Reaper:   reaper,
+		Members:  func() int { return svc.Count() },
+		Shutdown: func() { _, _ = svc.Shutdown(ctx, &taskAPI.ShutdownRequest{}) },
+	})
+	defer sb.Close()
+	svc, err = task.New(task.Config{
 		Namespace: f.namespace,
 		Version:   version(),
 		Reaper:    reaper,
@@ -107,6 +118,9 @@ func serve(f flags) error {
 		Events:    pub,
 		Runtime:   rt,
 		Shutdown:  func() { close(done) },
+
+		BeforeCreate: sb.PrepareMember,
+		KeepAlive:    sb.Alive,
 	})
 	if err != nil {
 		return fail(err)
@@ -123,6 +137,7 @@ func serve(f flags) error {
 	}
 	svc.RegisterTTRPC(server)
 	svc.RegisterTTRPCv2(server)
+	sb.RegisterTTRPC(server)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- server.Serve(ctx, l) }()
 
@@ -144,7 +159,7 @@ wait:
 			// A shim that serves nothing and is called by no one has been
 			// forgotten: containerd died between start and Create, or lost
 			// the bundle. Without this it would live forever.
-			if svc.Count() == 0 && trim.idleFor() > orphanTimeout {
+			if svc.Count() == 0 && !sb.Alive() && trim.idleFor() > orphanTimeout {
 				log.G(ctx).WithField("idle", trim.idleFor().String()).Warn("no container and no caller; exiting")
 				break wait
 			}

@@ -1,0 +1,89 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Pod is what the holder and the pod's files are made from: the parts of
+// CRI's PodSandboxConfig this package uses.
+type Pod struct {
+	Hostname     string
+	DNSServers   []string
+	DNSSearches  []string
+	DNSOptions   []string
+	HasDNS       bool // a DNS config was given; else the host's resolv.conf is used
+	Sysctls      map[string]string
+	HostNetwork  bool
+	HostIPC      bool
+	HostPID      bool
+	CgroupParent string
+}
+
+// podConfigName is the protobuf name of CRI's PodSandboxConfig, which
+// CreateSandboxRequest.options carries.
+const podConfigName = "runtime.v1.PodSandboxConfig"
+
+// decodePod reads the pod's config from CreateSandbox's options; no options
+// give a pod with the defaults (own namespaces, host's DNS). netnsPath ""
+// means the host's network, as CRI sends it for such pods.
+func decodePod(options *anypb.Any, netnsPath string) (Pod, error) {
+	var p Pod
+	if options != nil && len(options.GetValue()) > 0 {
+		url := options.GetTypeUrl()
+		if url != podConfigName && !strings.HasSuffix(url, "/"+podConfigName) {
+			return p, fmt.Errorf("sandbox options of type %q, want %s: %w", url, podConfigName, errdefs.ErrInvalidArgument)
+		}
+		var c cri.PodSandboxConfig
+		if err := proto.Unmarshal(options.GetValue(), &c); err != nil {
+			return p, fmt.Errorf("decode %s: %v: %w", podConfigName, err, errdefs.ErrInvalidArgument)
+		}
+		p.Hostname = c.GetHostname()
+		if d := c.GetDnsConfig(); d != nil {
+			p.HasDNS = true
+			p.DNSServers, p.DNSSearches, p.DNSOptions = d.GetServers(), d.GetSearches(), d.GetOptions()
+		}
+		l := c.GetLinux()
+		p.Sysctls = l.GetSysctls()
+		p.CgroupParent = l.GetCgroupParent()
+		ns := l.GetSecurityContext().GetNamespaceOptions()
+		p.HostIPC = ns.GetIpc() == cri.NamespaceMode_NODE
+		p.HostPID = ns.GetPid() == cri.NamespaceMode_NODE
+	}
+	p.HostNetwork = netnsPath == ""
+	if p.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return p, fmt.Errorf("host name: %w", err)
+		}
+		p.Hostname = h
+	}
+	for k := range p.Sysctls {
+		if k == "" || strings.Contains(k, "..") || strings.ContainsAny(k, " \n") {
+			return p, fmt.Errorf("sysctl %q: %w", k, errdefs.ErrInvalidArgument)
+		}
+	}
+	return p, nil
+}
+
+// resolvConf renders the pod's DNS config as resolv.conf, as the pause
+// container's setup does.
+func (p Pod) resolvConf() []byte {
+	var b strings.Builder
+	if len(p.DNSSearches) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(p.DNSSearches, " "))
+	}
+	for _, s := range p.DNSServers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if len(p.DNSOptions) > 0 {
+		fmt.Fprintf(&b, "options %s\n", strings.Join(p.DNSOptions, " "))
+	}
+	return []byte(b.String())
+}
