@@ -10,9 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,27 +42,24 @@ func requireRoot(t *testing.T) {
 }
 
 // newNetns makes a network namespace pinned by a bind mount in dir, as CRI
-// makes a pod's, and returns its path and inode. A cleanup unmounts it.
+// makes a pod's, and returns its path and inode. A short-lived child makes
+// it (this process's threads keep theirs). A cleanup unmounts it.
 func newNetns(t *testing.T, dir string) (string, uint64) {
 	t.Helper()
 	path := filepath.Join(dir, "netns")
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is left locked: it ends with the goroutine, and
-		// its changed namespace with it.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare net: %w", err)
-			return
-		}
-		src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
-		errc <- unix.Mount(src, path, "", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("make netns: %v", err)
+	child := exec.Command("sleep", "60")
+	child.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNET}
+	if err := child.Start(); err != nil {
+		t.Fatalf("child in a new netns: %v", err)
+	}
+	err := unix.Mount(fmt.Sprintf("/proc/%d/ns/net", child.Process.Pid), path, "", unix.MS_BIND, "")
+	_ = child.Process.Kill()
+	_ = child.Wait()
+	if err != nil {
+		t.Fatalf("pin netns: %v", err)
 	}
 	t.Cleanup(func() { _ = unix.Unmount(path, unix.MNT_DETACH) })
 	var st unix.Stat_t
@@ -178,7 +175,11 @@ func startSandboxShim(t *testing.T, id string) *shimUnderTest {
 		if unix.Kill(s.pid, 0) == nil {
 			_ = unix.Kill(s.pid, unix.SIGKILL)
 		}
-		_ = exec.Command(self, "-namespace", ns, "-address", params.ContainerdGrpcAddress, "-id", id, "-bundle", bundle, "delete").Run()
+		del := exec.Command(self, "-namespace", ns, "-address", params.ContainerdGrpcAddress, "-id", id, "-bundle", bundle, "delete")
+		del.Env = append(os.Environ(), envTestAsShim+"=1")
+		if out, err := del.CombinedOutput(); err != nil {
+			t.Errorf("delete: %v: %s", err, out)
+		}
 	})
 	return s
 }
@@ -303,7 +304,7 @@ func TestSandboxAPI(t *testing.T) {
 		t.Fatalf("holder netns inode %d, want the pod's %d", got, netIno)
 	}
 	for _, ns := range []string{"uts", "ipc", "pid"} {
-		if nsInode(t, pid, ns) == nsInode(t, os.Getpid(), ns) {
+		if nsInode(t, pid, ns) == nsInode(t, s.pid, ns) {
 			t.Fatalf("holder shares the host's %s namespace", ns)
 		}
 	}
@@ -417,6 +418,8 @@ func TestSandboxAPI(t *testing.T) {
 	if mounted(t, shm) {
 		t.Fatalf("pod /dev/shm %s still mounted after ShutdownSandbox", shm)
 	}
+	// containerd hangs up after ShutdownSandbox; the shim then exits.
+	s.conn.Close()
 	waitGone(t, s.pid, sandboxWaitBound)
 }
 
@@ -441,7 +444,7 @@ func TestSandboxHolderDeath(t *testing.T) {
 	}
 	pid := int(started.Pid)
 	for _, ns := range []string{"net", "uts"} {
-		if nsInode(t, pid, ns) != nsInode(t, os.Getpid(), ns) {
+		if nsInode(t, pid, ns) != nsInode(t, s.pid, ns) {
 			t.Fatalf("host-network holder has a %s namespace of its own", ns)
 		}
 	}
@@ -464,6 +467,7 @@ func TestSandboxHolderDeath(t *testing.T) {
 	if _, err := s.sb.ShutdownSandbox(callCtx(t), &sandboxAPI.ShutdownSandboxRequest{SandboxID: id}); err != nil {
 		t.Fatalf("ShutdownSandbox: %v", err)
 	}
+	s.conn.Close()
 	waitGone(t, s.pid, sandboxWaitBound)
 	if _, err := os.Stat(filepath.Join(s.bundle, "shm")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)

@@ -129,7 +129,7 @@ func serve(f flags) error {
 	trim := newTrimmer()
 	defer trim.stop()
 	server, err := ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithServerHandshaker(sb.Handshaker(ttrpc.UnixSocketRequireSameUser())),
 		ttrpc.WithUnaryServerInterceptor(trim.interceptor),
 	)
 	if err != nil {

@@ -76,9 +76,10 @@ type Config struct {
 	Self string
 	// Members returns how many containers the shim still serves.
 	Members func() int
-	// Shutdown is called once the sandbox is shut down and no member
-	// remains (at ShutdownSandbox, or at the last member's Task.Shutdown).
-	// It must not block.
+	// Shutdown is called once the sandbox is shut down, no member remains
+	// and the clients have hung up (or exitGrace passed). It must not
+	// block. (After the last member's Task.Shutdown, the task service ends
+	// the shim itself.)
 	Shutdown func()
 }
 
@@ -97,6 +98,10 @@ type Service struct {
 	cgroup    string        // guarded by mu; the holder's cgroup, "" if none
 	stopped   chan struct{} // closed on entering phaseStopped; made at Create
 	exit      process.Exit  // guarded by mu; valid once stopped is closed
+
+	connMu   sync.Mutex
+	conns    int           // guarded by connMu; open ttrpc connections
+	connGone chan struct{} // a connection closed (buffered, one pending)
 }
 
 // New returns the Service of a shim.
@@ -107,7 +112,7 @@ func New(cfg Config) *Service {
 	if cfg.Members == nil {
 		cfg.Members = func() int { return 0 }
 	}
-	return &Service{cfg: cfg}
+	return &Service{cfg: cfg, connGone: make(chan struct{}, 1)}
 }
 
 // RegisterTTRPC registers the service on a ttrpc server.
@@ -372,8 +377,8 @@ func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxAPI.ShutdownSan
 	if err := s.release(ctx); err != nil {
 		return nil, wire(err)
 	}
-	if s.cfg.Members() == 0 && s.cfg.Shutdown != nil {
-		s.cfg.Shutdown()
+	if s.cfg.Members() == 0 {
+		s.exitWhenDisconnected()
 	}
 	return &sandboxAPI.ShutdownSandboxResponse{}, nil
 }
