@@ -34,6 +34,36 @@ const (
 	holderArgv0 = "mine-sandbox-holder"
 )
 
+// pauselessCgroups is the cgroup under which the pods of a run go (their
+// cgroup parents), removed at the end as the kubelet would.
+var pauselessCgroups = fmt.Sprintf("/mine-e2e-pods-%d", os.Getpid())
+
+// removeCgroupTree removes the cgroup rel and its children in every
+// hierarchy; they must hold no process any more.
+func removeCgroupTree(t *testing.T, rel string) {
+	roots, err := filepath.Glob("/sys/fs/cgroup/*" + rel)
+	if err != nil {
+		t.Error(err)
+	}
+	if _, err := os.Stat("/sys/fs/cgroup" + rel); err == nil {
+		roots = append(roots, "/sys/fs/cgroup"+rel)
+	}
+	for _, root := range roots {
+		var dirs []string
+		_ = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if err := unix.Rmdir(dirs[i]); err != nil && !os.IsNotExist(err) {
+				t.Errorf("remove cgroup %s: %v", dirs[i], err)
+			}
+		}
+	}
+}
+
 // pauselessTOML configures the CRI plugin of a private containerd for
 // pods without a pause container, with a CNI bridge network of its own
 // (or none, when the CNI plugins are missing: reason says why).
@@ -102,6 +132,7 @@ func pauselessEnv(t *testing.T, h *harness) (*criEnv, string) {
 		if err := p.teardown(); err != nil {
 			t.Errorf("teardown of the private containerd: %v", err)
 		}
+		removeCgroupTree(t, pauselessCgroups)
 	})
 	if p.d, err = startDaemon(h.containerd, cfg); err != nil {
 		t.Fatal(err)
@@ -168,7 +199,7 @@ func (e *criEnv) runPauselessPod(t *testing.T, name string, ns *cri.NamespaceOpt
 		LogDirectory: p.logDir,
 		DnsConfig:    dns,
 		Linux: &cri.LinuxPodSandboxConfig{
-			CgroupParent:    "/mine-e2e-pods/" + name,
+			CgroupParent:    pauselessCgroups + "/" + name,
 			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: ns},
 		},
 	}
@@ -452,6 +483,10 @@ func TestCRIPauseless(t *testing.T) {
 	t.Run("stop and remove leave nothing", func(t *testing.T) {
 		netIno := nsIno(t, holder, "net")
 		shim := shims[duo.id]
+		holderCgroup := pauselessCgroups + "/duo/" + duo.id
+		if cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", holder)); err != nil || !strings.Contains(string(cg), holderCgroup) {
+			t.Errorf("holder's cgroups %q (%v), want %s", cg, err, holderCgroup)
+		}
 		e.removePod(t, duo)
 		deadline := time.Now().Add(cleanupTimeout)
 		for {
@@ -470,6 +505,9 @@ func TestCRIPauseless(t *testing.T) {
 			}
 			if _, ok := e.podShims(t)[duo.id]; ok {
 				left = append(left, "a shim with the pod's id")
+			}
+			if m, _ := filepath.Glob("/sys/fs/cgroup/*" + holderCgroup); len(m) > 0 {
+				left = append(left, fmt.Sprintf("the holder's cgroups %v", m))
 			}
 			if len(left) == 0 {
 				break
