@@ -19,6 +19,12 @@
 // containers get those files and the /dev/shm bind-mounted at Create, by
 // PrepareMember editing their config.json before the runtime sees it.
 //
+// The shim stays up while the sandbox lives: Task.Shutdown, which
+// containerd sends after every member's Delete, is ignored (the task
+// service's KeepAlive is Alive). After ShutdownSandbox the shim exits once
+// containerd has closed its connections (Handshaker counts them), so that
+// the reply is never cut.
+//
 // Needs: root; a kernel with PID, UTS, IPC and network namespaces; cgroup v1
 // or v2 for the holder's placement under the pod's cgroup parent
 // (cgroupfs-style parents only).
