@@ -207,7 +207,9 @@ func (s *Service) StartSandbox(ctx context.Context, r *sandboxAPI.StartSandboxRe
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
-		s.phase = phaseCreated
+		if s.phase == phaseStarting {
+			s.phase = phaseCreated // may be started again
+		}
 		return nil, wire(fmt.Errorf("start sandbox %q: %w", id, err))
 	}
 	if s.phase != phaseStarting {
@@ -449,6 +451,12 @@ func (s *Service) UpdateSandbox(ctx context.Context, r *sandboxAPI.UpdateSandbox
 // created from bundle, the pod's files and /dev/shm (see memberMounts). A
 // container of another sandbox, or of none, is left alone.
 func (s *Service) PrepareMember(ctx context.Context, id, bundle string) error {
+	s.mu.Lock()
+	none := s.phase == phaseNone
+	s.mu.Unlock()
+	if none {
+		return nil // a shim without a sandbox: nothing to read
+	}
 	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
 		return nil // the task's own validation reports it
