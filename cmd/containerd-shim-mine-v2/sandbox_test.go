@@ -473,3 +473,48 @@ func TestSandboxHolderDeath(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSandboxHostNamespaces: a pod with the host's network, IPC and PID
+// namespaces gets a holder in all of the host's namespaces, and no /dev/shm
+// of its own.
+func TestSandboxHostNamespaces(t *testing.T) {
+	requireRoot(t)
+	id := fmt.Sprintf("sb%d", time.Now().UnixNano())
+	s := startSandboxShim(t, id)
+	config := &cri.PodSandboxConfig{Linux: &cri.LinuxPodSandboxConfig{SecurityContext: &cri.LinuxSandboxSecurityContext{
+		NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE, Pid: cri.NamespaceMode_NODE, Ipc: cri.NamespaceMode_NODE},
+	}}}
+	if _, err := s.sb.CreateSandbox(callCtx(t), &sandboxAPI.CreateSandboxRequest{
+		SandboxID: id, BundlePath: s.bundle, Options: podOptions(t, config),
+	}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	started, err := s.sb.StartSandbox(callCtx(t), &sandboxAPI.StartSandboxRequest{SandboxID: id})
+	if err != nil {
+		t.Fatalf("StartSandbox: %v", err)
+	}
+	for _, ns := range []string{"net", "uts", "ipc", "pid"} {
+		if nsInode(t, int(started.Pid), ns) != nsInode(t, s.pid, ns) {
+			t.Errorf("holder of a host-namespace pod has a %s namespace of its own", ns)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.bundle, "shm")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a host-IPC pod has a /dev/shm of its own (%v)", err)
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(s.bundle, "hostname")); err != nil || string(got) != host+"\n" {
+		t.Errorf("hostname file %q (%v), want the host's %q", got, err, host)
+	}
+	if _, err := s.sb.StopSandbox(callCtx(t), &sandboxAPI.StopSandboxRequest{SandboxID: id}); err != nil {
+		t.Fatalf("StopSandbox: %v", err)
+	}
+	waitGone(t, int(started.Pid), sandboxWaitBound)
+	if _, err := s.sb.ShutdownSandbox(callCtx(t), &sandboxAPI.ShutdownSandboxRequest{SandboxID: id}); err != nil {
+		t.Fatalf("ShutdownSandbox: %v", err)
+	}
+	s.conn.Close()
+	waitGone(t, s.pid, sandboxWaitBound)
+}
