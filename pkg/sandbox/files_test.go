@@ -4,9 +4,13 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 func TestMemberMounts(t *testing.T) {
@@ -95,5 +99,65 @@ func TestDecodePod(t *testing.T) {
 	p = Pod{DNSServers: []string{"1.1.1.1", "8.8.8.8"}, DNSSearches: []string{"a", "b"}, DNSOptions: []string{"ndots:2"}}
 	if got, want := string(p.resolvConf()), "search a b\nnameserver 1.1.1.1\nnameserver 8.8.8.8\noptions ndots:2\n"; got != want {
 		t.Fatalf("resolv.conf %q, want %q", got, want)
+	}
+}
+
+// TestDecodePodConfig checks the hand-read fields against CRI's own
+// encoding of a PodSandboxConfig.
+func TestDecodePodConfig(t *testing.T) {
+	full := &cri.PodSandboxConfig{
+		Metadata:     &cri.PodSandboxMetadata{Name: "n", Uid: "u", Namespace: "ns", Attempt: 3},
+		Hostname:     "pod-host",
+		LogDirectory: "/var/log/pods/x",
+		DnsConfig:    &cri.DNSConfig{Servers: []string{"10.0.0.10", "10.0.0.11"}, Searches: []string{"a.svc", "svc"}, Options: []string{"ndots:5", "edns0"}},
+		PortMappings: []*cri.PortMapping{{ContainerPort: 80, HostPort: 8080}},
+		Labels:       map[string]string{"app": "x"},
+		Annotations:  map[string]string{"a": "b"},
+		Linux: &cri.LinuxPodSandboxConfig{
+			CgroupParent: "/kubepods/besteffort/podx",
+			Sysctls:      map[string]string{"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"},
+			SecurityContext: &cri.LinuxSandboxSecurityContext{
+				NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE, Pid: cri.NamespaceMode_NODE, Ipc: cri.NamespaceMode_NODE},
+				Privileged:       true,
+				RunAsUser:        &cri.Int64Value{Value: 1000},
+			},
+			Overhead: &cri.LinuxContainerResources{MemoryLimitInBytes: 1 << 20},
+		},
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  *cri.PodSandboxConfig
+		want Pod
+	}{
+		{name: "every field", cfg: full, want: Pod{
+			Hostname: "pod-host", HasDNS: true,
+			DNSServers: []string{"10.0.0.10", "10.0.0.11"}, DNSSearches: []string{"a.svc", "svc"}, DNSOptions: []string{"ndots:5", "edns0"},
+			Sysctls:      map[string]string{"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"},
+			CgroupParent: "/kubepods/besteffort/podx", HostIPC: true, HostPID: true,
+		}},
+		{name: "pod namespaces, no DNS", cfg: &cri.PodSandboxConfig{Hostname: "h", Linux: &cri.LinuxPodSandboxConfig{
+			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: &cri.NamespaceOption{Pid: cri.NamespaceMode_CONTAINER}},
+		}}, want: Pod{Hostname: "h"}},
+		{name: "empty DNS config still counts", cfg: &cri.PodSandboxConfig{Hostname: "h", DnsConfig: &cri.DNSConfig{}}, want: Pod{Hostname: "h", HasDNS: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := proto.Marshal(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := decodePod(&anypb.Any{TypeUrl: podConfigName, Value: b}, "/var/run/netns/x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("decoded %+v\nwant    %+v", got, tc.want)
+			}
+		})
+	}
+	if _, err := decodePod(&anypb.Any{TypeUrl: podConfigName, Value: []byte{0x12, 0x7f}}, ""); err == nil {
+		t.Fatal("a truncated config decoded without error")
+	}
+	if _, err := decodePod(&anypb.Any{TypeUrl: "other.Type", Value: []byte{0x12, 0x00}}, ""); err == nil {
+		t.Fatal("options of another type decoded without error")
 	}
 }

@@ -6,9 +6,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // Pod is what the holder and the pod's files are made from: the parts of
@@ -40,21 +38,9 @@ func decodePod(options *anypb.Any, netnsPath string) (Pod, error) {
 		if url != podConfigName && !strings.HasSuffix(url, "/"+podConfigName) {
 			return p, fmt.Errorf("sandbox options of type %q, want %s: %w", url, podConfigName, errdefs.ErrInvalidArgument)
 		}
-		var c cri.PodSandboxConfig
-		if err := proto.Unmarshal(options.GetValue(), &c); err != nil {
+		if err := decodePodConfig(options.GetValue(), &p); err != nil {
 			return p, fmt.Errorf("decode %s: %v: %w", podConfigName, err, errdefs.ErrInvalidArgument)
 		}
-		p.Hostname = c.GetHostname()
-		if d := c.GetDnsConfig(); d != nil {
-			p.HasDNS = true
-			p.DNSServers, p.DNSSearches, p.DNSOptions = d.GetServers(), d.GetSearches(), d.GetOptions()
-		}
-		l := c.GetLinux()
-		p.Sysctls = l.GetSysctls()
-		p.CgroupParent = l.GetCgroupParent()
-		ns := l.GetSecurityContext().GetNamespaceOptions()
-		p.HostIPC = ns.GetIpc() == cri.NamespaceMode_NODE
-		p.HostPID = ns.GetPid() == cri.NamespaceMode_NODE
 	}
 	p.HostNetwork = netnsPath == ""
 	if p.Hostname == "" {
