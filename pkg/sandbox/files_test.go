@@ -117,7 +117,7 @@ func TestDecodePodConfig(t *testing.T) {
 			CgroupParent: "/kubepods/besteffort/podx",
 			Sysctls:      map[string]string{"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"},
 			SecurityContext: &cri.LinuxSandboxSecurityContext{
-				NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE, Pid: cri.NamespaceMode_NODE, Ipc: cri.NamespaceMode_NODE},
+				NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_POD, Pid: cri.NamespaceMode_NODE, Ipc: cri.NamespaceMode_POD},
 				Privileged:       true,
 				RunAsUser:        &cri.Int64Value{Value: 1000},
 			},
@@ -133,8 +133,11 @@ func TestDecodePodConfig(t *testing.T) {
 			Hostname: "pod-host", HasDNS: true,
 			DNSServers: []string{"10.0.0.10", "10.0.0.11"}, DNSSearches: []string{"a.svc", "svc"}, DNSOptions: []string{"ndots:5", "edns0"},
 			Sysctls:      map[string]string{"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"},
-			CgroupParent: "/kubepods/besteffort/podx", HostIPC: true, HostPID: true,
+			CgroupParent: "/kubepods/besteffort/podx", HostPID: true,
 		}},
+		{name: "host ipc", cfg: &cri.PodSandboxConfig{Hostname: "h", Linux: &cri.LinuxPodSandboxConfig{
+			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: &cri.NamespaceOption{Ipc: cri.NamespaceMode_NODE}},
+		}}, want: Pod{Hostname: "h", HostIPC: true}},
 		{name: "pod namespaces, no DNS", cfg: &cri.PodSandboxConfig{Hostname: "h", Linux: &cri.LinuxPodSandboxConfig{
 			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: &cri.NamespaceOption{Pid: cri.NamespaceMode_CONTAINER}},
 		}}, want: Pod{Hostname: "h"}},
@@ -159,5 +162,29 @@ func TestDecodePodConfig(t *testing.T) {
 	}
 	if _, err := decodePod(&anypb.Any{TypeUrl: "other.Type", Value: []byte{0x12, 0x00}}, ""); err == nil {
 		t.Fatal("options of another type decoded without error")
+	}
+}
+
+func TestCheckSysctl(t *testing.T) {
+	for _, tc := range []struct {
+		name, key string
+		pod       Pod
+		ok        bool
+	}{
+		{name: "net in the pod's netns", key: "net.ipv4.ip_forward", ok: true},
+		{name: "net in the host's netns", key: "net.ipv4.ip_forward", pod: Pod{HostNetwork: true}},
+		{name: "slashes", key: "net/ipv4/ip_forward", ok: true},
+		{name: "ipc of the pod", key: "kernel.shm_rmid_forced", ok: true},
+		{name: "ipc of the host", key: "kernel.shm_rmid_forced", pod: Pod{HostIPC: true}},
+		{name: "mqueue of the host", key: "fs.mqueue.msg_max", pod: Pod{HostIPC: true}},
+		{name: "hostname of the pod", key: "kernel.domainname", ok: true},
+		{name: "not namespaced", key: "vm.swappiness"},
+		{name: "escape", key: "net/../../../etc/x"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.pod.checkSysctl(tc.key); (err == nil) != tc.ok {
+				t.Fatalf("checkSysctl(%q) of %+v: %v, want ok %v", tc.key, tc.pod, err, tc.ok)
+			}
+		})
 	}
 }

@@ -51,11 +51,42 @@ func decodePod(options *anypb.Any, netnsPath string) (Pod, error) {
 		p.Hostname = h
 	}
 	for k := range p.Sysctls {
-		if k == "" || strings.Contains(k, "..") || strings.ContainsAny(k, " \n") {
-			return p, fmt.Errorf("sysctl %q: %w", k, errdefs.ErrInvalidArgument)
+		if err := p.checkSysctl(k); err != nil {
+			return p, err
 		}
 	}
 	return p, nil
+}
+
+// IPC sysctls, set in the IPC namespace of the writer.
+var ipcSysctls = map[string]bool{
+	"kernel.msgmax": true, "kernel.msgmnb": true, "kernel.msgmni": true, "kernel.sem": true,
+	"kernel.shmall": true, "kernel.shmmax": true, "kernel.shmmni": true, "kernel.shm_rmid_forced": true,
+}
+
+// checkSysctl accepts only a sysctl of a namespace the holder has of its
+// own, as runc does for a container: one written in the host's namespace
+// would change the host.
+func (p Pod) checkSysctl(k string) error {
+	name := strings.ReplaceAll(k, "/", ".")
+	if k == "" || strings.Contains(k, "..") || strings.ContainsAny(k, " \n") {
+		return fmt.Errorf("sysctl %q: %w", k, errdefs.ErrInvalidArgument)
+	}
+	var own bool
+	switch {
+	case ipcSysctls[name] || strings.HasPrefix(name, "fs.mqueue."):
+		own = !p.HostIPC
+	case strings.HasPrefix(name, "net."):
+		own = !p.HostNetwork
+	case name == "kernel.hostname" || name == "kernel.domainname":
+		own = !p.HostNetwork // the UTS namespace is the host's with its network
+	default:
+		return fmt.Errorf("sysctl %q is not in a namespace of the pod: %w", k, errdefs.ErrInvalidArgument)
+	}
+	if !own {
+		return fmt.Errorf("sysctl %q of a pod that uses the host's namespace: %w", k, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // resolvConf renders the pod's DNS config as resolv.conf, as the pause
