@@ -66,29 +66,31 @@ func removeCgroupTree(t *testing.T, rel string) {
 
 // pauselessTOML configures the CRI plugin of a private containerd for
 // pods without a pause container, with a CNI bridge network of its own
-// (or none, when the CNI plugins are missing: reason says why).
-func pauselessTOML(dir string) (toml, reason string, err error) {
+// (or none, when the CNI plugins are missing: reason says why). bridge is
+// the name of the bridge the CNI plugin will create.
+func pauselessTOML(dir string) (toml, bridge, reason string, err error) {
 	toml = fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = %q\n", pauselessPause)
 	toml += fmt.Sprintf("\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%s]\n"+
 		"  runtime_type = %q\n  sandboxer = \"shim\"\n  disable_pause_image_pull = true\n", pauselessHandler, runtimeMine)
 	for _, p := range []string{"bridge", "host-local", "loopback"} {
 		if _, err := os.Stat(filepath.Join(criCNIBinDir, p)); err != nil {
-			return toml, fmt.Sprintf("no CNI plugin %s: %v", p, err), nil
+			return toml, "", fmt.Sprintf("no CNI plugin %s: %v", p, err), nil
 		}
 	}
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		return "", "", err
+		return "", "", "", err
 	}
+	bridge = "minp" + hex.EncodeToString(b[:])
 	confDir := filepath.Join(dir, "cni", "conf")
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
-		return "", "", err
+		return "", "", "", err
 	}
 	conf, err := json.Marshal(map[string]any{
 		"cniVersion": "1.0.0",
 		"name":       "mine-e2e-pauseless",
 		"plugins": []any{map[string]any{
-			"type": "bridge", "bridge": "minp" + hex.EncodeToString(b[:]),
+			"type": "bridge", "bridge": bridge,
 			"isGateway": false, "ipMasq": false,
 			"ipam": map[string]any{
 				"type":    "host-local",
@@ -98,13 +100,13 @@ func pauselessTOML(dir string) (toml, reason string, err error) {
 		}},
 	})
 	if err != nil {
-		return "", "", err
+		return "", "", "", err
 	}
 	if err := os.WriteFile(filepath.Join(confDir, "10-pauseless.conflist"), conf, 0o644); err != nil {
-		return "", "", err
+		return "", "", "", err
 	}
 	toml += fmt.Sprintf("\n[plugins.'io.containerd.cri.v1.runtime'.cni]\n  bin_dirs = [%q]\n  conf_dir = %q\n", criCNIBinDir, confDir)
-	return toml, "", nil
+	return toml, bridge, "", nil
 }
 
 // pauselessEnv starts a private containerd configured by pauselessTOML,
@@ -120,9 +122,13 @@ func pauselessEnv(t *testing.T, h *harness) (*criEnv, string) {
 	if err := os.Mkdir(p.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	toml, noNet, err := pauselessTOML(p.dir)
+	toml, bridge, noNet, err := pauselessTOML(p.dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if bridge != "" {
+		// Runs last: after containerd and its pods are gone.
+		t.Cleanup(func() { deleteLink(t, bridge) })
 	}
 	cfg := daemonConfig{Dir: p.dir, Snapshotter: h.snapshotter, Runtimes: h.d.cfg.Runtimes, PathDirs: h.d.cfg.PathDirs, ExtraTOML: toml}
 	t.Cleanup(func() {
