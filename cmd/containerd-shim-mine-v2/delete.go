@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mineshim/mine/pkg/process"
+	"github.com/mineshim/mine/pkg/sandbox"
 )
 
 // deleteTimeout keeps `delete` inside containerd's 5 s cleanup limit.
@@ -44,6 +45,10 @@ func deleteAction(f flags, stdout, stderr io.Writer) error {
 	if err != nil {
 		// Reported as a warning by containerd; the exit still counts.
 		fmt.Fprintf(stderr, "%s: cleanup %s: %v\n", shimName, f.id, err)
+	}
+	// A sandbox's bundle may still hold the pod's /dev/shm mount.
+	if serr := sandbox.Cleanup(bundle); serr != nil {
+		fmt.Fprintf(stderr, "%s: cleanup %s: %v\n", shimName, f.id, serr)
 	}
 	removeDeadSocket(bundle)
 	out, err := proto.Marshal(&taskAPI.DeleteResponse{

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mineshim/mine/pkg/process"
+	"github.com/mineshim/mine/pkg/sandbox"
 	"github.com/mineshim/mine/pkg/stdio"
 	"github.com/mineshim/mine/pkg/task"
 )
@@ -43,6 +45,7 @@ type daemon struct {
 	ctx    context.Context
 	reaper *process.Reaper
 	svc    *task.Service
+	sb     *sandbox.Service
 	pub    *task.Publisher
 	server *ttrpc.Server
 	trim   *trimmer
@@ -147,6 +150,14 @@ func setup(f flags) (_ *daemon, retErr error) {
 	consoles := stdio.NewConsoles()
 	d.closers = append(d.closers, func() { consoles.Close() })
 	d.pub = task.NewPublisher(os.Getenv("TTRPC_ADDRESS"))
+	// The pod's sandbox, when containerd asks this shim for one (CRI's
+	// sandboxer "shim"): it keeps the shim up until ShutdownSandbox.
+	d.sb = sandbox.New(sandbox.Config{
+		Reaper:   d.reaper,
+		Members:  func() int { return d.svc.Count() },
+		Shutdown: func() { _, _ = d.svc.Shutdown(ctx, &taskAPI.ShutdownRequest{}) },
+	})
+	d.closers = append(d.closers, func() { d.sb.Close() })
 	d.svc, err = task.New(task.Config{
 		Namespace: f.namespace,
 		Version:   version(),
@@ -155,6 +166,9 @@ func setup(f flags) (_ *daemon, retErr error) {
 		Events:    d.pub,
 		Runtime:   rt,
 		Shutdown:  func() { close(d.done) },
+
+		BeforeCreate: d.sb.PrepareMember,
+		KeepAlive:    d.sb.Alive,
 	})
 	if err != nil {
 		return nil, err
@@ -163,7 +177,7 @@ func setup(f flags) (_ *daemon, retErr error) {
 	d.trim = newTrimmer()
 	d.closers = append(d.closers, d.trim.stop)
 	d.server, err = ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithServerHandshaker(d.sb.Handshaker(ttrpc.UnixSocketRequireSameUser())),
 		ttrpc.WithChainUnaryServerInterceptor(d.trim.interceptor, d.state.interceptor),
 	)
 	if err != nil {
@@ -171,6 +185,7 @@ func setup(f flags) (_ *daemon, retErr error) {
 	}
 	d.svc.RegisterTTRPC(d.server)
 	d.svc.RegisterTTRPCv2(d.server)
+	d.sb.RegisterTTRPC(d.server)
 	go func() { d.serveErr <- d.server.Serve(ctx, l) }()
 	return d, nil
 }
@@ -193,7 +208,7 @@ func (d *daemon) run() {
 			// A shim that serves nothing and is called by no one has been
 			// forgotten: containerd died between start and Create, or lost
 			// the bundle. Without this it would live forever.
-			if d.svc.Count() == 0 && d.trim.idleFor() > orphanTimeout {
+			if d.svc.Count() == 0 && !d.sb.Alive() && d.trim.idleFor() > orphanTimeout {
 				log.G(ctx).WithField("idle", d.trim.idleFor().String()).Warn("no container and no caller; exiting")
 				return
 			}

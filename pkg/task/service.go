@@ -58,6 +58,14 @@ type Config struct {
 	// Runtime holds defaults for runtime options not given at Create (from
 	// the bootstrap parameters).
 	Runtime process.Runtime
+	// BeforeCreate, when set, is called with a container's id and bundle
+	// before the container is created: the sandbox adds the pod's mounts
+	// to a member's spec there. An error fails the Create.
+	BeforeCreate func(ctx context.Context, id, bundle string) error
+	// KeepAlive, when set, keeps the shim up while it returns true: a
+	// Shutdown without now is then ignored (containerd sends one after
+	// every member's Delete; the sandbox's ShutdownSandbox ends the shim).
+	KeepAlive func() bool
 }
 
 // Service implements the Task API v3 over the process package.
@@ -226,6 +234,11 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 	rt = rt.WithDefaults(s.cfg.Namespace)
 	if err := process.ValidateBundle(r.Bundle); err != nil {
 		return nil, err
+	}
+	if s.cfg.BeforeCreate != nil {
+		if err := s.cfg.BeforeCreate(ctx, r.ID, r.Bundle); err != nil {
+			return nil, err
+		}
 	}
 	if err := process.SaveRuntime(r.Bundle, rt); err != nil {
 		return nil, fmt.Errorf("save runtime options: %w", err)
@@ -455,7 +468,7 @@ func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 
 // Shutdown ends the shim once it serves no container (or at once with now).
 func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
-	if !r.Now && s.Count() > 0 {
+	if !r.Now && (s.Count() > 0 || (s.cfg.KeepAlive != nil && s.cfg.KeepAlive())) {
 		return &emptypb.Empty{}, nil
 	}
 	if s.cfg.Shutdown != nil {

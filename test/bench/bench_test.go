@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -216,4 +217,26 @@ func BenchmarkExecExit(b *testing.B) {
 	}
 	report(b, "", fromReturn.Compare("ms"))
 	report(b, "call-", fromCall.Compare("ms"))
+}
+
+// BenchmarkPods: CRI pod start (RunPodSandbox + CreateContainer +
+// StartContainer of one container) and memory per pod (shim and pause or
+// holder), for pods without a pause container (mine's Sandbox API), mine
+// with a pause container and runc-v2 with one.
+func BenchmarkPods(b *testing.B) {
+	e := benchEnv(b)
+	o := DefaultOptions()
+	for b.Loop() {
+		r, err := e.Pods(context.Background(), o.PodRounds, o.PodCount, o.Settle)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, v := range PodVariants {
+			name := strings.ReplaceAll(strings.ReplaceAll(v.Label(), " ", ""), ",", "-")
+			b.ReportMetric(r.Start[v.Label()].Median, name+"-start-ms")
+			b.ReportMetric(r.Pss[v.Label()].Median/1024, name+"-pss-MiB")
+		}
+		b.ReportMetric(r.StartRatio, "start-ratio")
+		b.ReportMetric(r.PssRatio, "pss-ratio")
+	}
 }

@@ -30,6 +30,13 @@
 //     tracefs is missing, by when the cgroup's oom_kill counter was seen to
 //     move. And an exec of `true` into a running container: the time from
 //     the return of its Start call (and from the call) to /tasks/exit.
+//   - Pods through CRI (a second private containerd with CRI, host-network
+//     pods): the time of RunPodSandbox + CreateContainer + StartContainer of
+//     a pod with one container, and the PSS and RSS per idle pod of every
+//     process the pod costs besides its container (the shim, and the pause
+//     container or mine's namespace holder), for three runtime handlers:
+//     mine serving the Sandbox API (sandboxer "shim", no pause container),
+//     mine with a pause container, and runc-v2 with one.
 //   - A trace of the lifecycle (when perf works): the scheduler's exec, exit
 //     and fork tracepoints of containerd's descendants and ctr, giving the
 //     time of every shim and runc invocation within `ctr run`.

@@ -15,6 +15,8 @@ var Targets = map[string]float64{
 	"overhead":  0.5,
 	"rss":       0.5,
 	"exec":      0.7,
+	"podstart":  0.7,
+	"podmem":    0.5,
 }
 
 // row is one line of the ratio table.
@@ -80,6 +82,21 @@ func (r *Report) rows() []row {
 		rows = append(rows,
 			cmpRow("OOM kill -> /tasks/oom on the stream (ms)", o.OOMEvent, ""),
 			cmpRow("OOM kill -> /tasks/exit on the stream (ms)", o.ExitEvent, ""))
+	}
+	if p := r.Pods; p != nil {
+		// The mine column is the pod without a pause container; the
+		// runc-v2 column, runc-v2 with one.
+		none, minePause, runc := PodPauseless.Label(), PodMinePause.Label(), PodRuncPause.Label()
+		rows = append(rows,
+			row{name: "CRI pod start, 1 container, no pause (mine) vs pause (runc-v2) (ms)", mine: p.Start[none], runc: p.Start[runc], ratio: p.StartRatio, target: "podstart"},
+			row{name: "CRI pod start, 1 container, mine + pause vs runc-v2 + pause (ms)", mine: p.Start[minePause], runc: p.Start[runc],
+				ratio: Ratio(p.Start[minePause].Median, p.Start[runc].Median)},
+			row{name: "PSS per pod besides its container, no pause (mine) vs pause (runc-v2) (MiB)", mine: scale(p.Pss[none], mib), runc: scale(p.Pss[runc], mib), ratio: p.PssRatio, target: "podmem"},
+			row{name: "PSS per pod besides its container, mine + pause vs runc-v2 + pause (MiB)", mine: scale(p.Pss[minePause], mib), runc: scale(p.Pss[runc], mib),
+				ratio: Ratio(p.Pss[minePause].Median, p.Pss[runc].Median)},
+			row{name: "RSS per pod besides its container, no pause (mine) vs pause (runc-v2) (MiB)", mine: scale(p.Rss[none], mib), runc: scale(p.Rss[runc], mib),
+				ratio: Ratio(p.Rss[none].Median, p.Rss[runc].Median)},
+		)
 	}
 	if x := r.ExecExit; x != nil {
 		rows = append(rows,

@@ -26,6 +26,8 @@ type Options struct {
 	OOMRuns         int           `json:"oom_runs"`          // OOM kills per runtime
 	ExecLatencyRuns int           `json:"exec_latency_runs"` // single execs per runtime
 	ProfileRuns     int           `json:"profile_runs"`      // traced lifecycles per runtime; 0: none
+	PodRounds       int           `json:"pod_rounds"`        // CRI pod starts per variant; 0: no pod figures
+	PodCount        int           `json:"pod_count"`         // idle pods per variant for the memory per pod
 }
 
 // DefaultOptions are the sizes of `hack/bench.sh`.
@@ -42,6 +44,8 @@ func DefaultOptions() Options {
 		OOMRuns:         16,
 		ExecLatencyRuns: 60,
 		ProfileRuns:     12,
+		PodRounds:       20,
+		PodCount:        5,
 	}
 }
 
@@ -73,6 +77,7 @@ type Report struct {
 	OOM         *OOMResult          `json:"oom,omitempty"`
 	ExecExit    *ExecExitResult     `json:"exec_exit,omitempty"`
 	Profile     map[string]*Profile `json:"profile,omitempty"`
+	Pods        *PodResult          `json:"pods,omitempty"`
 	ProfileNote string              `json:"profile_note,omitempty"`
 }
 
@@ -141,6 +146,13 @@ func Run(ctx context.Context, e *Env, o Options) (*Report, error) {
 		}},
 		{"idle memory", func() (err error) {
 			r.Memory, err = e.Memory(ctx, o.MemoryCounts, o.Settle)
+			return err
+		}},
+		{"pods", func() (err error) {
+			if o.PodRounds == 0 {
+				return nil
+			}
+			r.Pods, err = e.Pods(ctx, o.PodRounds, o.PodCount, o.Settle)
 			return err
 		}},
 		{"parallel exec", func() (err error) {

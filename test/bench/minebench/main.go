@@ -43,12 +43,15 @@ func run() int {
 		oomRuns   = flag.Int("oom", def.OOMRuns, "OOM kills per runtime")
 		execLat   = flag.Int("exec-latency", def.ExecLatencyRuns, "single execs per runtime")
 		trace     = flag.Int("trace", def.ProfileRuns, "lifecycles per runtime traced with perf (0: none)")
+		podRounds = flag.Int("pod-rounds", def.PodRounds, "CRI pod starts per variant (0: no pod figures)")
+		podCount  = flag.Int("pods", def.PodCount, "idle pods per variant for the memory per pod")
 	)
 	flag.Parse()
 	o := def
 	o.LifecycleRuns, o.ExecParallel, o.ExecRounds = *lifecycle, *execPar, *execRnd
 	o.StartParallel, o.StartRounds, o.OOMRuns = *startPar, *startRnd, *oomRuns
 	o.ExecLatencyRuns, o.ProfileRuns = *execLat, *trace
+	o.PodRounds, o.PodCount = *podRounds, *podCount
 	var err error
 	if o.MemoryCounts, err = parseInts(*counts); err != nil {
 		fmt.Fprintf(os.Stderr, "minebench: -counts: %v\n", err)
@@ -56,7 +59,8 @@ func run() int {
 	}
 	if *quick {
 		o = bench.Options{LifecycleRuns: 3, LifecycleWarm: 1, MemoryCounts: []int{1, 3}, Settle: time.Second,
-			ExecParallel: 5, ExecRounds: 2, StartParallel: 5, StartRounds: 1, OOMRuns: 2, ExecLatencyRuns: 3, ProfileRuns: 2}
+			ExecParallel: 5, ExecRounds: 2, StartParallel: 5, StartRounds: 1, OOMRuns: 2, ExecLatencyRuns: 3, ProfileRuns: 2,
+			PodRounds: 2, PodCount: 2}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
