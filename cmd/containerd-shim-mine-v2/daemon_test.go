@@ -22,17 +22,6 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// envTestShim makes the test binary act as the shim: start launches the
-// daemon from os.Executable(), which is this binary.
-const envTestShim = "MINE_SHIM_TEST_AS_SHIM"
-
-func TestMain(m *testing.M) {
-	if os.Getenv(envTestShim) == "1" {
-		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
-	}
-	os.Exit(m.Run())
-}
-
 const (
 	testNamespace   = "mine-test"
 	testAddress     = "/run/mine-test/containerd.sock"
@@ -71,7 +60,7 @@ func startTestShim(t *testing.T, bundle, sockDir, id string, opts *runcoptions.O
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-namespace", testNamespace, "-id", id, "-address", testAddress, "start")
 	cmd.Dir = bundle
-	cmd.Env = append(os.Environ(), envTestShim+"=1")
+	cmd.Env = append(os.Environ(), envTestAsShim+"=1")
 	cmd.Stdin = bytes.NewReader(in)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
