@@ -50,6 +50,10 @@ type record struct {
 	// Pid is the init pid from Create.
 	Pid      int  `json:"pid,omitempty"`
 	Terminal bool `json:"terminal,omitempty"`
+	// OpenStdin: the init has a stdin FIFO that clients attach to.
+	OpenStdin bool `json:"open_stdin,omitempty"`
+	// StopSignal is the signal Stop sends first (a name, SIGTERM if empty).
+	StopSignal string `json:"stop_signal,omitempty"`
 	// Log is the file the init's output goes to when it runs detached.
 	Log     string    `json:"log,omitempty"`
 	Created time.Time `json:"created"`
