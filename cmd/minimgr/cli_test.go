@@ -86,12 +86,8 @@ func TestRunDetachedWaitFromAnotherProcess(t *testing.T) {
 	if r := e.run(nil, "wait", "det"); r.code != 5 {
 		t.Errorf("second wait: exit %d, want 5 (%s)", r.code, r.stderr)
 	}
-	log, err := os.ReadFile(info.Log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(log) != "logged\nbye\n" {
-		t.Errorf("log %q", log)
+	if log := e.mustRun("logs", "det"); log.stdout != "logged\nbye\n" {
+		t.Errorf("log %q", log.stdout)
 	}
 	e.mustRun("delete", "det")
 	e.assertNoLeftovers("det")

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
@@ -77,7 +78,7 @@ func runFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 			opts.IO = minimgr.IO{Log: true, OpenStdin: pf.interactive || pf.tty}
 			ct, err := m.Create(c.ctx, opts)
 			if err != nil {
-				return 0, err
+				return 0, startError(err, opts.Bundle, opts)
 			}
 			defer ct.Close()
 			if _, err := ct.Start(c.ctx); err != nil {
@@ -99,25 +100,39 @@ func runFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 		if opts.IO, err = c.attachedIO(pf); err != nil {
 			return 0, err
 		}
+		if w, h, ok := term.size(); ok {
+			// The terminal has our size from the start, before the
+			// first resize can reach it.
+			opts.Spec = func(s *specs.Spec) error {
+				if err := so.apply(s); err != nil {
+					return err
+				}
+				s.Process.ConsoleSize = &specs.Box{Width: uint(w), Height: uint(h)}
+				return nil
+			}
+		}
 		ct, err := m.Create(c.ctx, opts)
 		if err != nil {
-			return 0, err
+			return 0, startError(err, opts.Bundle, opts)
 		}
 		defer ct.Close()
 		fwd := forward(c.ctx, term, func(ctx context.Context, sig syscall.Signal) error {
 			return ct.Kill(ctx, sig, false)
 		}, ct.Resize)
 		defer fwd.stop()
-		if _, err := ct.Start(c.ctx); err != nil {
-			_, _ = ct.Delete(context.WithoutCancel(c.ctx), true)
-			return 0, startError(err, ct.Bundle(), opts)
-		}
+		// The remover is there before the process runs: from then on the
+		// container is removed, whatever becomes of this client.
 		var remover *exec.Cmd
 		if *rm {
 			if remover, err = c.spawnRemover(opts.ID, os.Getpid()); err != nil {
 				_, _ = ct.Delete(context.WithoutCancel(c.ctx), true)
 				return 0, err
 			}
+		}
+		if _, err := ct.Start(c.ctx); err != nil {
+			_, _ = ct.Delete(context.WithoutCancel(c.ctx), true)
+			stopRemover(remover)
+			return 0, startError(err, ct.Bundle(), opts)
 		}
 		fwd.started()
 		exit, detached, err := waitAttached(c.ctx, ct.Wait, ct.Detached())
@@ -225,17 +240,50 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 				defer unix.Close(cfd)
 			}
 		}
-		if _, err := m.Wait(c.ctx, args[0]); err != nil {
+		id := args[0]
+		exited := make(chan error, 1)
+		go func() {
+			_, err := m.Wait(c.ctx, id)
+			exited <- err
+		}()
+		force := false
+		if cfd >= 0 {
+			clientGone := make(chan struct{})
+			go func() {
+				defer close(clientGone)
+				fds := []unix.PollFd{{Fd: int32(cfd), Events: unix.POLLIN}}
+				for {
+					if _, err := unix.Poll(fds, -1); !errors.Is(err, unix.EINTR) {
+						return
+					}
+				}
+			}()
+			select {
+			case err := <-exited:
+				exited <- err
+				// The client removes it itself, when it can.
+				t := time.NewTimer(removerClientBound)
+				select {
+				case <-clientGone:
+				case <-t.C:
+				}
+				t.Stop()
+			case <-clientGone:
+				// A container the client created but never started
+				// would wait forever: it goes now.
+				if info, err := m.Inspect(c.ctx, id); err == nil && info.Status == minimgr.StatusCreated {
+					force = true
+					exited <- nil
+				}
+			}
+		}
+		if err := <-exited; err != nil && !force {
 			if errdefs.IsNotFound(err) {
 				return 0, nil
 			}
 			return 0, err
 		}
-		if cfd >= 0 {
-			fds := []unix.PollFd{{Fd: int32(cfd), Events: unix.POLLIN}}
-			_, _ = unix.Poll(fds, int(removerClientBound.Milliseconds()))
-		}
-		if _, err := m.Delete(c.ctx, args[0], false); err != nil && !errdefs.IsNotFound(err) && !errors.Is(err, minimgr.ErrBusy) {
+		if _, err := m.Delete(c.ctx, id, force); err != nil && !errdefs.IsNotFound(err) && !errors.Is(err, minimgr.ErrBusy) {
 			return 0, err
 		}
 		return 0, nil
@@ -245,6 +293,9 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 // startError classifies the failure of a process's start: a command that
 // is not in the rootfs gives 127, one that cannot be executed 126.
 func startError(err error, bundle string, opts minimgr.CreateOpts) error {
+	if errdefs.IsAlreadyExists(err) || errdefs.IsInvalidArgument(err) || errdefs.IsNotFound(err) {
+		return err
+	}
 	if code := minimgr.CommandProblem(bundle, opts.Args); code != 0 {
 		return codeError{err: err, code: code}
 	}
@@ -421,7 +472,7 @@ func execFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 		}
 		p, err := ct.Exec(c.ctx, opts)
 		if err != nil {
-			return 0, err
+			return 0, startError(err, ct.Bundle(), minimgr.CreateOpts{Args: opts.Args})
 		}
 		fwd := forward(c.ctx, term, p.Kill, p.Resize)
 		defer fwd.stop()
@@ -758,7 +809,7 @@ func resumeFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 func logsFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 	follow := fs.BoolP("follow", "f", false, "keep printing until the process's output ends")
 	ts := fs.BoolP("timestamps", "T", false, "start each line with its time (RFC 3339)")
-	tail := fs.IntP("tail", "n", 0, "only the last N lines (0: all)")
+	tail := fs.Int("tail", 0, "only the last N lines (0: all)")
 	execID := fs.String("exec", "", "the log of this exec process")
 	return func(c *cli, args []string) (int, error) {
 		if len(args) != 1 {

@@ -2,6 +2,7 @@ package minimgr
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,9 +12,9 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // DefaultStopTimeout is how long Stop waits after the stop signal before
@@ -157,10 +158,11 @@ func (c *Container) Detached() <-chan struct{} { return c.io.Detached() }
 
 // Update changes the resources of the running container.
 func (c *Container) Update(ctx context.Context, r *specs.LinuxResources) error {
-	a, err := typeurl.MarshalAnyToProto(r)
+	data, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("resources: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
+	a := &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: data}
 	sctx, cancel := bounded(ctx)
 	defer cancel()
 	if _, err := c.task.Update(sctx, &taskAPI.UpdateTaskRequest{ID: c.rec.ID, Resources: a}); err != nil {

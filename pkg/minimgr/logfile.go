@@ -2,6 +2,7 @@ package minimgr
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -183,6 +184,25 @@ func (lf *logFollower) close() {
 	}
 }
 
+// endsWithEOF reports whether the last record of the log is the logger's
+// EOF record.
+func endsWithEOF(f *os.File) bool {
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return false
+	}
+	buf := make([]byte, min(st.Size(), 256))
+	if _, err := f.ReadAt(buf, st.Size()-int64(len(buf))); err != nil && !errors.Is(err, io.EOF) {
+		return false
+	}
+	last := bytes.TrimRight(buf, "\n")
+	if i := bytes.LastIndexByte(last, '\n'); i >= 0 {
+		last = last[i+1:]
+	}
+	var r Record
+	return json.Unmarshal(last, &r) == nil && r.EOF
+}
+
 // tailOffset returns the offset of the last n lines of f.
 func tailOffset(f *os.File, n int) (int64, error) {
 	st, err := f.Stat()
@@ -241,7 +261,11 @@ func readLog(ctx context.Context, path string, terminal bool, o LogOptions, exit
 	case o.FromEnd:
 		off, err = lf.f.Seek(0, io.SeekEnd)
 	case o.Tail > 0 && !terminal:
-		off, err = tailOffset(lf.f, o.Tail)
+		n := o.Tail
+		if endsWithEOF(lf.f) {
+			n++ // the EOF record is no line of output
+		}
+		off, err = tailOffset(lf.f, n)
 	}
 	if err != nil {
 		return err

@@ -633,28 +633,31 @@ func (m *Manager) info(ctx context.Context, id string) Info {
 // Removed is one container that Cleanup removed.
 type Removed struct {
 	ID string `json:"id"`
-	// Reason is "dead shim", "stopped" or "unfinished create".
+	// Reason is "dead shim", "stopped", "unfinished create" or "shim
+	// without state".
 	Reason string `json:"reason"`
 	Exit   Exit   `json:"exit"`
 }
 
 // Cleanup removes the state of dead shims (after `shim delete`), of stopped
-// containers (Delete, Shutdown) and of creates that never finished. Running,
+// containers (Delete, Shutdown) and of creates that never finished, and
+// kills the shims of this root and namespace whose state directory is gone. Running,
 // created and paused containers, and those another minimgr is working on,
 // are left alone.
 func (m *Manager) Cleanup(ctx context.Context) ([]Removed, error) {
 	parent := nsDir(m.cfg.Root, m.cfg.Namespace)
+	orphans, oerr := m.endOrphanShims()
 	entries, err := os.ReadDir(parent)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return orphans, oerr
 	}
 	if err != nil {
-		return nil, err
+		return orphans, errors.Join(oerr, err)
 	}
 	var (
 		mu      sync.Mutex
-		removed []Removed
-		errs    []error
+		removed = orphans
+		errs    = []error{oerr}
 		wg      sync.WaitGroup
 	)
 	for _, e := range entries {

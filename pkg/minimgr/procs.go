@@ -166,3 +166,54 @@ func cmdline(pid int) []string {
 	}
 	return strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
 }
+
+// orphanShims returns the shim daemons of this root and namespace whose
+// container has no state directory any more (a shim that outlived its
+// delete): pid by container ID.
+func (m *Manager) orphanShims() map[int]string {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	out := map[int]string{}
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		ns, id, addr, ok := shimArgs(pid)
+		if !ok || ns != m.cfg.Namespace || addr != m.grpcAddress() || validateName("container id", id) != nil {
+			continue
+		}
+		if _, err := os.Lstat(m.StateDir(id)); errors.Is(err, os.ErrNotExist) {
+			out[pid] = id
+		}
+	}
+	return out
+}
+
+// endOrphanShims kills the shims that orphanShims finds.
+func (m *Manager) endOrphanShims() ([]Removed, error) {
+	var (
+		removed []Removed
+		errs    []error
+	)
+	for pid, id := range m.orphanShims() {
+		p, ok := m.findShim(pid, id)
+		if !ok {
+			continue
+		}
+		// Checked again with the pidfd held: the state may have come back.
+		if _, err := os.Lstat(m.StateDir(id)); err == nil {
+			p.close()
+			continue
+		}
+		if err := p.kill(); err != nil {
+			errs = append(errs, err)
+		} else {
+			removed = append(removed, Removed{ID: id, Reason: "shim without state", Exit: Exit{Pid: pid, Status: 137}})
+		}
+		p.close()
+	}
+	return removed, errors.Join(errs...)
+}
