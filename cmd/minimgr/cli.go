@@ -139,8 +139,8 @@ var aliases = map[string]string{"ps": "list", "ls": "list", "rm": "delete", "top
 
 func init() {
 	commands = map[string]*command{
-		"run":     {"[OPTIONS] BUNDLE ID [CMD...]", "create and start a container, attached unless -d; exits with its status", exitOwnError, 2, false, false, runFlags},
-		"create":  {"[OPTIONS] BUNDLE ID [CMD...]", "create a container (its output goes to its log)", exitError, 2, false, false, createFlags},
+		"run":     {"[OPTIONS] BUNDLE ID [CMD...] | --image PATH[:TAG] ID [CMD...]", "create and start a container, attached unless -d; exits with its status", exitOwnError, 2, false, false, runFlags},
+		"create":  {"[OPTIONS] BUNDLE ID [CMD...] | --image PATH[:TAG] ID [CMD...]", "create a container (its output goes to its log)", exitError, 2, false, false, createFlags},
 		"start":   {"[-a] ID", "start a created container (-a: attached, exits with its status)", exitError, -1, false, false, startFlags},
 		"exec":    {"[-d] [-t] [-i] [--exec-id EXEC_ID] ID CMD...", "run a process in a container; exits with its status unless -d", exitOwnError, 1, false, false, execFlags},
 		"attach":  {"[--detach-keys KEYS] ID", "attach to a container's stdin and output (detach: ctrl-p,ctrl-q)", exitOwnError, -1, false, false, attachFlags},
@@ -160,7 +160,7 @@ func init() {
 		"stats":   {"[--no-stream] [--json] ID...", "print containers' CPU, memory and pids as a table", exitError, -1, false, false, statsFlags},
 		"events":  {"[--json]", "serve the events socket and print events as shims send them", exitError, -1, false, false, eventsFlags},
 		"cleanup": {"[--json]", "remove dead shims, stopped containers, and end shims whose state is gone", exitError, -1, false, false, cleanupFlags},
-		"bundle":  {"init DIR", "make a busybox bundle in DIR from /bin/busybox (busybox-static)", exitError, -1, true, false, bundleFlags},
+		"bundle":  {"init [--image PATH[:TAG]] DIR", "make a bundle in DIR: busybox from /bin/busybox (busybox-static), or an image unpacked", exitError, -1, true, false, bundleFlags},
 		"version": {"", "print minimgr's version", exitError, -1, true, false, versionFlags},
 		// The remover of run --rm: waits for the container to exit, then
 		// deletes it, whatever became of the client that started it.

@@ -62,18 +62,20 @@ func (c *cli) attachedIO(p procFlags) (minimgr.IO, error) {
 
 func runFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 	rm := fs.Bool("rm", false, "delete the container once it exits (done by a process of its own: the client may go)")
+	image := fs.String("image", "", "run an image (OCI layout or OCI/docker archive, PATH[:TAG]) instead of a bundle: run --image REF ID [CMD...]")
 	var pf procFlags
 	pf.register(fs)
 	so := registerSpecFlags(fs)
 	return func(c *cli, args []string) (int, error) {
-		if len(args) < 2 {
-			return 0, usagef("needs BUNDLE and ID")
+		opts, err := createOpts(args, *image)
+		if err != nil {
+			return 0, err
 		}
 		m, err := c.manager()
 		if err != nil {
 			return 0, err
 		}
-		opts := minimgr.CreateOpts{Bundle: args[0], ID: args[1], Args: args[2:], Terminal: pf.tty, StopSignal: so.stopSignal, Spec: so.apply}
+		opts.Terminal, opts.StopSignal, opts.Spec = pf.tty, so.stopSignal, so.apply
 		if pf.detach {
 			opts.IO = minimgr.IO{Log: true, OpenStdin: pf.interactive || pf.tty}
 			ct, err := m.Create(c.ctx, opts)
@@ -302,23 +304,38 @@ func startError(err error, bundle string, opts minimgr.CreateOpts) error {
 	return err
 }
 
+// createOpts reads BUNDLE ID [CMD...], or ID [CMD...] with an image.
+func createOpts(args []string, image string) (minimgr.CreateOpts, error) {
+	if image != "" {
+		if len(args) < 1 {
+			return minimgr.CreateOpts{}, usagef("needs ID")
+		}
+		return minimgr.CreateOpts{Image: image, ID: args[0], Args: args[1:]}, nil
+	}
+	if len(args) < 2 {
+		return minimgr.CreateOpts{}, usagef("needs BUNDLE and ID")
+	}
+	return minimgr.CreateOpts{Bundle: args[0], ID: args[1], Args: args[2:]}, nil
+}
+
 func createFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 	var pf procFlags
 	fs.BoolVarP(&pf.tty, "tty", "t", false, "give the process a terminal (attach to it later)")
 	fs.BoolVarP(&pf.interactive, "interactive", "i", false, "keep stdin open for attach")
+	image := fs.String("image", "", "create from an image (OCI layout or OCI/docker archive, PATH[:TAG]): create --image REF ID [CMD...]")
 	so := registerSpecFlags(fs)
 	return func(c *cli, args []string) (int, error) {
-		if len(args) < 2 {
-			return 0, usagef("needs BUNDLE and ID")
+		opts, err := createOpts(args, *image)
+		if err != nil {
+			return 0, err
 		}
 		m, err := c.manager()
 		if err != nil {
 			return 0, err
 		}
-		ct, err := m.Create(c.ctx, minimgr.CreateOpts{
-			Bundle: args[0], ID: args[1], Args: args[2:], Terminal: pf.tty, StopSignal: so.stopSignal, Spec: so.apply,
-			IO: minimgr.IO{Log: true, OpenStdin: pf.interactive || pf.tty},
-		})
+		opts.Terminal, opts.StopSignal, opts.Spec = pf.tty, so.stopSignal, so.apply
+		opts.IO = minimgr.IO{Log: true, OpenStdin: pf.interactive || pf.tty}
+		ct, err := m.Create(c.ctx, opts)
 		if err != nil {
 			return 0, err
 		}
@@ -857,12 +874,16 @@ func cleanupFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 }
 
 func bundleFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
+	image := fs.String("image", "", "unpack this image (OCI layout or OCI/docker archive, PATH[:TAG]) instead of busybox")
 	return func(c *cli, args []string) (int, error) {
 		if len(args) != 2 || args[0] != "init" {
-			return 0, usagef("usage: bundle init DIR")
+			return 0, usagef("usage: bundle init [--image PATH[:TAG]] DIR")
 		}
 		if err := os.MkdirAll(args[1], 0o755); err != nil {
 			return 0, err
+		}
+		if *image != "" {
+			return 0, minimgr.InitImageBundle(c.ctx, *image, args[1])
 		}
 		return 0, minimgr.InitBusyboxBundle(args[1])
 	}

@@ -481,5 +481,6 @@ func (c *Container) finish(ctx context.Context) (Exit, error) {
 	if err := os.RemoveAll(c.dir); err != nil {
 		return exit, errors.Join(derr, fmt.Errorf("remove state of %s: %w", c.rec.ID, err))
 	}
+	c.m.removeOwnBundle(c.rec)
 	return exit, derr
 }

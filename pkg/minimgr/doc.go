@@ -92,6 +92,16 @@
 // Delete, or at the logger's EOF record. The goroutine that copies a
 // caller's Stdin ends when that reader returns; the caller owns the reader.
 //
+// # Images
+//
+// InitImageBundle unpacks an image from an OCI layout directory or an OCI
+// or docker archive with containerd's own packages (core/images/archive
+// imports an archive into a local content store, core/images picks the
+// manifest for this platform, pkg/archive applies the layers with their
+// whiteouts) and writes a config.json from the image's config. Create
+// with CreateOpts.Image does that into ROOT/bundles/NAMESPACE/ID, which
+// goes with the container.
+//
 // # Needs
 //
 // Root (runc, FIFOs, flock in /run), runc >= 1.1, the shim binary, and for

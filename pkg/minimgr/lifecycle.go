@@ -106,8 +106,13 @@ func (m *Manager) Restart(ctx context.Context, id string, timeout time.Duration)
 	if _, err := m.Delete(ctx, id, true); err != nil {
 		return err
 	}
+	bundle, image := rec.Bundle, ""
+	if rec.OwnBundle {
+		// Delete removed the bundle unpacked for it: unpacked again.
+		bundle, image = "", rec.Image
+	}
 	c, err := m.Create(ctx, CreateOpts{
-		Bundle: rec.Bundle, ID: id, Terminal: rec.Terminal, StopSignal: rec.StopSignal,
+		Bundle: bundle, Image: image, ID: id, Terminal: rec.Terminal, StopSignal: rec.StopSignal,
 		IO:   IO{Log: true, OpenStdin: rec.OpenStdin},
 		Spec: func(s *specs.Spec) error { *s = *spec; return nil },
 	})

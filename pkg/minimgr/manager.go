@@ -140,7 +140,11 @@ func (m *Manager) StateDir(id string) string {
 type CreateOpts struct {
 	// Bundle is an OCI bundle: config.json and its root directory.
 	Bundle string
-	ID     string
+	// Image, instead of Bundle, is an image (see InitImageBundle) that is
+	// unpacked into a bundle of the container's own, under
+	// ROOT/bundles/NAMESPACE/ID, removed with the container.
+	Image string
+	ID    string
 	// Args, when given, replace process.args of config.json.
 	Args []string
 	// Terminal gives the init process a terminal.
@@ -168,6 +172,32 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 	if err := o.IO.validate(o.Terminal); err != nil {
 		return nil, err
 	}
+	ownBundle := ""
+	if o.Image != "" {
+		if o.Bundle != "" {
+			return nil, fmt.Errorf("a bundle or an image, not both: %w", errdefs.ErrInvalidArgument)
+		}
+		ownBundle = filepath.Join(m.cfg.Root, "bundles", m.cfg.Namespace, o.ID)
+		if exists(ownBundle) {
+			if _, err := os.Stat(m.StateDir(o.ID)); err == nil {
+				return nil, fmt.Errorf("container %q in namespace %q: %w", o.ID, m.cfg.Namespace, errdefs.ErrAlreadyExists)
+			}
+			os.RemoveAll(ownBundle) // left by a create that died
+		}
+		if err := os.MkdirAll(ownBundle, 0o700); err != nil {
+			return nil, err
+		}
+		if err := InitImageBundle(ctx, o.Image, ownBundle); err != nil {
+			os.RemoveAll(ownBundle)
+			return nil, err
+		}
+		o.Bundle = ownBundle
+		defer func() {
+			if retErr != nil {
+				os.RemoveAll(ownBundle)
+			}
+		}()
+	}
 	bundle, spec, err := loadBundle(o.Bundle)
 	if err != nil {
 		return nil, err
@@ -184,6 +214,12 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 			return nil, fmt.Errorf("no command to run: %w", errdefs.ErrInvalidArgument)
 		}
 		sspec.Process.Terminal = o.Terminal
+	}
+	if o.StopSignal == "" && sspec.Annotations[AnnotationStopSignal] != "" {
+		o.StopSignal = sspec.Annotations[AnnotationStopSignal]
+		if !strings.HasPrefix(o.StopSignal, "SIG") {
+			o.StopSignal = "SIG" + o.StopSignal
+		}
 	}
 	if o.StopSignal != "" && unix.SignalNum(o.StopSignal) == 0 {
 		return nil, fmt.Errorf("stop signal %q: %w", o.StopSignal, errdefs.ErrInvalidArgument)
@@ -240,6 +276,8 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 		Runtime:    m.cfg.RuntimeBinary,
 		Terminal:   o.Terminal,
 		OpenStdin:  o.IO.Stdin != nil || o.IO.OpenStdin,
+		OwnBundle:  ownBundle != "",
+		Image:      o.Image,
 		StopSignal: o.StopSignal,
 		Created:    time.Now().UTC(),
 	}
@@ -513,7 +551,15 @@ func (m *Manager) removeDead(ctx context.Context, id string, killShim, killInit 
 	if err := os.RemoveAll(dir); err != nil {
 		return exit, fmt.Errorf("remove state of %s: %w", id, err)
 	}
+	m.removeOwnBundle(rec)
 	return exit, nil
+}
+
+// removeOwnBundle removes the bundle Create unpacked for the container.
+func (m *Manager) removeOwnBundle(rec record) {
+	if rec.OwnBundle && rec.Bundle == filepath.Join(m.cfg.Root, "bundles", m.cfg.Namespace, rec.ID) {
+		os.RemoveAll(rec.Bundle)
+	}
 }
 
 // Status is what List and State say of a container.

@@ -52,6 +52,11 @@ type record struct {
 	Terminal bool `json:"terminal,omitempty"`
 	// OpenStdin: the init has a stdin FIFO that clients attach to.
 	OpenStdin bool `json:"open_stdin,omitempty"`
+	// OwnBundle: Bundle was unpacked from an image for this container and
+	// goes with it.
+	OwnBundle bool `json:"own_bundle,omitempty"`
+	// Image is the image the bundle was unpacked from.
+	Image string `json:"image,omitempty"`
 	// StopSignal is the signal Stop sends first (a name, SIGTERM if empty).
 	StopSignal string `json:"stop_signal,omitempty"`
 	// Log is the file the init's output goes to when it runs detached.
