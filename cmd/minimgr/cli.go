@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/containerd/log"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
@@ -281,6 +282,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "minimgr %s: %v\n", name, err)
 		printUsage(stderr)
 		return exitUsage
+	}
+	// The libraries' logs (ttrpc's about a reply to a wait that was given
+	// up, say) are for --debug only: minimgr says what went wrong itself.
+	if !c.g.debug {
+		_ = log.SetLevel("panic")
 	}
 	if !cmd.noRoot && os.Geteuid() != 0 {
 		fmt.Fprintf(stderr, "minimgr %s: needs root (it runs runc and keeps its state in %s): run it as root, e.g. with sudo\n", name, c.g.stateDir)

@@ -30,7 +30,7 @@ func TestRunAttached(t *testing.T) {
 		{name: "exit status", cmd: []string{"sh", "-c", "echo out; echo err >&2; exit 3"}, wantOut: "out\n", wantErrSub: "err\n", wantCode: 3},
 		{name: "stdin", stdin: "from stdin\n", cmd: []string{"cat"}, wantOut: "from stdin\n"},
 		{name: "status 255", cmd: []string{"sh", "-c", "exit 255"}, wantCode: 255},
-		{name: "no such command", cmd: []string{"no-such-command"}, wantErrSub: "executable file not found", wantCode: exitOwnError},
+		{name: "no such command", cmd: []string{"no-such-command"}, wantErrSub: "executable file not found", wantCode: exitNotFound},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"syscall"
 	"time"
 
@@ -478,7 +477,7 @@ func (c *Container) finish(ctx context.Context) (Exit, error) {
 	exit, derr := c.m.deleteShim(ctx, c.dir, c.rec)
 	derr = errors.Join(eerr, derr)
 	removeSocket(c.rec.Address)
-	if err := os.RemoveAll(c.dir); err != nil {
+	if err := removeStateDir(c.dir); err != nil {
 		return exit, errors.Join(derr, fmt.Errorf("remove state of %s: %w", c.rec.ID, err))
 	}
 	c.m.removeOwnBundle(c.rec)

@@ -548,7 +548,7 @@ func (m *Manager) removeDead(ctx context.Context, id string, killShim, killInit 
 	} else if exit, err = m.reapLocked(ctx, dir, rec); err != nil {
 		return exit, err
 	}
-	if err := os.RemoveAll(dir); err != nil {
+	if err := removeStateDir(dir); err != nil {
 		return exit, fmt.Errorf("remove state of %s: %w", id, err)
 	}
 	m.removeOwnBundle(rec)
@@ -712,10 +712,16 @@ func (m *Manager) Cleanup(ctx context.Context) ([]Removed, error) {
 		}
 		name := e.Name()
 		if strings.HasPrefix(name, ".") {
+			tmp := filepath.Join(parent, name)
+			if strings.Contains(name, ".deleted.") {
+				// A state directory whose removal was cut short (or
+				// is under way: removing it twice does no harm).
+				os.RemoveAll(tmp)
+				continue
+			}
 			// A temporary directory of a create that died before it
 			// was renamed into place: no shim was ever started.
-			tmp := filepath.Join(parent, name)
-			if lk, err := tryLock(tmp); err == nil {
+			if lk, err := tryLockNew(tmp); err == nil {
 				os.RemoveAll(tmp)
 				lk.unlock()
 			}
