@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -181,6 +182,30 @@ func TestRunOptions(t *testing.T) {
 		{"cap-drop", []string{"--cap-drop", "ALL"}, "grep CapEff /proc/self/status", "CapEff:\t0000000000000000\n"},
 		{"cap-add", []string{"--cap-drop", "ALL", "--cap-add", "NET_RAW"}, "grep CapEff /proc/self/status", "CapEff:\t0000000000002000\n"},
 	}
+	hostNet, err := os.ReadDir("/sys/class/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, d := range hostNet {
+		names = append(names, d.Name())
+	}
+	tests = append(tests, struct {
+		name string
+		args []string
+		cmd  string
+		want string
+	}{"net host", []string{"--net", "host"}, "ls -1 /sys/class/net", strings.Join(names, "\n") + "\n"})
+	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		last, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		tests = append(tests, struct {
+			name string
+			args []string
+			cmd  string
+			want string
+		}{"privileged", []string{"--privileged"}, "grep CapEff /proc/self/status",
+			fmt.Sprintf("CapEff:\t%016x\n", uint64(1)<<(last+1)-1)})
+	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			id := "opt" + strconv.Itoa(i)
@@ -256,6 +281,30 @@ func TestCLIConventions(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	e.assertNoLeftovers("drm")
+}
+
+// TestRuntimeFoundAndRoot: minimgr copied anywhere finds the shim next to
+// itself; a user who is not root is told so.
+func TestRuntimeFoundAndRoot(t *testing.T) {
+	e := newEnv(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, minimgrBin, "--state-dir", e.root, "--namespace", e.ns, "run", "--rm", e.bundle, "nx", "echo", "found")
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"} // no shim there
+	out, err := cmd.CombinedOutput()
+	if err != nil || string(out) != "found\n" {
+		t.Errorf("shim next to minimgr: %v: %s", err, out)
+	}
+	if err := os.Chmod(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.CommandContext(ctx, minimgrBin, "--state-dir", e.root, "list")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err = cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitError || !strings.Contains(string(out), "needs root") {
+		t.Errorf("as nobody: %v: %s", err, out)
+	}
 }
 
 // TestCleanupEndsShimWithoutState: a shim whose state directory is gone is
