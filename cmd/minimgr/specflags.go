@@ -216,17 +216,24 @@ func setCaps(c *specs.LinuxCapabilities, caps []string) {
 	c.Permitted = append([]string(nil), caps...)
 }
 
-// allCaps are the capabilities this kernel knows.
+// allCaps are the capabilities of minimgr's own bounding set: all a
+// container can be given from here (a sandbox may lack some).
 func allCaps() []string {
-	last := 40
-	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			last = n
+	var bnd uint64 = 1<<uint(len(capNames)) - 1
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
+				if n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil {
+					bnd = n
+				}
+			}
 		}
 	}
 	var out []string
-	for i := 0; i <= last && i < len(capNames); i++ {
-		out = append(out, capNames[i])
+	for i, c := range capNames {
+		if bnd&(1<<uint(i)) != 0 {
+			out = append(out, c)
+		}
 	}
 	return out
 }

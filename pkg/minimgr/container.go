@@ -474,6 +474,7 @@ func (c *Container) finish(ctx context.Context) (Exit, error) {
 	ctx = context.WithoutCancel(ctx)
 	c.teardown(ctx)
 	eerr := c.m.endShim(c.rec.ShimPid, c.rec.ID)
+	endLoggers(c.dir)
 	exit, derr := c.m.deleteShim(ctx, c.dir, c.rec)
 	derr = errors.Join(eerr, derr)
 	removeSocket(c.rec.Address)

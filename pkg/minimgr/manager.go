@@ -548,6 +548,7 @@ func (m *Manager) removeDead(ctx context.Context, id string, killShim, killInit 
 	} else if exit, err = m.reapLocked(ctx, dir, rec); err != nil {
 		return exit, err
 	}
+	endLoggers(dir)
 	if err := removeStateDir(dir); err != nil {
 		return exit, fmt.Errorf("remove state of %s: %w", id, err)
 	}

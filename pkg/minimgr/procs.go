@@ -217,3 +217,47 @@ func (m *Manager) endOrphanShims() ([]Removed, error) {
 	}
 	return removed, errors.Join(errs...)
 }
+
+// loggerBound bounds how long Delete lets the loggers of a container write
+// what was left in their pipes.
+const loggerBound = 2 * time.Second
+
+// endLoggers waits, within loggerBound, for the binary:// loggers of the
+// processes of state directory dir to finish (the container is gone: they
+// are at the end of their pipes), then kills those that have not: no
+// process of a container outlives its Delete.
+func endLoggers(dir string) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	prefix := filepath.Join(dir, ioDir) + "/"
+	var procs []*shimProc
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		args := cmdline(pid)
+		if len(args) != 3 || args[1] != LoggerArg || !strings.HasPrefix(args[2], prefix) {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		// Checked again with the pidfd held.
+		if a := cmdline(pid); len(a) != 3 || a[2] != args[2] {
+			unix.Close(fd)
+			continue
+		}
+		procs = append(procs, &shimProc{pid: pid, fd: fd})
+	}
+	deadline := time.Now().Add(loggerBound)
+	for _, p := range procs {
+		if !p.waitExit(max(time.Until(deadline), 0)) {
+			_ = p.kill()
+		}
+		p.close()
+	}
+}
