@@ -18,7 +18,7 @@ import (
 
 // processesOf returns the pids of the processes whose command line names
 // the test's state root: shims (-address ROOT/minimgr.sock), loggers
-// and removers of minimgr.
+// (ROOT/NS/ID/io/...) and removers (--state-dir ROOT) of minimgr.
 func (e *env) processesOf() []int {
 	e.t.Helper()
 	ents, err := os.ReadDir("/proc")
@@ -35,7 +35,7 @@ func (e *env) processesOf() []int {
 		if err != nil || len(cmdline) == 0 {
 			continue
 		}
-		if bytes.Contains(cmdline, []byte(e.root+"/")) {
+		if bytes.Contains(cmdline, []byte(e.root+"/")) || bytes.Contains(cmdline, []byte(e.root+"\x00")) {
 			out = append(out, pid)
 		}
 	}
