@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -300,4 +301,48 @@ func TestStopIgnoringSIGTERM(t *testing.T) {
 	}
 	e.mustRun("delete", "c2")
 	e.assertNoLeftovers("c2")
+}
+
+// TestDetachedLifecycleBothShims: the detached lifecycle (log, stop of a
+// PID 1 that ignores SIGTERM, wait, delete, the ID taken again at once, no
+// process left) through our shim and through containerd's runc shim.
+func TestDetachedLifecycleBothShims(t *testing.T) {
+	runcShim := ""
+	if dir := os.Getenv("MINE_CONTAINERD_BIN"); dir != "" {
+		runcShim = filepath.Join(dir, "containerd-shim-runc-v2")
+	} else if p, err := exec.LookPath("containerd-shim-runc-v2"); err == nil {
+		runcShim = p
+	} else if cache := os.Getenv("MINE_CACHE"); cache != "" {
+		// Where hack/install-deps.sh puts containerd's binaries.
+		runcShim = filepath.Join(cache, "bin", "containerd-shim-runc-v2")
+	} else if home, err := os.UserHomeDir(); err == nil {
+		runcShim = filepath.Join(home, ".cache", "mine", "bin", "containerd-shim-runc-v2")
+	}
+	for _, tc := range []struct{ name, shim string }{{"mine", ""}, {"runc", runcShim}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			if tc.shim != "" {
+				if _, err := os.Stat(tc.shim); err != nil {
+					t.Skipf("containerd's runc shim: %v (set MINE_CONTAINERD_BIN)", err)
+				}
+				e.shim = tc.shim
+			}
+			for round := range 3 {
+				e.mustRun("run", "-d", e.bundle, "bs", "sh", "-c", "echo hi; exec sleep 1000")
+				if got := e.list()["bs"]; got.Status != minimgr.StatusRunning {
+					t.Fatalf("round %d: %+v", round, got)
+				}
+				e.mustRun("stop", "-t", "1", "bs")
+				if r := e.run(nil, "wait", "bs"); r.code != 137 {
+					t.Errorf("round %d: wait %d (%s)", round, r.code, r.stderr)
+				}
+				if r := e.mustRun("logs", "bs"); r.stdout != "hi\n" {
+					t.Errorf("round %d: logs %q", round, r.stdout)
+				}
+				e.mustRun("delete", "bs")
+			}
+			e.assertNoLeftovers("bs")
+			e.assertNoProcesses()
+		})
+	}
 }
