@@ -3,27 +3,46 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sort"
 	"strings"
 
+	"github.com/containerd/log"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/mineshim/mine/pkg/minimgr"
 )
 
 // Exit codes of minimgr's own failures. Commands whose exit code is a
-// process's (run, exec, wait) use exitOwnError, as docker does, so that a
-// failure of minimgr is not taken for the container's status 1.
+// process's (run, exec, wait, start -a) use docker's codes, so that a
+// failure of minimgr is not taken for the container's status 1: 125 for
+// minimgr's own error, 126 for a command that cannot be run, 127 for a
+// command that is not found.
 const (
-	exitError    = 1
-	exitUsage    = 2
-	exitOwnError = 125
+	exitError         = 1
+	exitUsage         = 2
+	exitOwnError      = 125
+	exitCannotExecute = 126
+	exitNotFound      = 127
 )
+
+// Version is minimgr's version, set at link time (-X main.Version=...).
+var Version = ""
+
+func version() string {
+	if Version != "" {
+		return Version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
 
 // globals are the flags every command takes, before or after its name.
 type globals struct {
@@ -33,12 +52,24 @@ type globals struct {
 	debug     bool
 }
 
-func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.namespace, "namespace", g.namespace, "namespace of the containers")
-	fs.StringVar(&g.namespace, "n", g.namespace, "shorthand for --namespace")
+func (g *globals) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&g.namespace, "namespace", "n", g.namespace, "namespace of the containers")
 	fs.StringVar(&g.stateDir, "state-dir", g.stateDir, "root of minimgr's state")
-	fs.StringVar(&g.runtime, "runtime-binary", g.runtime, "shim binary (default: "+minimgr.ShimBinary+" in PATH, else next to minimgr)")
+	fs.StringVar(&g.runtime, "runtime-binary", g.runtime, "shim binary (default: "+minimgr.ShimBinary+" next to minimgr, else in PATH)")
 	fs.BoolVar(&g.debug, "debug", g.debug, "shims log at debug level to STATE-DIR/NS/ID/log")
+}
+
+// args gives the global flags back as arguments, for a minimgr started by
+// this one.
+func (g *globals) args() []string {
+	a := []string{"--namespace", g.namespace, "--state-dir", g.stateDir}
+	if g.runtime != "" {
+		a = append(a, "--runtime-binary", g.runtime)
+	}
+	if g.debug {
+		a = append(a, "--debug")
+	}
+	return a
 }
 
 // cli is one invocation.
@@ -50,23 +81,39 @@ type cli struct {
 	ctx    context.Context
 }
 
-// attachedIO connects a process to minimgr's own stdio: a terminal carries
-// stdout and stderr together.
-func (c *cli) attachedIO(tty bool) minimgr.IO {
-	io := minimgr.IO{Stdin: c.stdin, Stdout: c.stdout}
-	if !tty {
-		io.Stderr = c.stderr
-	}
-	return io
-}
-
 func (c *cli) manager() (*minimgr.Manager, error) {
+	rt := c.g.runtime
+	if rt == "" {
+		var err error
+		if rt, err = findRuntime(); err != nil {
+			return nil, err
+		}
+	}
 	return minimgr.New(minimgr.Config{
 		Root:          c.g.stateDir,
 		Namespace:     c.g.namespace,
-		RuntimeBinary: c.g.runtime,
+		RuntimeBinary: rt,
 		Debug:         c.g.debug,
 	})
+}
+
+// findRuntime looks for the shim next to minimgr (the binaries travel
+// together), then in PATH.
+func findRuntime() (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := dirOf(self) + "/" + minimgr.ShimBinary
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return minimgr.FindRuntime(minimgr.ShimBinary)
+}
+
+func dirOf(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i]
+	}
+	return "."
 }
 
 // command is one subcommand. run returns the exit code for a success (a
@@ -76,40 +123,58 @@ type command struct {
 	summary string
 	// ownError is the exit code of minimgr's own failures.
 	ownError int
-	flags    func(fs *flag.FlagSet) func(c *cli, args []string) (int, error)
+	// positional is how many arguments come before the process's command
+	// line (run: BUNDLE ID, exec: ID): flags are read up to there and the
+	// rest is the command, verbatim. -1: flags anywhere.
+	positional int
+	// noRoot: the command needs no root.
+	noRoot bool
+	hidden bool
+	flags  func(fs *pflag.FlagSet) func(c *cli, args []string) (int, error)
 }
 
 var commands map[string]*command
 
+// aliases of commands.
+var aliases = map[string]string{"ps": "list", "ls": "list", "rm": "delete", "top": "pids"}
+
 func init() {
 	commands = map[string]*command{
-		"run":     {"[--rm] [-d] [-t] BUNDLE ID [CMD...]", "create and start a container, attached unless -d; exits with its status", exitOwnError, runFlags},
-		"create":  {"BUNDLE ID [CMD...]", "create a container (its output goes to a log file in its state dir)", exitError, createFlags},
-		"start":   {"ID", "start a created container", exitError, startFlags},
-		"exec":    {"[-t] [-d] ID EXEC_ID CMD...", "run a process in a container; exits with its status unless -d", exitOwnError, execFlags},
-		"kill":    {"[-s SIG] [--all] [--exec EXEC_ID] ID", "signal a container (default SIGTERM)", exitError, killFlags},
-		"wait":    {"ID", "wait for a container to exit; exits with its status", exitOwnError, waitFlags},
-		"delete":  {"[--force] ID...", "delete containers and their state", exitError, deleteFlags},
-		"list":    {"[--json] [-q]", "list containers (dead: the shim does not answer)", exitError, listFlags},
-		"state":   {"ID", "print the state of a container as JSON", exitError, stateFlags},
-		"pids":    {"[--json] ID", "list the processes of a container", exitError, pidsFlags},
-		"pause":   {"ID", "freeze a container", exitError, pauseFlags},
-		"resume":  {"ID", "thaw a container", exitError, resumeFlags},
-		"stats":   {"ID", "print a container's metrics as JSON", exitError, statsFlags},
-		"events":  {"[--json]", "serve the events socket and print events as shims send them", exitError, eventsFlags},
-		"cleanup": {"[--json]", "remove the state of dead shims and stopped containers", exitError, cleanupFlags},
-		"bundle":  {"init DIR", "make a busybox bundle in DIR from /bin/busybox (busybox-static)", exitError, bundleFlags},
+		"run":     {"[OPTIONS] BUNDLE ID [CMD...] | --image PATH[:TAG] ID [CMD...]", "create and start a container, attached unless -d; exits with its status", exitOwnError, 2, false, false, runFlags},
+		"create":  {"[OPTIONS] BUNDLE ID [CMD...] | --image PATH[:TAG] ID [CMD...]", "create a container (its output goes to its log)", exitError, 2, false, false, createFlags},
+		"start":   {"[-a] ID", "start a created container (-a: attached, exits with its status)", exitError, -1, false, false, startFlags},
+		"exec":    {"[-d] [-t] [-i] [--exec-id EXEC_ID] ID CMD...", "run a process in a container; exits with its status unless -d", exitOwnError, 1, false, false, execFlags},
+		"attach":  {"[--detach-keys KEYS] ID", "attach to a container's stdin and output (detach: ctrl-p,ctrl-q)", exitOwnError, -1, false, false, attachFlags},
+		"logs":    {"[-f] [--timestamps] [--tail N] [--exec EXEC_ID] ID", "print a container's output, stdout and stderr apart", exitError, -1, false, false, logsFlags},
+		"kill":    {"[-s SIG] [--all] [--exec EXEC_ID] ID", "signal a container (default SIGTERM)", exitError, -1, false, false, killFlags},
+		"stop":    {"[-t SECONDS] [-s SIG] ID...", "stop containers: the stop signal, then SIGKILL after -t (default 10)", exitError, -1, false, false, stopFlags},
+		"restart": {"[-t SECONDS] ID...", "stop containers and start them again, in the same state dir", exitError, -1, false, false, restartFlags},
+		"wait":    {"[--exec EXEC_ID] ID", "wait for a container (or exec) to exit; prints and exits with its status", exitOwnError, -1, false, false, waitFlags},
+		"delete":  {"[-f] ID...", "delete containers and their state (-f: kill them first)", exitError, -1, false, false, deleteFlags},
+		"list":    {"[--json] [-q]", "list containers: created time, status and command (dead: the shim does not answer)", exitError, -1, false, false, listFlags},
+		"inspect": {"[--format TEMPLATE] ID...", "print what minimgr knows of containers as JSON, or through a Go template", exitError, -1, false, false, inspectFlags},
+		"state":   {"ID", "print the state of a container as JSON", exitError, -1, false, true, stateFlags},
+		"pids":    {"[--json] ID", "list the processes of a container with their commands", exitError, -1, false, false, pidsFlags},
+		"pause":   {"ID", "freeze a container", exitError, -1, false, false, pauseFlags},
+		"resume":  {"ID", "thaw a container", exitError, -1, false, false, resumeFlags},
+		"update":  {"[--memory M] [--cpus N] [--pids-limit N] ID", "change the resources of a running container", exitError, -1, false, false, updateFlags},
+		"stats":   {"[--no-stream] [--json] ID...", "print containers' CPU, memory and pids as a table", exitError, -1, false, false, statsFlags},
+		"events":  {"[--json]", "serve the events socket and print events as shims send them", exitError, -1, false, false, eventsFlags},
+		"cleanup": {"[--json]", "remove dead shims, stopped containers, and end shims whose state is gone", exitError, -1, false, false, cleanupFlags},
+		"bundle":  {"init [--image PATH[:TAG]] DIR", "make a bundle in DIR: busybox from /bin/busybox (busybox-static), or an image unpacked", exitError, -1, true, false, bundleFlags},
+		"version": {"", "print minimgr's version", exitError, -1, true, false, versionFlags},
+		// The remover of run --rm: waits for the container to exit, then
+		// deletes it, whatever became of the client that started it.
+		removerCommand: {"[--client-pid PID] ID", "delete a container once it exits", exitError, -1, false, true, removerFlags},
 	}
-	commands["ps"] = commands["list"]
-	commands["rm"] = commands["delete"]
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: minimgr [GLOBAL FLAGS] COMMAND [FLAGS] [ARGS]\n\n")
-	fmt.Fprintf(w, "Drives containerd shims (%s) without containerd.\n\nCommands:\n", minimgr.ShimBinary)
+	fmt.Fprintf(w, "Runs containers through containerd shims (%s), without a daemon.\n\nCommands:\n", minimgr.ShimBinary)
 	names := make([]string, 0, len(commands))
-	for n := range commands {
-		if n != "ps" && n != "rm" {
+	for n, c := range commands {
+		if !c.hidden {
 			names = append(names, n)
 		}
 	}
@@ -117,69 +182,130 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-8s %s\n           %s\n", n, commands[n].args, commands[n].summary)
 	}
-	fmt.Fprintf(w, "  (ps is list, rm is delete)\n\nGlobal flags:\n")
-	fs := flag.NewFlagSet("minimgr", flag.ContinueOnError)
-	fs.SetOutput(w)
+	fmt.Fprintf(w, "  (ps and ls are list, rm is delete, top is pids)\n\nGlobal flags (anywhere):\n")
+	fs := pflag.NewFlagSet("minimgr", pflag.ContinueOnError)
 	g := defaultGlobals()
 	g.register(fs)
-	fs.PrintDefaults()
+	fmt.Fprint(w, fs.FlagUsages())
+	fmt.Fprintf(w, "\nExit codes of run, exec and wait: the process's status; 125 minimgr failed,\n126 the command cannot be run, 127 the command was not found.\n")
 }
 
 func defaultGlobals() globals {
 	return globals{namespace: minimgr.DefaultNamespace, stateDir: minimgr.DefaultRoot}
 }
 
+// parseArgs parses flags anywhere up to n positional arguments; what
+// follows the n-th is returned verbatim (a command line). n < 0: flags
+// anywhere.
+func parseArgs(fs *pflag.FlagSet, args []string, n int) ([]string, error) {
+	if n < 0 {
+		fs.SetInterspersed(true)
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		return fs.Args(), nil
+	}
+	fs.SetInterspersed(false)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		if len(pos) == n {
+			return append(pos, rest[1:]...), nil
+		}
+		args = rest[1:]
+	}
+}
+
 // run parses the command line, runs the command and returns the exit code.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	c := &cli{g: defaultGlobals(), stdin: stdin, stdout: stdout, stderr: stderr}
-	top := flag.NewFlagSet("minimgr", flag.ContinueOnError)
+	top := pflag.NewFlagSet("minimgr", pflag.ContinueOnError)
 	top.SetOutput(stderr)
-	top.Usage = func() { usage(stderr) }
+	top.Usage = func() {}
 	c.g.register(top)
+	help := top.BoolP("help", "h", false, "print this help")
+	showVersion := top.BoolP("version", "v", false, "print the version")
+	top.SetInterspersed(false)
 	if err := top.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
+		fmt.Fprintf(stderr, "minimgr: %v (minimgr --help)\n", err)
 		return exitUsage
 	}
-	if top.NArg() == 0 {
+	switch {
+	case *help:
+		usage(stdout)
+		return 0
+	case *showVersion:
+		fmt.Fprintf(stdout, "minimgr version %s\n", version())
+		return 0
+	case top.NArg() == 0:
 		usage(stderr)
 		return exitUsage
 	}
 	name := top.Arg(0)
 	if name == "help" {
+		if top.NArg() > 1 {
+			return run(append(append(c.g.args(), top.Args()[1:]...), "--help"), stdin, stdout, stderr)
+		}
 		usage(stdout)
 		return 0
 	}
+	if a, ok := aliases[name]; ok {
+		name = a
+	}
 	cmd, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(stderr, "minimgr: unknown command %q (minimgr help)\n", name)
+		fmt.Fprintf(stderr, "minimgr: unknown command %q (minimgr --help)\n", name)
 		return exitUsage
 	}
-	fs := flag.NewFlagSet("minimgr "+name, flag.ContinueOnError)
+	fs := pflag.NewFlagSet("minimgr "+name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: minimgr %s %s\n%s\n\nFlags:\n", name, cmd.args, cmd.summary)
-		fs.PrintDefaults()
+	fs.Usage = func() {}
+	printUsage := func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: minimgr %s %s\n%s\n\nFlags:\n%s", name, cmd.args, cmd.summary, fs.FlagUsages())
 	}
 	c.g.register(fs)
 	body := cmd.flags(fs)
-	if err := fs.Parse(top.Args()[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
+	fs.BoolP("help", "h", false, "print this help")
+	rest, err := parseArgs(fs, top.Args()[1:], cmd.positional)
+	if errors.Is(err, pflag.ErrHelp) || (err == nil && fs.Lookup("help").Changed) {
+		printUsage(stdout)
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "minimgr %s: %v\n", name, err)
+		printUsage(stderr)
 		return exitUsage
+	}
+	// The libraries' logs (ttrpc's about a reply to a wait that was given
+	// up, say) are for --debug only: minimgr says what went wrong itself.
+	if !c.g.debug {
+		_ = log.SetLevel("panic")
+	}
+	if !cmd.noRoot && os.Geteuid() != 0 {
+		fmt.Fprintf(stderr, "minimgr %s: needs root (it runs runc and keeps its state in %s): run it as root, e.g. with sudo\n", name, c.g.stateDir)
+		return cmd.ownError
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c.ctx = ctx
-	code, err := body(c, fs.Args())
+	code, err := body(c, rest)
 	var ue usageError
+	var ce codeError
 	switch {
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "minimgr %s: %s\n", name, ue.msg)
-		fs.Usage()
+		printUsage(stderr)
 		return exitUsage
+	case errors.As(err, &ce):
+		fmt.Fprintf(stderr, "minimgr %s: %s\n", name, oneLine(err))
+		return ce.code
 	case err != nil:
 		fmt.Fprintf(stderr, "minimgr %s: %s\n", name, oneLine(err))
 		return cmd.ownError
@@ -195,6 +321,15 @@ func (e usageError) Error() string { return e.msg }
 func usagef(format string, args ...any) error {
 	return usageError{fmt.Sprintf(format, args...)}
 }
+
+// codeError is an error with its own exit code (126, 127).
+type codeError struct {
+	err  error
+	code int
+}
+
+func (e codeError) Error() string { return e.err.Error() }
+func (e codeError) Unwrap() error { return e.err }
 
 // oneLine keeps an error to one line (a shim's stderr may hold several).
 func oneLine(err error) string {

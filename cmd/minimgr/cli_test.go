@@ -30,7 +30,7 @@ func TestRunAttached(t *testing.T) {
 		{name: "exit status", cmd: []string{"sh", "-c", "echo out; echo err >&2; exit 3"}, wantOut: "out\n", wantErrSub: "err\n", wantCode: 3},
 		{name: "stdin", stdin: "from stdin\n", cmd: []string{"cat"}, wantOut: "from stdin\n"},
 		{name: "status 255", cmd: []string{"sh", "-c", "exit 255"}, wantCode: 255},
-		{name: "no such command", cmd: []string{"no-such-command"}, wantErrSub: "executable file not found", wantCode: exitOwnError},
+		{name: "no such command", cmd: []string{"no-such-command"}, wantErrSub: "executable file not found", wantCode: exitNotFound},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -86,12 +86,8 @@ func TestRunDetachedWaitFromAnotherProcess(t *testing.T) {
 	if r := e.run(nil, "wait", "det"); r.code != 5 {
 		t.Errorf("second wait: exit %d, want 5 (%s)", r.code, r.stderr)
 	}
-	log, err := os.ReadFile(info.Log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(log) != "logged\nbye\n" {
-		t.Errorf("log %q", log)
+	if log := e.mustRun("logs", "det"); log.stdout != "logged\nbye\n" {
+		t.Errorf("log %q", log.stdout)
 	}
 	e.mustRun("delete", "det")
 	e.assertNoLeftovers("det")
@@ -139,7 +135,7 @@ func TestMinimgrKilledContainerSurvives(t *testing.T) {
 	if got.Status != minimgr.StatusRunning || got.Pid != before.Pid || got.ShimPid != before.ShimPid {
 		t.Fatalf("list after minimgr died: %+v, before %+v", got, before)
 	}
-	r := e.mustRun("exec", "surv", "e1", "sh", "-c", "echo inside; cat /proc/1/cmdline | tr '\\0' ' '")
+	r := e.mustRun("exec", "--exec-id", "e1", "surv", "sh", "-c", "echo inside; cat /proc/1/cmdline | tr '\\0' ' '")
 	if !strings.HasPrefix(r.stdout, "inside\nsh -c trap") {
 		t.Errorf("exec output %q", r.stdout)
 	}
@@ -250,7 +246,7 @@ func TestEvents(t *testing.T) {
 	}
 
 	e.mustRun("run", "-d", e.bundle, "ev", "sleep", "1000")
-	if r := e.run(nil, "exec", "ev", "x1", "sh", "-c", "exit 3"); r.code != 3 {
+	if r := e.run(nil, "exec", "--exec-id", "x1", "ev", "sh", "-c", "exit 3"); r.code != 3 {
 		t.Fatalf("exec: exit %d, want 3 (%s)", r.code, r.stderr)
 	}
 	e.mustRun("kill", "-s", "KILL", "ev")
@@ -331,7 +327,7 @@ func TestErrors(t *testing.T) {
 		{"bad id", []string{"start", "../x"}, exitError, "invalid argument"},
 		{"bad namespace", []string{"--namespace", "a b", "list"}, exitError, "invalid argument"},
 		{"bad signal", []string{"kill", "-s", "SIGNOPE", "c1"}, exitError, "invalid argument"},
-		{"detached terminal", []string{"run", "-d", "-t", badJSON, "c1"}, exitOwnError, "not implemented"},
+		{"terminal without one", []string{"run", "-t", badJSON, "c1"}, exitOwnError, "not a terminal"},
 		{"usage", []string{"run"}, exitUsage, "needs BUNDLE and ID"},
 		{"unknown command", []string{"frobnicate"}, exitUsage, "unknown command"},
 	}

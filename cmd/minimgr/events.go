@@ -3,12 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -17,7 +17,7 @@ import (
 	"github.com/mineshim/mine/pkg/minimgr"
 )
 
-func eventsFlags(fs *flag.FlagSet) func(*cli, []string) (int, error) {
+func eventsFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 	asJSON := fs.Bool("json", false, "print one JSON object per event")
 	return func(c *cli, args []string) (int, error) {
 		if len(args) != 0 {

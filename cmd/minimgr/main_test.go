@@ -93,6 +93,8 @@ type env struct {
 	root   string
 	ns     string
 	bundle string
+	// shim is the shim binary minimgr runs; default the one built here.
+	shim string
 }
 
 var nsSeq atomic.Int64
@@ -138,7 +140,11 @@ func (e *env) cleanup() {
 
 // command is a minimgr invocation in e's environment.
 func (e *env) command(ctx context.Context, args ...string) *exec.Cmd {
-	full := append([]string{"--state-dir", e.root, "--namespace", e.ns, "--runtime-binary", shimBin}, args...)
+	shim := shimBin
+	if e.shim != "" {
+		shim = e.shim
+	}
+	full := append([]string{"--state-dir", e.root, "--namespace", e.ns, "--runtime-binary", shim}, args...)
 	cmd := exec.CommandContext(ctx, minimgrBin, full...)
 	cmd.WaitDelay = 5 * time.Second
 	return cmd

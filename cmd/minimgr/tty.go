@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -9,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/containerd/console"
+	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,21 +21,22 @@ type terminal struct {
 	once sync.Once
 }
 
-// openTerminal puts stdin's terminal in raw mode when tty is set and stdin
-// is a terminal. Without a terminal on stdin the process still gets its
-// own; nothing is resized.
+// openTerminal puts stdin's terminal in raw mode when tty is set. A stdin
+// that is not a terminal is refused, as docker refuses it: nothing could
+// end the process's input (a terminal has no end of file) or show it.
 func openTerminal(tty bool, stdin io.Reader) (*terminal, error) {
 	t := &terminal{}
 	if !tty {
 		return t, nil
 	}
+	errNoTerminal := fmt.Errorf("the input device is not a terminal: -t needs one (run with -d -t and attach later, or without -t): %w", errdefs.ErrInvalidArgument)
 	f, ok := stdin.(*os.File)
 	if !ok {
-		return t, nil
+		return nil, errNoTerminal
 	}
 	con, err := console.ConsoleFromFile(f)
 	if err != nil {
-		return t, nil // not a terminal
+		return nil, errNoTerminal
 	}
 	if err := con.SetRaw(); err != nil {
 		return nil, err

@@ -135,7 +135,8 @@ func copyFile(src, dst string, mode os.FileMode) error {
 
 // BusyboxSpec is the config.json of InitBusyboxBundle, what `runc spec`
 // writes: a non-interactive sh as root with the default capabilities,
-// namespaces, mounts, masked and read-only paths, and a read-only rootfs.
+// namespaces, mounts, masked and read-only paths; the rootfs is writable
+// (minimgr's --read-only makes it read-only).
 func BusyboxSpec() *specs.Spec {
 	caps := []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
 	return &specs.Spec{
@@ -154,7 +155,7 @@ func BusyboxSpec() *specs.Spec {
 			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
 			NoNewPrivileges: true,
 		},
-		Root:     &specs.Root{Path: "rootfs", Readonly: true},
+		Root:     &specs.Root{Path: "rootfs", Readonly: false},
 		Hostname: "minimgr",
 		Mounts: []specs.Mount{
 			{Destination: "/proc", Type: "proc", Source: "proc"},

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"syscall"
 	"time"
 
@@ -267,6 +266,8 @@ func (c *Container) Stats(ctx context.Context) (*anypb.Any, error) {
 type ProcessInfo struct {
 	Pid    int    `json:"pid"`
 	ExecID string `json:"exec_id,omitempty"`
+	// Command is the process's command line, as /proc shows it.
+	Command []string `json:"command,omitempty"`
 }
 
 // Pids lists the processes of the container.
@@ -279,7 +280,7 @@ func (c *Container) Pids(ctx context.Context) ([]ProcessInfo, error) {
 	}
 	out := make([]ProcessInfo, 0, len(resp.Processes))
 	for _, p := range resp.Processes {
-		pi := ProcessInfo{Pid: int(p.Pid)}
+		pi := ProcessInfo{Pid: int(p.Pid), Command: cmdline(int(p.Pid))}
 		var d runcoptions.ProcessDetails
 		if p.Info != nil && typeurl.Is(p.Info, &d) && typeurl.UnmarshalTo(p.Info, &d) == nil {
 			pi.ExecID = d.ExecID
@@ -321,7 +322,20 @@ func (c *Container) Exec(ctx context.Context, o ExecOpts) (_ *Process, retErr er
 	if err != nil {
 		return nil, err
 	}
-	paths, att, err := openIO(c.dir, o.ID, o.IO, o.Terminal)
+	// An exec ID is taken while its process runs; the record of one that
+	// has exited (detached, or whose client is gone) is deleted so that
+	// the ID can be used again.
+	if st, err := c.state(ctx, o.ID); err == nil {
+		if st.Status != StatusStopped {
+			return nil, fmt.Errorf("exec %s is %s: %w", procName(c.rec.ID, o.ID), st.Status, errdefs.ErrAlreadyExists)
+		}
+		if _, err := c.Process(o.ID).Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+			return nil, err
+		}
+	} else if !errdefs.IsNotFound(err) {
+		return nil, err
+	}
+	paths, att, err := openIO(c.dir, o.ID, o.IO, o.Terminal, c.m.cfg.LoggerBinary)
 	if err != nil {
 		return nil, err
 	}
@@ -341,8 +355,12 @@ func (c *Container) Exec(ctx context.Context, o ExecOpts) (_ *Process, retErr er
 	if err != nil {
 		return nil, fmt.Errorf("exec %s: %w", procName(c.rec.ID, o.ID), fromShim(err))
 	}
+	att.follow()
 	return &Process{c: c, id: o.ID, io: att}, nil
 }
+
+// Detached is closed when the detach keys came on the process's stdin.
+func (p *Process) Detached() <-chan struct{} { return p.io.Detached() }
 
 // Process returns a handle on the existing exec process id, without its
 // streams.
@@ -455,10 +473,14 @@ func (c *Container) teardown(ctx context.Context) {
 func (c *Container) finish(ctx context.Context) (Exit, error) {
 	ctx = context.WithoutCancel(ctx)
 	c.teardown(ctx)
+	eerr := c.m.endShim(c.rec.ShimPid, c.rec.ID)
+	endLoggers(c.dir)
 	exit, derr := c.m.deleteShim(ctx, c.dir, c.rec)
+	derr = errors.Join(eerr, derr)
 	removeSocket(c.rec.Address)
-	if err := os.RemoveAll(c.dir); err != nil {
+	if err := removeStateDir(c.dir); err != nil {
 		return exit, errors.Join(derr, fmt.Errorf("remove state of %s: %w", c.rec.ID, err))
 	}
+	c.m.removeOwnBundle(c.rec)
 	return exit, derr
 }

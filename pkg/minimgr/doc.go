@@ -17,8 +17,10 @@
 // It reads the protobuf BootstrapResult from stdout (stderr is kept apart and
 // shown on failure), records the answer and dials the shim. Nothing serves
 // ROOT/minimgr.sock: the shim only hashes that address into its socket name,
-// which keeps the shims of different roots apart. The sockets go to ROOT/s
-// when the path fits the kernel's limit, else to /run/minimgr/s.
+// which keeps the shims of different roots apart. Each shim gets a socket
+// directory of its own, ROOT/s/RANDOM (or /run/minimgr/s/RANDOM when the
+// path would not fit the kernel's limit), so that a shim that ends late
+// never removes the socket of the next shim of the same ID.
 //
 // # State directory
 //
@@ -34,8 +36,13 @@
 //     protocol, version and pid, the init pid, the log path, and the exit
 //     status once a dead shim has been cleaned up;
 //   - log: an empty regular file, which the shim appends its log to;
-//   - io/: the FIFOs of attached processes and the log files of detached
-//     ones (init.*, exec-ID.*);
+//   - io/: per process (init, exec-ID) its log and, when it has one, its
+//     stdin FIFO. The log of a process without a terminal is written by
+//     the Manager's LoggerBinary started by the shim as a binary:// logger
+//     (RunLogger: one JSON Record per line, stdout and stderr apart, with
+//     the time, and a last EOF record); that of a terminal is its raw
+//     output through file:// (init.log.tty). Neither ever blocks the
+//     process. Attached callers follow the log (IO);
 //   - lock: a flock held while the directory is created and while it is
 //     deleted, so that concurrent minimgr processes never remove a
 //     container that another is creating. It is never waited for: a busy
@@ -58,10 +65,17 @@
 //
 // # Teardown
 //
-// Container.Delete: Delete, Shutdown (3 s), close, `shim delete` (harmless
-// when all is gone already, as after every containerd teardown), removal of
-// the state directory. The shim process ends on its own once its queued
-// events are sent or given up: minimgr does not wait for it.
+// Container.Delete: Delete, Shutdown (3 s), then the shim process is ended:
+// given 2 s to send its last events when an events server listens, else
+// killed at once (through a pidfd, after its command line was checked);
+// then `shim delete` (harmless when all is gone already, as after every
+// containerd teardown), removal of its socket directory and of the state
+// directory. No shim outlives Delete, so an ID can be taken again at once.
+//
+// A shim that runs but does not answer, or a container whose processes
+// outlived their shim, is not removed by Delete without force
+// (ErrFailedPrecondition); with force both are killed. Cleanup also ends
+// the shims of its root and namespace whose state directory is gone.
 //
 // # Events
 //
@@ -72,11 +86,21 @@
 // # Ownership
 //
 // A Container is a connection, not the container: Close leaves the
-// container and its shim running. The FIFOs of a process attached through
-// IO are opened and closed by the handle that created it; the copy
-// goroutines end at EOF, on WaitIO's bound or on Delete. The goroutine that
-// copies a caller's Stdin ends when that reader returns; the caller owns
-// the reader.
+// container and its shim running. The attachment of a process (the stdin
+// FIFO's write end, the goroutine that follows the log) belongs to the
+// handle that created or attached it and ends on WaitIO's bound, on
+// Delete, or at the logger's EOF record. The goroutine that copies a
+// caller's Stdin ends when that reader returns; the caller owns the reader.
+//
+// # Images
+//
+// InitImageBundle unpacks an image from an OCI layout directory or an OCI
+// or docker archive with containerd's own packages (core/images/archive
+// imports an archive into a local content store, core/images picks the
+// manifest for this platform, pkg/archive applies the layers with their
+// whiteouts) and writes a config.json from the image's config. Create
+// with CreateOpts.Image does that into ROOT/bundles/NAMESPACE/ID, which
+// goes with the container.
 //
 // # Needs
 //

@@ -22,6 +22,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// The test binary is the Manager's logger (its PublishBinary).
+	if len(os.Args) == 3 && os.Args[1] == LoggerArg {
+		os.Exit(RunLogger(os.Args[2]))
+	}
 	os.Exit(func() int {
 		skipReason = requirements()
 		if skipReason != "" {

@@ -15,6 +15,8 @@ import (
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -39,6 +41,10 @@ type Config struct {
 	// PublishBinary is given to shims as -publish-binary. Default: the
 	// running executable.
 	PublishBinary string
+	// LoggerBinary logs the output of processes without a terminal, as a
+	// binary:// logger started `LoggerBinary LoggerArg LOGFILE` (see
+	// RunLogger). Default: PublishBinary.
+	LoggerBinary string
 	// RuncOptions, when set, go to the shim as the bootstrap extension and
 	// with every Create (runc binary, root, systemd cgroups...).
 	RuncOptions *runcoptions.Options
@@ -73,6 +79,9 @@ func New(cfg Config) (*Manager, error) {
 		if cfg.PublishBinary, err = os.Executable(); err != nil {
 			return nil, fmt.Errorf("own executable: %w", err)
 		}
+	}
+	if cfg.LoggerBinary == "" {
+		cfg.LoggerBinary = cfg.PublishBinary
 	}
 	if cfg.RuntimeBinary == "" {
 		if cfg.RuntimeBinary, err = FindRuntime(ShimBinary); err != nil {
@@ -131,12 +140,22 @@ func (m *Manager) StateDir(id string) string {
 type CreateOpts struct {
 	// Bundle is an OCI bundle: config.json and its root directory.
 	Bundle string
-	ID     string
+	// Image, instead of Bundle, is an image (see InitImageBundle) that is
+	// unpacked into a bundle of the container's own, under
+	// ROOT/bundles/NAMESPACE/ID, removed with the container.
+	Image string
+	ID    string
 	// Args, when given, replace process.args of config.json.
 	Args []string
 	// Terminal gives the init process a terminal.
 	Terminal bool
 	IO       IO
+	// StopSignal is what Stop sends first (a name such as SIGQUIT);
+	// default SIGTERM.
+	StopSignal string
+	// Spec, when set, edits the config the container runs with (after
+	// Args and Terminal are applied): environment, mounts, resources...
+	Spec func(*specs.Spec) error
 }
 
 // Create spawns a shim for a new container and creates the container in it
@@ -153,6 +172,32 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 	if err := o.IO.validate(o.Terminal); err != nil {
 		return nil, err
 	}
+	ownBundle := ""
+	if o.Image != "" {
+		if o.Bundle != "" {
+			return nil, fmt.Errorf("a bundle or an image, not both: %w", errdefs.ErrInvalidArgument)
+		}
+		ownBundle = filepath.Join(m.cfg.Root, "bundles", m.cfg.Namespace, o.ID)
+		if exists(ownBundle) {
+			if _, err := os.Stat(m.StateDir(o.ID)); err == nil {
+				return nil, fmt.Errorf("container %q in namespace %q: %w", o.ID, m.cfg.Namespace, errdefs.ErrAlreadyExists)
+			}
+			os.RemoveAll(ownBundle) // left by a create that died
+		}
+		if err := os.MkdirAll(ownBundle, 0o700); err != nil {
+			return nil, err
+		}
+		if err := InitImageBundle(ctx, o.Image, ownBundle); err != nil {
+			os.RemoveAll(ownBundle)
+			return nil, err
+		}
+		o.Bundle = ownBundle
+		defer func() {
+			if retErr != nil {
+				os.RemoveAll(ownBundle)
+			}
+		}()
+	}
 	bundle, spec, err := loadBundle(o.Bundle)
 	if err != nil {
 		return nil, err
@@ -160,6 +205,24 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 	sspec, err := stateSpec(spec, bundle, m.cfg.Namespace, o.ID, o.Args, o.Terminal)
 	if err != nil {
 		return nil, err
+	}
+	if o.Spec != nil {
+		if err := o.Spec(sspec); err != nil {
+			return nil, err
+		}
+		if sspec.Process == nil || len(sspec.Process.Args) == 0 {
+			return nil, fmt.Errorf("no command to run: %w", errdefs.ErrInvalidArgument)
+		}
+		sspec.Process.Terminal = o.Terminal
+	}
+	if o.StopSignal == "" && sspec.Annotations[AnnotationStopSignal] != "" {
+		o.StopSignal = sspec.Annotations[AnnotationStopSignal]
+		if !strings.HasPrefix(o.StopSignal, "SIG") {
+			o.StopSignal = "SIG" + o.StopSignal
+		}
+	}
+	if o.StopSignal != "" && unix.SignalNum(o.StopSignal) == 0 {
+		return nil, fmt.Errorf("stop signal %q: %w", o.StopSignal, errdefs.ErrInvalidArgument)
 	}
 	// runc state under this ID that is not ours (containerd's container
 	// in the same namespace, a leftover): a failed create and its cleanup
@@ -193,6 +256,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 		}
 		if c != nil {
 			c.teardown(cctx)
+			_ = m.endShim(c.rec.ShimPid, o.ID)
 		}
 		_, _ = m.deleteShim(cctx, dir, rec)
 		removeSocket(rec.Address)
@@ -206,12 +270,16 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 		return nil, err
 	}
 	rec := record{
-		ID:        o.ID,
-		Namespace: m.cfg.Namespace,
-		Bundle:    bundle,
-		Runtime:   m.cfg.RuntimeBinary,
-		Terminal:  o.Terminal,
-		Created:   time.Now().UTC(),
+		ID:         o.ID,
+		Namespace:  m.cfg.Namespace,
+		Bundle:     bundle,
+		Runtime:    m.cfg.RuntimeBinary,
+		Terminal:   o.Terminal,
+		OpenStdin:  o.IO.Stdin != nil || o.IO.OpenStdin,
+		OwnBundle:  ownBundle != "",
+		Image:      o.Image,
+		StopSignal: o.StopSignal,
+		Created:    time.Now().UTC(),
 	}
 	if err := writeRecord(dir, rec); err != nil {
 		return nil, err
@@ -234,7 +302,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 		return nil, err
 	}
 
-	paths, att, err := openIO(dir, "", o.IO, o.Terminal)
+	paths, att, err := openIO(dir, "", o.IO, o.Terminal, m.cfg.LoggerBinary)
 	if err != nil {
 		return nil, err
 	}
@@ -264,6 +332,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 		att.close()
 		return nil, err
 	}
+	att.follow()
 	if err := att.connectStdin(ctx, func() { _ = c.closeStdin(context.Background(), "") }); err != nil {
 		att.close()
 		return nil, err
@@ -299,12 +368,6 @@ func (m *Manager) runcRoot() string {
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
-}
-
-func removeSocket(address string) {
-	if p, ok := strings.CutPrefix(address, "unix://"); ok && p != "" {
-		os.Remove(p)
-	}
 }
 
 // notFound is the error for an unknown container.
@@ -377,6 +440,18 @@ func (m *Manager) Wait(ctx context.Context, id string) (Exit, error) {
 	return exit, err
 }
 
+// WaitExec waits for the exec process execID of container id to exit and
+// returns its exit; the exec's record stays in the shim (its status can be
+// read again) until an exec of the same ID replaces it.
+func (m *Manager) WaitExec(ctx context.Context, id, execID string) (Exit, error) {
+	c, err := m.Open(ctx, id)
+	if err != nil {
+		return Exit{}, err
+	}
+	defer c.Close()
+	return c.Process(execID).Wait(ctx)
+}
+
 // reap cleans up after the dead shim of id: `shim delete` (runc delete
 // --force, unmount) reports the saved exit, which is recorded; the state
 // directory stays. Like containerd, it forwards TaskExit and TaskDelete to
@@ -388,6 +463,10 @@ func (m *Manager) reap(ctx context.Context, id string) (Exit, error) {
 	}
 	if rec.Exit != nil {
 		return *rec.Exit, nil
+	}
+	if shim, ok := m.findShim(rec.ShimPid, id); ok {
+		shim.close()
+		return Exit{}, fmt.Errorf("container %q: its shim (pid %d) runs but does not answer: %w", id, rec.ShimPid, ErrShimDead)
 	}
 	lk, err := tryLock(dir)
 	if err != nil {
@@ -420,7 +499,7 @@ func (m *Manager) reapLocked(ctx context.Context, dir string, rec record) (Exit,
 func (m *Manager) Delete(ctx context.Context, id string, force bool) (Exit, error) {
 	c, err := m.Open(ctx, id)
 	if errors.Is(err, ErrShimDead) {
-		return m.removeDead(ctx, id)
+		return m.removeDead(ctx, id, force, force)
 	}
 	if err != nil {
 		return Exit{}, err
@@ -429,13 +508,17 @@ func (m *Manager) Delete(ctx context.Context, id string, force bool) (Exit, erro
 	exit, err := c.Delete(ctx, force)
 	if errors.Is(err, ErrShimDead) {
 		c.Close()
-		return m.removeDead(ctx, id)
+		return m.removeDead(ctx, id, force, force)
 	}
 	return exit, err
 }
 
-// removeDead reaps a dead shim (once) and removes the state directory.
-func (m *Manager) removeDead(ctx context.Context, id string) (Exit, error) {
+// removeDead reaps a dead shim (once) and removes the state directory. A
+// shim process that still runs but does not answer is killed with
+// killShim, else the removal is refused; a container process that still
+// runs without its shim is killed (by `shim delete`) with killInit, else
+// the removal is refused.
+func (m *Manager) removeDead(ctx context.Context, id string, killShim, killInit bool) (Exit, error) {
 	dir, rec, err := m.load(id)
 	if err != nil && !errors.Is(err, ErrShimDead) {
 		return Exit{}, err
@@ -446,15 +529,38 @@ func (m *Manager) removeDead(ctx context.Context, id string) (Exit, error) {
 	}
 	defer lk.unlock()
 	exit := Exit{}
+	if rec.Exit == nil {
+		if shim, ok := m.findShim(rec.ShimPid, id); ok {
+			defer shim.close()
+			if !killShim {
+				return exit, fmt.Errorf("container %q: its shim (pid %d) runs but does not answer: delete -f kills it and the container: %w", id, rec.ShimPid, errdefs.ErrFailedPrecondition)
+			}
+			if err := shim.kill(); err != nil {
+				return exit, err
+			}
+		}
+		if !killInit && m.runcRunning(ctx, id) {
+			return exit, fmt.Errorf("container %q: its shim is gone but its processes run: delete -f kills them: %w", id, errdefs.ErrFailedPrecondition)
+		}
+	}
 	if rec.Exit != nil {
 		exit = *rec.Exit
 	} else if exit, err = m.reapLocked(ctx, dir, rec); err != nil {
 		return exit, err
 	}
-	if err := os.RemoveAll(dir); err != nil {
+	endLoggers(dir)
+	if err := removeStateDir(dir); err != nil {
 		return exit, fmt.Errorf("remove state of %s: %w", id, err)
 	}
+	m.removeOwnBundle(rec)
 	return exit, nil
+}
+
+// removeOwnBundle removes the bundle Create unpacked for the container.
+func (m *Manager) removeOwnBundle(rec record) {
+	if rec.OwnBundle && rec.Bundle == filepath.Join(m.cfg.Root, "bundles", m.cfg.Namespace, rec.ID) {
+		os.RemoveAll(rec.Bundle)
+	}
 }
 
 // Status is what List and State say of a container.
@@ -485,7 +591,9 @@ type Info struct {
 	Created   time.Time `json:"created"`
 	Exit      *Exit     `json:"exit,omitempty"`
 	Terminal  bool      `json:"terminal,omitempty"`
-	// Log is the file of the init's output when it runs detached.
+	// Command is the init's command line.
+	Command []string `json:"command,omitempty"`
+	// Log is the file of the init's output.
 	Log string `json:"log,omitempty"`
 	// Error says why a shim is taken for dead.
 	Error string `json:"error,omitempty"`
@@ -534,6 +642,9 @@ func (m *Manager) info(ctx context.Context, id string) Info {
 	dir, rec, err := m.load(id)
 	info.Bundle, info.Pid, info.ShimPid, info.Created, info.Exit = rec.Bundle, rec.Pid, rec.ShimPid, rec.Created, rec.Exit
 	info.Terminal, info.Log = rec.Terminal, rec.Log
+	if spec, err := readSpec(filepath.Join(dir, configFile)); err == nil {
+		info.Command = spec.Process.Args
+	}
 	switch {
 	case errors.Is(err, ErrBusy):
 		info.Status = StatusCreating
@@ -569,28 +680,31 @@ func (m *Manager) info(ctx context.Context, id string) Info {
 // Removed is one container that Cleanup removed.
 type Removed struct {
 	ID string `json:"id"`
-	// Reason is "dead shim", "stopped" or "unfinished create".
+	// Reason is "dead shim", "stopped", "unfinished create" or "shim
+	// without state".
 	Reason string `json:"reason"`
 	Exit   Exit   `json:"exit"`
 }
 
 // Cleanup removes the state of dead shims (after `shim delete`), of stopped
-// containers (Delete, Shutdown) and of creates that never finished. Running,
+// containers (Delete, Shutdown) and of creates that never finished, and
+// kills the shims of this root and namespace whose state directory is gone. Running,
 // created and paused containers, and those another minimgr is working on,
 // are left alone.
 func (m *Manager) Cleanup(ctx context.Context) ([]Removed, error) {
 	parent := nsDir(m.cfg.Root, m.cfg.Namespace)
+	orphans, oerr := m.endOrphanShims()
 	entries, err := os.ReadDir(parent)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return orphans, oerr
 	}
 	if err != nil {
-		return nil, err
+		return orphans, errors.Join(oerr, err)
 	}
 	var (
 		mu      sync.Mutex
-		removed []Removed
-		errs    []error
+		removed = orphans
+		errs    = []error{oerr}
 		wg      sync.WaitGroup
 	)
 	for _, e := range entries {
@@ -599,10 +713,16 @@ func (m *Manager) Cleanup(ctx context.Context) ([]Removed, error) {
 		}
 		name := e.Name()
 		if strings.HasPrefix(name, ".") {
+			tmp := filepath.Join(parent, name)
+			if strings.Contains(name, ".deleted.") {
+				// A state directory whose removal was cut short (or
+				// is under way: removing it twice does no harm).
+				os.RemoveAll(tmp)
+				continue
+			}
 			// A temporary directory of a create that died before it
 			// was renamed into place: no shim was ever started.
-			tmp := filepath.Join(parent, name)
-			if lk, err := tryLock(tmp); err == nil {
+			if lk, err := tryLockNew(tmp); err == nil {
 				os.RemoveAll(tmp)
 				lk.unlock()
 			}
@@ -665,8 +785,10 @@ func (m *Manager) cleanupOne(ctx context.Context, id string) (Removed, bool, err
 	if rec.Address == "" {
 		r.Reason = "unfinished create"
 	}
-	exit, err := m.removeDead(ctx, id)
-	if errors.Is(err, ErrBusy) {
+	// A shim that runs but does not answer may be slow: it is kept. The
+	// processes of a container whose shim is gone are killed.
+	exit, err := m.removeDead(ctx, id, false, true)
+	if errors.Is(err, ErrBusy) || errdefs.IsFailedPrecondition(err) {
 		return r, false, nil
 	}
 	r.Exit = exit

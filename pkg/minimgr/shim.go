@@ -3,7 +3,9 @@ package minimgr
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -53,10 +55,39 @@ const fallbackSocketDir = "/run/minimgr/s"
 // shims of different roots never share a socket path.
 func socketDir(root string) string {
 	dir := filepath.Join(root, "s")
-	if len(dir)+1+2*sha256.Size > maxSunPath {
+	if len(dir)+1+2*instanceLen+1+2*sha256.Size > maxSunPath {
 		return fallbackSocketDir
 	}
 	return dir
+}
+
+// instanceLen is the size in bytes of the random name of a shim's own
+// socket directory.
+const instanceLen = 4
+
+// instanceSocketDir is a new directory name under socketDir(root) for the
+// socket of one shim. Every shim gets its own: a shim that ends after its
+// container's ID was taken again removes its own socket only, never the
+// one the next shim of that ID listens on.
+func instanceSocketDir(root string) (string, error) {
+	b := make([]byte, instanceLen)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return filepath.Join(socketDir(root), hex.EncodeToString(b)), nil
+}
+
+// removeSocket removes the socket of address and its own directory (when
+// empty).
+func removeSocket(address string) {
+	p, ok := strings.CutPrefix(address, "unix://")
+	if !ok || p == "" {
+		return
+	}
+	os.Remove(p)
+	if dir := filepath.Dir(p); len(filepath.Base(dir)) == 2*instanceLen {
+		os.Remove(dir) // the shim's own directory, when empty
+	}
 }
 
 // shimCommand is one invocation of the shim binary as containerd makes it.
@@ -96,7 +127,10 @@ next:
 // startShim runs `shim start` in dir with BootstrapParams on stdin and
 // returns its BootstrapResult. stderr is kept apart and shown on failure.
 func (m *Manager) startShim(ctx context.Context, dir, id string) (*bootapi.BootstrapResult, error) {
-	sockDir := socketDir(m.cfg.Root)
+	sockDir, err := instanceSocketDir(m.cfg.Root)
+	if err != nil {
+		return nil, err
+	}
 	params := &bootapi.BootstrapParams{
 		InstanceID:             id,
 		Namespace:              m.cfg.Namespace,

@@ -190,7 +190,7 @@ func TestMakeStateDir(t *testing.T) {
 // exec) must not keep the lock after unlock.
 func TestUnlockWithInheritedDescriptor(t *testing.T) {
 	dir := t.TempDir()
-	lk, err := tryLock(dir)
+	lk, err := tryLockNew(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,4 +211,16 @@ func TestUnlockWithInheritedDescriptor(t *testing.T) {
 		t.Fatalf("lock after unlock, with the child holding the description: %v", err)
 	}
 	l2.unlock()
+}
+
+// TestLockNeverRecreated: tryLock makes no lock file: a directory being
+// removed (its lock file gone) is not found, and stays removable.
+func TestLockNeverRecreated(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := tryLock(dir); !errdefs.IsNotFound(err) {
+		t.Fatalf("tryLock without a lock file: %v, want not found", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, lockFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("tryLock made a lock file: %v", err)
+	}
 }

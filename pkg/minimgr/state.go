@@ -1,6 +1,8 @@
 package minimgr
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +52,15 @@ type record struct {
 	// Pid is the init pid from Create.
 	Pid      int  `json:"pid,omitempty"`
 	Terminal bool `json:"terminal,omitempty"`
+	// OpenStdin: the init has a stdin FIFO that clients attach to.
+	OpenStdin bool `json:"open_stdin,omitempty"`
+	// OwnBundle: Bundle was unpacked from an image for this container and
+	// goes with it.
+	OwnBundle bool `json:"own_bundle,omitempty"`
+	// Image is the image the bundle was unpacked from.
+	Image string `json:"image,omitempty"`
+	// StopSignal is the signal Stop sends first (a name, SIGTERM if empty).
+	StopSignal string `json:"stop_signal,omitempty"`
 	// Log is the file the init's output goes to when it runs detached.
 	Log     string    `json:"log,omitempty"`
 	Created time.Time `json:"created"`
@@ -115,11 +126,32 @@ var ErrBusy = fmt.Errorf("busy: another minimgr is creating or deleting it: %w",
 // taken without waiting: minimgr processes never queue behind each other.
 type stateLock struct{ f *os.File }
 
+// The lock file is made with the directory (makeStateDir): a directory
+// without one is being removed, or was never finished, and is reported as
+// not found, so that no lock file is ever made again in a directory that
+// Delete is removing.
 func tryLock(dir string) (*stateLock, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: no lock file: %w", dir, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return lockFD(dir, f)
+}
+
+// tryLockNew is tryLock for a directory of our own that may lack its lock
+// file yet (a new one, or a leftover that is removed).
+func tryLockNew(dir string) (*stateLock, error) {
 	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
+	return lockFD(dir, f)
+}
+
+func lockFD(dir string, f *os.File) (*stateLock, error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
@@ -160,7 +192,7 @@ func makeStateDir(root, ns, id string) (string, *stateLock, error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("state dir: %w", err)
 	}
-	lk, err := tryLock(tmp)
+	lk, err := tryLockNew(tmp)
 	if err != nil {
 		os.RemoveAll(tmp)
 		return "", nil, err
@@ -181,4 +213,21 @@ func makeStateDir(root, ns, id string) (string, *stateLock, error) {
 		return "", nil, fmt.Errorf("state dir: %w", err)
 	}
 	return dir, lk, nil
+}
+
+// removeStateDir removes a state directory: renamed out of the way first
+// (atomically), so that nothing can make a file in it while it is being
+// removed and no one finds it half removed; Cleanup removes a rename whose
+// removal was cut short.
+func removeStateDir(dir string) error {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".deleted."+hex.EncodeToString(b))
+	if err := os.Rename(dir, gone); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	return os.RemoveAll(gone)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -17,28 +18,33 @@ import (
 
 // IO says where the standard streams of a process go.
 //
-// Attached streams go through FIFOs in the state directory: the shim opens
-// their other ends. A nil stream is not connected. With a terminal, stdout
-// and stderr are one stream (Stdout) and Stderr is unused.
+// Output always goes to the process's log in the state directory, which
+// the shim writes and which never blocks the process: without a terminal
+// through minimgr itself as a binary:// logger (one JSON Record per line,
+// stdout and stderr apart, with the time), with a terminal raw through a
+// file:// target. Stdout and Stderr, when set, follow that log while the
+// caller is attached: a writer that fails (a reader gone) only ends the
+// following, never the process.
 //
-// Log sends stdout and stderr to one file in the state directory (the
-// shim writes it, file://), for a process that outlives its caller; the
-// other fields must then be nil. A terminal cannot be logged this way yet.
+// Stdin, when set, is copied into a FIFO that the shim reads; OpenStdin
+// makes that FIFO without a reader, for clients that attach later. With a
+// terminal, stdout and stderr are one stream (Stdout) and Stderr is unused.
+//
+// DetachKeys, when set, ends the attachment when they come on Stdin: the
+// process keeps running, its stdin stays open, Detached reports it.
 type IO struct {
-	Stdin  io.Reader
-	Stdout io.Writer
-	Stderr io.Writer
-	Log    bool
+	Stdin      io.Reader
+	Stdout     io.Writer
+	Stderr     io.Writer
+	OpenStdin  bool
+	DetachKeys []byte
+	// Log is kept for callers that say "detached": no stream attached.
+	Log bool
 }
 
 func (o IO) validate(terminal bool) error {
-	if o.Log {
-		if o.Stdin != nil || o.Stdout != nil || o.Stderr != nil {
-			return fmt.Errorf("a logged process has no attached streams: %w", errdefs.ErrInvalidArgument)
-		}
-		if terminal {
-			return fmt.Errorf("logging a terminal to a file (a detached terminal): %w", errdefs.ErrNotImplemented)
-		}
+	if o.Log && (o.Stdin != nil || o.Stdout != nil || o.Stderr != nil) {
+		return fmt.Errorf("a logged process has no attached streams: %w", errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -46,22 +52,35 @@ func (o IO) validate(terminal bool) error {
 // stdioPaths are the targets given to the shim.
 type stdioPaths struct {
 	stdin, stdout, stderr string
-	log                   string // the log file, when IO.Log
+	log                   string // the log file
 }
 
 // openTimeout bounds opening our end of a FIFO once the shim has its end.
 const openTimeout = 10 * time.Second
 
-// attachment is minimgr's side of one process's FIFOs: the output copy
-// loops (owned here, ended by EOF or close) and the stdin copy, started
-// once the shim has opened the stdin FIFO.
+// attachment is minimgr's side of one process's streams: the stdin copy,
+// started once the shim has opened the stdin FIFO, and the loop that
+// follows the log into the caller's writers.
 type attachment struct {
 	files []string // FIFOs and logs to remove with the process
 
-	stdinPath string
-	stdinSrc  io.Reader
+	stdinPath  string
+	stdinSrc   io.Reader
+	detachKeys []byte
 
-	outputs sync.WaitGroup
+	logPath  string
+	terminal bool
+	stdout   io.Writer
+	stderr   io.Writer
+
+	exited    chan struct{} // closed by waitOutput: the process has exited
+	exitOnce  sync.Once
+	cancel    context.CancelFunc
+	following sync.WaitGroup
+
+	detached   chan struct{}
+	detachOnce sync.Once
+
 	mu      sync.Mutex
 	closers []io.Closer // guarded by mu
 }
@@ -74,67 +93,84 @@ func ioName(execID string) string {
 	return "exec-" + execID
 }
 
-// openIO makes the FIFOs (or names the log file) of one process and starts
-// copying its outputs to the caller's writers. Our read ends are opened
-// before the shim opens its write ends (the shim waits for a reader).
-func openIO(dir, execID string, o IO, terminal bool) (stdioPaths, *attachment, error) {
+// openIO makes the log file and the stdin FIFO of one process and names
+// the targets the shim writes to. logger is the binary that logs a
+// process without a terminal. Following the log starts with follow.
+func openIO(dir, execID string, o IO, terminal bool, logger string) (stdioPaths, *attachment, error) {
 	var p stdioPaths
-	a := &attachment{}
+	a := &attachment{terminal: terminal, detachKeys: o.DetachKeys, exited: make(chan struct{}), detached: make(chan struct{})}
 	base := filepath.Join(dir, ioDir, ioName(execID))
 	if err := os.MkdirAll(filepath.Dir(base), 0o700); err != nil {
 		return p, nil, err
 	}
-	if o.Log {
-		p.log = base + ".log"
+	p.log = base + ".log"
+	if terminal {
+		p.log += ".tty"
+	}
+	// A new, empty log (an exec ID used again starts afresh); the follower
+	// opens it before the shim writes.
+	os.Remove(base + ".log")
+	os.Remove(base + ".log.tty")
+	if err := os.WriteFile(p.log, nil, 0o600); err != nil {
+		return p, nil, err
+	}
+	a.files = append(a.files, p.log)
+	a.logPath = p.log
+	if terminal {
 		p.stdout = "file://" + p.log
+	} else {
+		p.stdout = loggerTarget(logger, p.log)
 		p.stderr = p.stdout
-		a.files = append(a.files, p.log)
-		return p, a, nil
 	}
-	fail := func(err error) (stdioPaths, *attachment, error) {
-		a.close()
-		a.removeFiles()
-		return stdioPaths{}, nil, err
+	if !o.Log {
+		a.stdout, a.stderr = o.Stdout, o.Stderr
+		if terminal {
+			a.stderr = nil
+		}
 	}
-	if o.Stdin != nil {
+	if o.Stdin != nil || o.OpenStdin {
 		p.stdin = base + ".stdin"
+		os.Remove(p.stdin)
 		if err := mkfifo(p.stdin); err != nil {
-			return fail(err)
+			a.removeFiles()
+			return stdioPaths{}, nil, err
 		}
 		a.files = append(a.files, p.stdin)
 		a.stdinPath, a.stdinSrc = p.stdin, o.Stdin
 	}
-	outs := []struct {
-		path *string
-		name string
-		w    io.Writer
-	}{{&p.stdout, ".stdout", o.Stdout}, {&p.stderr, ".stderr", o.Stderr}}
-	if terminal {
-		outs = outs[:1]
-	}
-	for _, s := range outs {
-		if s.w == nil {
-			continue
-		}
-		*s.path = base + s.name
-		if err := mkfifo(*s.path); err != nil {
-			return fail(err)
-		}
-		a.files = append(a.files, *s.path)
-		// Non-blocking: returns at once, reads wait for the shim's end.
-		r, err := fifo.OpenFifo(context.Background(), *s.path, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
-		if err != nil {
-			return fail(fmt.Errorf("open %s: %w", *s.path, err))
-		}
-		a.track(r)
-		a.outputs.Add(1)
-		go func(w io.Writer, r io.ReadCloser) {
-			defer a.outputs.Done()
-			_, _ = io.Copy(w, r)
-			r.Close()
-		}(s.w, r)
-	}
 	return p, a, nil
+}
+
+// follow starts copying the log into the caller's writers, from the start.
+func (a *attachment) follow() { a.followFrom(LogOptions{Follow: true}) }
+
+func (a *attachment) followFrom(o LogOptions) {
+	if a == nil || (a.stdout == nil && a.stderr == nil) {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.following.Go(func() {
+		_ = readLog(ctx, a.logPath, a.terminal, o, a.exited, func(r Record) error {
+			w := a.stdout
+			if r.Stream == StreamStderr {
+				w = a.stderr
+			}
+			if w == nil {
+				return nil
+			}
+			_, err := io.WriteString(w, r.Log)
+			return err
+		})
+	})
+}
+
+// Detached is closed when the detach keys came on stdin.
+func (a *attachment) Detached() <-chan struct{} {
+	if a == nil {
+		return nil
+	}
+	return a.detached
 }
 
 func mkfifo(path string) error {
@@ -154,8 +190,9 @@ func (a *attachment) track(c io.Closer) {
 // read end, and copies the caller's reader into it. At EOF of the reader it
 // closes the FIFO and calls eof, which asks the shim to close the process's
 // stdin (CloseIO): the shim keeps the FIFO open across clients that detach,
-// so closing our end alone is not EOF for the process. The copy goroutine
-// ends when the reader returns (the caller owns the reader).
+// so closing our end alone is not EOF for the process. The detach keys end
+// the copy without eof. The copy goroutine ends when the reader returns
+// (the caller owns the reader).
 func (a *attachment) connectStdin(ctx context.Context, eof func()) error {
 	if a == nil || a.stdinSrc == nil {
 		return nil
@@ -168,9 +205,16 @@ func (a *attachment) connectStdin(ctx context.Context, eof func()) error {
 	}
 	a.track(w)
 	src := a.stdinSrc
+	if len(a.detachKeys) > 0 {
+		src = &detachReader{r: src, keys: a.detachKeys}
+	}
 	go func() {
-		_, _ = io.Copy(w, src)
+		_, err := io.Copy(w, src)
 		w.Close()
+		if errors.Is(err, errDetached) {
+			a.detachOnce.Do(func() { close(a.detached) })
+			return
+		}
 		if eof != nil {
 			eof()
 		}
@@ -178,16 +222,17 @@ func (a *attachment) connectStdin(ctx context.Context, eof func()) error {
 	return nil
 }
 
-// waitOutput waits until the output copies have ended (the shim closed its
-// ends after the process exited) or bound has passed; then it closes our
-// ends. It reports whether all output arrived.
+// waitOutput says that the process has exited and waits, at most bound,
+// until its output has been copied to the caller; then it stops. It
+// reports whether all output arrived.
 func (a *attachment) waitOutput(bound time.Duration) bool {
 	if a == nil {
 		return true
 	}
+	a.exitOnce.Do(func() { close(a.exited) })
 	done := make(chan struct{})
 	go func() {
-		a.outputs.Wait()
+		a.following.Wait()
 		close(done)
 	}()
 	t := time.NewTimer(bound)
@@ -198,10 +243,19 @@ func (a *attachment) waitOutput(bound time.Duration) bool {
 	case <-t.C:
 		ok = false
 	}
-	// Closing our read ends ends copies still reading; one blocked on
-	// the caller's writer ends when that writer returns.
-	a.close()
+	a.stop()
 	return ok
+}
+
+// stop ends the following of the log and closes the FIFO ends.
+func (a *attachment) stop() {
+	if a == nil {
+		return
+	}
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.close()
 }
 
 // close closes every FIFO end this attachment opened.
@@ -225,4 +279,84 @@ func (a *attachment) removeFiles() {
 	for _, f := range a.files {
 		os.Remove(f)
 	}
+}
+
+// errDetached ends a stdin copy at the detach keys.
+var errDetached = errors.New("detached")
+
+// detachReader passes its reader through until the detach keys come, in
+// sequence; then it returns errDetached. The bytes of an incomplete
+// sequence are held until it is known not to be the keys.
+type detachReader struct {
+	r    io.Reader
+	keys []byte
+	held []byte // a prefix of keys read but not passed on
+	out  []byte // bytes to pass on before reading more
+	buf  [4096]byte
+	done bool
+}
+
+func (d *detachReader) Read(p []byte) (int, error) {
+	for len(d.out) == 0 {
+		if d.done {
+			return 0, errDetached
+		}
+		n, err := d.r.Read(d.buf[:])
+		for _, b := range d.buf[:n] {
+			if b == d.keys[len(d.held)] {
+				d.held = append(d.held, b)
+				if len(d.held) == len(d.keys) {
+					d.done = true
+					d.held = nil
+					break
+				}
+				continue
+			}
+			d.out = append(d.out, d.held...)
+			d.held = d.held[:0]
+			if b == d.keys[0] {
+				d.held = append(d.held, b)
+				continue
+			}
+			d.out = append(d.out, b)
+		}
+		if err != nil && len(d.out) == 0 && !d.done {
+			d.out = append(d.out, d.held...)
+			d.held = nil
+			if len(d.out) == 0 {
+				return 0, err
+			}
+		}
+	}
+	n := copy(p, d.out)
+	d.out = d.out[n:]
+	return n, nil
+}
+
+// ParseDetachKeys reads docker's notation: a comma-separated list of
+// "ctrl-X" (X a letter, @, [, \, ], ^ or _) and single characters.
+func ParseDetachKeys(s string) ([]byte, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []byte
+	for _, k := range strings.Split(s, ",") {
+		switch {
+		case len(k) == 1:
+			out = append(out, k[0])
+		case strings.HasPrefix(strings.ToLower(k), "ctrl-") && len(k) == 6:
+			c := k[5]
+			switch {
+			case c >= 'a' && c <= 'z':
+				out = append(out, c-'a'+1)
+			case c >= '@' && c <= '_':
+				out = append(out, c-'@')
+			default:
+				return nil, fmt.Errorf("detach key %q: %w", k, errdefs.ErrInvalidArgument)
+			}
+		default:
+			return nil, fmt.Errorf("detach key %q: %w", k, errdefs.ErrInvalidArgument)
+		}
+	}
+	return out, nil
 }

@@ -1,0 +1,348 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mineshim/mine/pkg/minimgr"
+)
+
+// processesOf returns the pids of the processes whose command line names
+// the test's state root: shims (-address ROOT/minimgr.sock), loggers
+// (ROOT/NS/ID/io/...) and removers (--state-dir ROOT) of minimgr.
+func (e *env) processesOf() []int {
+	e.t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []int
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil || len(cmdline) == 0 {
+			continue
+		}
+		if bytes.Contains(cmdline, []byte(e.root+"/")) || bytes.Contains(cmdline, []byte(e.root+"\x00")) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// assertNoProcesses fails when a process of the test's state root is left.
+func (e *env) assertNoProcesses() {
+	e.t.Helper()
+	if ps := e.processesOf(); len(ps) != 0 {
+		var desc []string
+		for _, p := range ps {
+			b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p), "cmdline"))
+			desc = append(desc, strconv.Itoa(p)+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+		e.t.Errorf("processes left:\n%s", strings.Join(desc, "\n"))
+	}
+}
+
+// TestReuseIDRightAfterDelete (bug 1): an ID deleted with -f is taken again
+// at once; the new container must work and no shim may be left.
+func TestReuseIDRightAfterDelete(t *testing.T) {
+	e := newEnv(t, true)
+	for i := range 10 {
+		e.mustRun("run", "-d", e.bundle, "r", "sleep", "100")
+		e.mustRun("delete", "-f", "r")
+		e.mustRun("run", "-d", e.bundle, "r", "sleep", "100")
+		if got := e.list()["r"]; got.Status != minimgr.StatusRunning {
+			t.Fatalf("round %d: list says %+v", i, got)
+		}
+		e.mustRun("delete", "-f", "r")
+	}
+	e.assertNoLeftovers("r")
+	e.assertNoProcesses()
+}
+
+// TestRunRemoveCycles (bug 1): run --rm and run/delete reusing one ID, with
+// no shim, logger or remover left behind.
+func TestRunRemoveCycles(t *testing.T) {
+	e := newEnv(t, true)
+	n := 200
+	if testing.Short() {
+		n = 20
+	}
+	for i := range n {
+		if i%2 == 0 {
+			if r := e.run(nil, "run", "--rm", e.bundle, "cyc", "true"); r.code != 0 {
+				t.Fatalf("cycle %d: run --rm: exit %d: %s", i, r.code, r.stderr)
+			}
+			continue
+		}
+		e.mustRun("run", "-d", e.bundle, "cyc", "true")
+		e.mustRun("wait", "cyc")
+		e.mustRun("delete", "cyc")
+	}
+	e.assertNoLeftovers("cyc")
+	e.assertNoProcesses()
+}
+
+// TestRunOutputReaderGone (bug 2): `run --rm ... | head -1`: minimgr must not
+// die of SIGPIPE, the container must not block on output nobody reads, and
+// --rm must be honoured.
+func TestRunOutputReaderGone(t *testing.T) {
+	e := newEnv(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	run := e.command(ctx, "run", "--rm", e.bundle, "pipe", "sh", "-c", "seq 1 100000")
+	out, err := run.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	run.Stderr = &stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if l := readLine(t, bufio.NewReader(out), 20*time.Second); l != "1" {
+		t.Fatalf("first line %q", l)
+	}
+	out.Close() // what head does after its line
+	err = run.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("minimgr did not end: %s", stderr.String())
+	}
+	var ee interface{ Sys() any }
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			t.Fatalf("minimgr died of %v", ws.Signal())
+		}
+	}
+	if code := run.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit %d, want the container's 0 (stderr %q)", code, stderr.String())
+	}
+	e.assertNoLeftovers("pipe")
+	e.assertNoProcesses()
+}
+
+// TestTerminalWithoutTerminal (bug 3): -t with a stdin that is not a
+// terminal is refused at once, clearly, as docker does.
+func TestTerminalWithoutTerminal(t *testing.T) {
+	e := newEnv(t, true)
+	r := e.run(strings.NewReader("x\n"), "run", "--rm", "-t", e.bundle, "tty", "sh")
+	if r.code != exitOwnError || !strings.Contains(r.stderr, "not a terminal") {
+		t.Errorf("exit %d, stderr %q: want %d and 'not a terminal'", r.code, r.stderr, exitOwnError)
+	}
+	e.assertNoLeftovers("tty")
+}
+
+// TestExecIDReuse (bug 4): the ID of a finished detached exec, or of an
+// attached one whose client was killed, can be used again, and the exit
+// status of a detached exec can be read.
+func TestExecIDReuse(t *testing.T) {
+	e := newEnv(t, true)
+	e.mustRun("run", "-d", e.bundle, "c", "sleep", "1000")
+	defer e.run(nil, "delete", "-f", "c")
+
+	e.mustRun("exec", "-d", "--exec-id", "e1", "c", "sh", "-c", "exit 7")
+	r := e.run(nil, "wait", "--exec", "e1", "c")
+	if r.code != 7 || strings.TrimSpace(r.stdout) != "7" {
+		t.Errorf("wait --exec e1: exit %d, stdout %q, stderr %q: want 7", r.code, r.stdout, r.stderr)
+	}
+	e.mustRun("exec", "-d", "--exec-id", "e1", "c", "true")
+	if r := e.run(nil, "exec", "--exec-id", "e1", "c", "sh", "-c", "exit 4"); r.code != 4 {
+		t.Errorf("attached exec with a used ID: exit %d (%s)", r.code, r.stderr)
+	}
+
+	// An attached exec whose client is killed.
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	ex := e.command(ctx, "exec", "--exec-id", "e2", "c", "sh", "-c", "echo ready; sleep 1; exit 3")
+	out, err := ex.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ex.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if l := readLine(t, bufio.NewReader(out), 20*time.Second); l != "ready" {
+		t.Fatalf("exec said %q", l)
+	}
+	_ = ex.Process.Kill()
+	_ = ex.Wait()
+	if r := e.run(nil, "wait", "--exec", "e2", "c"); r.code != 3 {
+		t.Errorf("wait --exec e2: exit %d (%s)", r.code, r.stderr)
+	}
+	if r := e.run(nil, "exec", "--exec-id", "e2", "c", "true"); r.code != 0 {
+		t.Errorf("exec e2 again: exit %d (%s)", r.code, r.stderr)
+	}
+}
+
+// TestStatsTable (bug 5): stats prints a table, not base64.
+func TestStatsTable(t *testing.T) {
+	e := newEnv(t, true)
+	e.mustRun("run", "-d", e.bundle, "st", "sleep", "1000")
+	defer e.run(nil, "delete", "-f", "st")
+	r := e.mustRun("stats", "--no-stream", "st")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("stats: %q", r.stdout)
+	}
+	for _, col := range []string{"ID", "CPU", "MEM USAGE / LIMIT", "PIDS"} {
+		if !strings.Contains(lines[0], col) {
+			t.Errorf("header %q lacks %q", lines[0], col)
+		}
+	}
+	f := strings.Fields(lines[1])
+	if len(f) < 2 || f[0] != "st" || strings.Contains(r.stdout, "type_url") {
+		t.Errorf("row %q", lines[1])
+	}
+	if !strings.HasSuffix(strings.TrimSpace(lines[1]), " 1") {
+		t.Errorf("row %q: want 1 pid last", lines[1])
+	}
+}
+
+// TestDeleteDeadWithoutForce (bug 5): delete without -f of a container whose
+// shim does not answer refuses and touches nothing; -f ends the shim too.
+func TestDeleteDeadWithoutForce(t *testing.T) {
+	e := newEnv(t, true)
+	e.mustRun("run", "-d", e.bundle, "dd", "sleep", "1000")
+	info := e.state("dd")
+	initFD, shimFD := pidfd(t, info.Pid), pidfd(t, info.ShimPid)
+	if err := syscall.Kill(info.ShimPid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(info.ShimPid, syscall.SIGCONT)
+	if got := e.list()["dd"]; got.Status != minimgr.StatusDead {
+		t.Fatalf("list: %+v, want dead", got)
+	}
+	if r := e.run(nil, "delete", "dd"); r.code == 0 {
+		t.Errorf("delete without -f of a dead container succeeded")
+	}
+	if exited(initFD, 0) || exited(shimFD, 0) {
+		t.Fatal("delete without -f killed the container or its shim")
+	}
+	if _, err := os.Stat(filepath.Join(e.root, e.ns, "dd")); err != nil {
+		t.Fatalf("delete without -f removed the state: %v", err)
+	}
+	e.mustRun("delete", "-f", "dd")
+	if !exited(initFD, 10*time.Second) || !exited(shimFD, 10*time.Second) {
+		t.Error("delete -f left the container or its shim")
+	}
+	e.assertNoLeftovers("dd")
+	e.assertNoProcesses()
+}
+
+// TestRunRemoveClientKilled (bug 5): run --rm whose client is killed -9:
+// the container is removed once it exits, all the same.
+func TestRunRemoveClientKilled(t *testing.T) {
+	e := newEnv(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	run := e.command(ctx, "run", "--rm", e.bundle, "rmk", "sh", "-c", "echo ready; read x; exit 0")
+	in, err := run.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if l := readLine(t, bufio.NewReader(out), 20*time.Second); l != "ready" {
+		t.Fatalf("run said %q", l)
+	}
+	_ = run.Process.Kill()
+	_ = run.Wait()
+	in.Close()
+	// The container still runs, waiting for a line: end it.
+	e.mustRun("kill", "-s", "KILL", "rmk")
+	dir := filepath.Join(e.root, e.ns, "rmk")
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state of rmk still there: %v", e.list())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.assertNoLeftovers("rmk")
+	for deadline := time.Now().Add(10 * time.Second); len(e.processesOf()) != 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.assertNoProcesses()
+}
+
+// TestStopIgnoringSIGTERM (bug 6): stop on a PID 1 that ignores SIGTERM
+// returns after -t with SIGKILL; wait prints the status.
+func TestStopIgnoringSIGTERM(t *testing.T) {
+	e := newEnv(t, true)
+	e.mustRun("run", "-d", e.bundle, "c2", "sleep", "1000")
+	start := time.Now()
+	e.mustRun("stop", "-t", "1", "c2")
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("stop returned after %s, before its -t", d)
+	}
+	r := e.run(nil, "wait", "c2")
+	if r.code != 137 || strings.TrimSpace(r.stdout) != "137" {
+		t.Errorf("wait: exit %d, stdout %q", r.code, r.stdout)
+	}
+	e.mustRun("delete", "c2")
+	e.assertNoLeftovers("c2")
+}
+
+// TestDetachedLifecycleBothShims: the detached lifecycle (log, stop of a
+// PID 1 that ignores SIGTERM, wait, delete, the ID taken again at once, no
+// process left) through our shim and through containerd's runc shim.
+func TestDetachedLifecycleBothShims(t *testing.T) {
+	runcShim := ""
+	if dir := os.Getenv("MINE_CONTAINERD_BIN"); dir != "" {
+		runcShim = filepath.Join(dir, "containerd-shim-runc-v2")
+	} else if p, err := exec.LookPath("containerd-shim-runc-v2"); err == nil {
+		runcShim = p
+	} else if cache := os.Getenv("MINE_CACHE"); cache != "" {
+		// Where hack/install-deps.sh puts containerd's binaries.
+		runcShim = filepath.Join(cache, "bin", "containerd-shim-runc-v2")
+	} else if home, err := os.UserHomeDir(); err == nil {
+		runcShim = filepath.Join(home, ".cache", "mine", "bin", "containerd-shim-runc-v2")
+	}
+	for _, tc := range []struct{ name, shim string }{{"mine", ""}, {"runc", runcShim}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			if tc.shim != "" {
+				if _, err := os.Stat(tc.shim); err != nil {
+					t.Skipf("containerd's runc shim: %v (set MINE_CONTAINERD_BIN)", err)
+				}
+				e.shim = tc.shim
+			}
+			for round := range 3 {
+				e.mustRun("run", "-d", e.bundle, "bs", "sh", "-c", "echo hi; exec sleep 1000")
+				if got := e.list()["bs"]; got.Status != minimgr.StatusRunning {
+					t.Fatalf("round %d: %+v", round, got)
+				}
+				e.mustRun("stop", "-t", "1", "bs")
+				if r := e.run(nil, "wait", "bs"); r.code != 137 {
+					t.Errorf("round %d: wait %d (%s)", round, r.code, r.stderr)
+				}
+				if r := e.mustRun("logs", "bs"); r.stdout != "hi\n" {
+					t.Errorf("round %d: logs %q", round, r.stdout)
+				}
+				e.mustRun("delete", "bs")
+			}
+			e.assertNoLeftovers("bs")
+			e.assertNoProcesses()
+		})
+	}
+}

@@ -1,0 +1,83 @@
+package minimgr
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+func TestParseDetachKeys(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []byte
+		ok   bool
+	}{
+		{"ctrl-p,ctrl-q", []byte{0x10, 0x11}, true},
+		{"ctrl-@,ctrl-_", []byte{0, 0x1f}, true},
+		{"a,ctrl-A", []byte{'a', 1}, true},
+		{"", nil, true},
+		{"ctrl-1", nil, false},
+		{"ab", nil, false},
+	}
+	for _, tc := range tests {
+		got, err := ParseDetachKeys(tc.in)
+		if (err == nil) != tc.ok || !bytes.Equal(got, tc.want) {
+			t.Errorf("ParseDetachKeys(%q) = %v, %v", tc.in, got, err)
+		}
+	}
+}
+
+func TestDetachReader(t *testing.T) {
+	keys := []byte{0x10, 0x11}
+	tests := []struct {
+		name     string
+		in       string
+		want     string
+		detached bool
+	}{
+		{"no keys", "hello\n", "hello\n", false},
+		{"keys", "ab\x10\x11cd", "ab", true},
+		{"first key alone", "a\x10b", "a\x10b", false},
+		{"first key twice", "a\x10\x10\x11", "a\x10", true},
+		{"first key at the end", "a\x10", "a\x10", false},
+	}
+	for _, tc := range tests {
+		for _, oneByte := range []bool{false, true} {
+			var r io.Reader = strings.NewReader(tc.in)
+			if oneByte {
+				r = iotest.OneByteReader(r)
+			}
+			got, err := io.ReadAll(&detachReader{r: r, keys: keys})
+			if string(got) != tc.want || errors.Is(err, errDetached) != tc.detached {
+				t.Errorf("%s (one byte %v): %q, %v; want %q, detached %v", tc.name, oneByte, got, err, tc.want, tc.detached)
+			}
+		}
+	}
+}
+
+func TestTailOffset(t *testing.T) {
+	f, err := osCreateTemp(t, "a\nb\nc\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n, want := range map[int]int64{1: 4, 2: 2, 3: 0, 9: 0} {
+		if got, err := tailOffset(f, n); err != nil || got != want {
+			t.Errorf("tailOffset(%d) = %d, %v; want %d", n, got, err, want)
+		}
+	}
+}
+
+func osCreateTemp(t *testing.T, content string) (*os.File, error) {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "log")
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { f.Close() })
+	_, err = f.WriteString(content)
+	return f, err
+}
