@@ -346,3 +346,17 @@ func TestDetachedLifecycleBothShims(t *testing.T) {
 		})
 	}
 }
+
+// TestRunUnreadStdin: 300 KB of stdin that the container never reads (`head
+// -c 300000 /dev/zero | minimgr run --rm B x true`) must not wedge the
+// container: the run ends with the container's status, --rm removes it and
+// the shim is gone.
+func TestRunUnreadStdin(t *testing.T) {
+	e := newEnv(t, true)
+	r := e.run(bytes.NewReader(make([]byte, 300000)), "run", "--rm", e.bundle, "unread", "true")
+	if r.code != 0 {
+		t.Fatalf("exit %d, want 0\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	e.assertNoLeftovers("unread")
+	e.assertNoProcesses()
+}
