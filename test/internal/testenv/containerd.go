@@ -41,6 +41,11 @@ type Config struct {
 	// Runtimes maps CRI runtime names to runtime types. Nil means
 	// {"runc": RuntimeRunc, "mine": RuntimeMine}.
 	Runtimes map[string]string
+	// RuntimePaths maps CRI runtime names to the absolute path of the shim
+	// binary (runtime_path). With runtime type RuntimeRunc and the mine
+	// shim's path, CRI hands the runtime the runc options of its table
+	// (SystemdCgroup among them), which it does for no other type.
+	RuntimePaths map[string]string
 	// DefaultRuntime is CRI's default runtime name; empty means "runc".
 	// The kubelet tests set "mine" (RuntimeClass needs an API server).
 	DefaultRuntime string
@@ -161,6 +166,9 @@ func (c Config) TOML() string {
 	}
 	for _, n := range names {
 		fmt.Fprintf(&b, "\n[%s.%s]\n  runtime_type = %q\n", runtimesTable, n, rts[n])
+		if p := c.RuntimePaths[n]; p != "" {
+			fmt.Fprintf(&b, "  runtime_path = %q\n", p)
+		}
 		if c.SystemdCgroup {
 			fmt.Fprintf(&b, "\n[%s.%s.options]\n  SystemdCgroup = true\n", runtimesTable, n)
 		}
