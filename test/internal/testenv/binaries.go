@@ -47,11 +47,13 @@ type Release struct {
 	CacheDir string
 }
 
-// Releases are the containerd releases hack/install-deps.sh builds.
+// Releases are the containerd releases the tests run against, newest first.
 var Releases = []Release{
 	{Line: "2.4", Env: "MINE_CONTAINERD_BIN", CacheDir: "bin"},
 	{Line: "2.2", Env: "MINE_CONTAINERD22_BIN", CacheDir: "containerd-v2.2.9/bin"},
 	{Line: "1.7", Env: "MINE_CONTAINERD17_BIN", CacheDir: "containerd-v1.7.35/bin"},
+	// Debian 12's own containerd package.
+	{Line: "1.6", Env: "MINE_CONTAINERD16_BIN", CacheDir: "containerd-v1.6.20/bin"},
 }
 
 // ConfigVersion is the config format the release reads: 1.6 and 1.7 know
