@@ -25,6 +25,7 @@
 // (hack/install-deps.sh) and the kubelet (hack/install-kubelet.sh);
 // without one of them every test skips and says which. The kubelet sets
 // some kernel tunables when it starts; they are put back when it stops.
-// It also links container logs into /var/log/containers (a fixed path);
-// the links of the test pods are removed.
+// It also uses /var/lib/kubelet/device-plugins and /var/log/containers
+// whatever its flags; they are removed again when the kubelet started here
+// made them, so these tests must not run on a node with a kubelet of its own.
 package kubelet

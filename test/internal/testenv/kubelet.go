@@ -52,6 +52,12 @@ func (c KubeletConfig) LogPath() string { return filepath.Join(c.Dir, "kubelet.l
 // pods (RemoveContainerLogLinks).
 const ContainerLogLinks = "/var/log/containers"
 
+// kubeletFixedDirs are paths the kubelet uses whatever its flags (the
+// device plugin directory and the container log links). StartKubelet notes
+// which of them do not exist yet, and Stop removes those again. The tests
+// must not run beside a kubelet of the host, which uses them too.
+var kubeletFixedDirs = []string{"/var/lib/kubelet", ContainerLogLinks}
+
 // kernelTunables are the sysctls the kubelet sets when it starts
 // (protectKernelDefaults false); StopKubelet puts back what they were.
 var kernelTunables = []string{
@@ -67,6 +73,7 @@ type Kubelet struct {
 	exited       chan struct{}
 	err          error
 	sysctls      map[string]string // what kernelTunables were before
+	madeDirs     []string          // kubeletFixedDirs that did not exist before
 	cgroupDirs   []string          // CgroupRoot in each hierarchy, made here
 }
 
@@ -170,6 +177,11 @@ func StartKubelet(binary string, cfg KubeletConfig) (_ *Kubelet, err error) {
 			return nil, err
 		}
 	}
+	for _, d := range kubeletFixedDirs {
+		if _, err := os.Lstat(d); errors.Is(err, os.ErrNotExist) {
+			k.madeDirs = append(k.madeDirs, d)
+		}
+	}
 	for _, s := range kernelTunables {
 		if v, err := os.ReadFile(filepath.Join("/proc/sys", s)); err == nil {
 			k.sysctls[s] = strings.TrimSpace(string(v))
@@ -226,7 +238,7 @@ func StartKubelet(binary string, cfg KubeletConfig) (_ *Kubelet, err error) {
 		return nil, err
 	}
 	cmd := exec.Command(binary, "--config", confPath, "--root-dir", cfg.RootDir(),
-		"--hostname-override", cfg.NodeName, "--v", "2")
+		"--cert-dir", filepath.Join(cfg.RootDir(), "pki"), "--hostname-override", cfg.NodeName, "--v", "2")
 	cmd.Dir = cfg.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = Env(nil)
@@ -295,7 +307,8 @@ func (k *Kubelet) LogTail(n int) string { return fileTail(k.Config.LogPath(), n)
 func (k *Kubelet) Pid() int { return k.cmd.Process.Pid }
 
 // Stop stops the kubelet (SIGTERM, then SIGKILL), puts back the kernel
-// tunables it changed and removes its cgroup root where empty. Pods it
+// tunables it changed, removes its cgroup root where empty and the fixed
+// directories it made. Pods it
 // started keep running in the container runtime: remove them first.
 func (k *Kubelet) Stop() error {
 	return errors.Join(stopProcess("kubelet", k.cmd, k.exited), k.cleanupHost())
@@ -318,6 +331,10 @@ func (k *Kubelet) cleanupHost() error {
 		}
 	}
 	k.cgroupDirs = nil
+	for _, d := range k.madeDirs {
+		errs = append(errs, os.RemoveAll(d))
+	}
+	k.madeDirs = nil
 	return errors.Join(errs...)
 }
 
