@@ -510,14 +510,19 @@ func (s *stack) shimCgroup(t *testing.T, rt string) {
 	}
 }
 
-// poll calls f every 50 ms until it returns true, or timeout passes.
+// poll calls f every 50 ms until it returns true, or timeout passes: for
+// states nothing signals (a cgroup emptied, a process gone).
 func poll(timeout time.Duration, f func() bool) error {
-	deadline := time.Now().Add(timeout)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
 	for !f() {
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline.C:
 			return fmt.Errorf("not done within %v", timeout)
+		case <-tick.C:
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 	return nil
 }
