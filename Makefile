@@ -15,10 +15,14 @@ export MINE_CONTAINERD_BIN ?= $(MINE_CACHE)/bin
 export MINE_CONTAINERD22_BIN ?= $(MINE_CACHE)/containerd-v2.2.9/bin
 export MINE_CONTAINERD17_BIN ?= $(MINE_CACHE)/containerd-v1.7.35/bin
 export MINE_CONTAINERD16_BIN ?= $(MINE_CACHE)/containerd-v1.6.20/bin
+# The kubelet of the kubelet tests (test/kubelet), from hack/install-kubelet.sh.
+KUBERNETES_VERSION ?= v1.35.4
+export KUBERNETES_VERSION
+export MINE_KUBELET_BIN ?= $(MINE_CACHE)/kubelet-$(KUBERNETES_VERSION)/bin
 
 COMMANDS := containerd-shim-mine-v2 minimgr
 
-.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-stress test-fuzz test-cgroupv2 test-compat lint bench bench-pkg clean
+.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-stress test-fuzz test-cgroupv2 test-compat test-kubelet lint bench bench-pkg clean
 
 all: build
 
@@ -35,10 +39,13 @@ install: build
 		if [ -f $(BINDIR)/$$c ]; then install -m 0755 $(BINDIR)/$$c $(PREFIX)/bin/$$c; fi; \
 	done
 
-# Debian packages (runc, busybox-static) and containerd v2.4.2's binaries,
-# installed once and cached in $(MINE_CACHE).
+# Debian packages (runc, busybox-static), containerd's binaries and the
+# kubelet, installed once and cached in $(MINE_CACHE). The kubelet (the
+# longest build) and containerd build side by side.
 deps:
-	@hack/install-deps.sh >/dev/null
+	@nice -n 10 hack/install-kubelet.sh >/dev/null & k=$$!; \
+	hack/install-deps.sh >/dev/null; d=$$?; \
+	wait $$k || exit 1; exit $$d
 
 # The main job: a busybox container through containerd and the shim, then
 # the same bundle through minimgr, without containerd.
@@ -61,11 +68,11 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
-# Unit tests (race detector) and end-to-end tests run side by side: they
-# share no state (the e2e tests run their own containerd).
+# Unit tests (race detector), end-to-end tests (test/...: e2e, compat,
+# kubelet, each with its own containerd) and the cgroup v2 VM run side by
+# side: they share no state.
 test: deps lint
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-e2e test-fuzz test-stress
-	@$(MAKE) --no-print-directory test-cgroupv2
+	@$(MAKE) --no-print-directory -j3 --output-sync=target test-e2e test-cgroupv2 test-stress test-unit test-fuzz
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m ./cmd/... ./pkg/...
@@ -88,6 +95,11 @@ test-stress:
 test-compat: deps
 	$(GO) test -count=1 -timeout 10m ./test/compat/
 
+# A standalone kubelet (v1.35) with static pods through containerd v2.4's
+# CRI and the shim (also part of test-e2e).
+test-kubelet: deps
+	$(GO) test -count=1 -timeout 15m ./test/kubelet/
+
 # A short run of each fuzz target (the seed corpus always runs in test-unit).
 FUZZTIME ?= 10s
 test-fuzz:
@@ -95,8 +107,10 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/task
 	$(GO) test -run '^$$' -fuzz '^FuzzHandlers$$' -fuzztime $(FUZZTIME) ./pkg/task
 
-# cgroup v2 tests (pkg/oom, and a shim-level OOM test with runc) in a
-# throwaway QEMU VM with a cgroup-v2-only Debian kernel (software emulation).
+# cgroup v2 tests (pkg/oom, a shim-level OOM test with runc and crun, and
+# containerd v2.4 with the shim and CRI) in a throwaway QEMU VM with a
+# cgroup-v2-only Debian kernel (software emulation), then a CRI pod with
+# SystemdCgroup in a second VM whose PID 1 is systemd.
 test-cgroupv2:
 	GO=$(GO) hack/cgv2/test.sh
 

@@ -16,6 +16,9 @@
 #   crun and its libraries  crun (libcap2 libsystemd0 libyajl2 libgcrypt20
 #                           liblzma5 libzstd1 liblz4-1 libgpg-error0), for
 #                           the BinaryName=crun test
+#   systemd and its         /lib/systemd/systemd, PID 1 of the VM when run.sh
+#   libraries               is asked for it (MINE_CGV2_SYSTEMD=1): the tests
+#                           of the systemd cgroup driver
 #
 # The guest's PID 1 is init.sh of this directory.
 #
@@ -97,7 +100,9 @@ fi
 # crun and its libraries: the BinaryName=crun test (crun refuses cgroup v1
 # hybrid hosts, so it runs only here).
 pkgs=("$kpkg" busybox-static runc libseccomp2 libc6
-	crun libcap2 libsystemd0 libyajl2 libgcrypt20 liblzma5 libzstd1 liblz4-1 libgpg-error0)
+	crun libcap2 libsystemd0 libyajl2 libgcrypt20 liblzma5 libzstd1 liblz4-1 libgpg-error0
+	systemd libsystemd-shared libacl1 libapparmor1 libaudit1 libcap-ng0 libblkid1 libcrypt1 libip4tc2
+	libkmod2 libmount1 libpam0g libselinux1 libpcre2-8-0 libssl3)
 
 say "downloading ${pkgs[*]}"
 mkdir "$work/debs"
@@ -145,12 +150,13 @@ ln -s busybox "$r/bin/sh"
 # --- runc and crun, and what the dynamic loader of libc6 resolves for them.
 loader=$(first "$x/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" "$x/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2") ||
 	die "libc6 holds no dynamic loader"
-libpath=$x/lib/x86_64-linux-gnu:$x/usr/lib/x86_64-linux-gnu
+libpath=$x/lib/x86_64-linux-gnu:$x/usr/lib/x86_64-linux-gnu:$x/lib/x86_64-linux-gnu/systemd:$x/usr/lib/x86_64-linux-gnu/systemd
 # install_binary NAME: copy the binary NAME into /usr/sbin of the image with
 # the shared libraries it links against.
 install_binary() {
 	local name=$1 bin lib rel
-	bin=$(first "$x/usr/sbin/$name" "$x/usr/bin/$name") || die "no $name in the packages"
+	bin=$(first "$x/usr/sbin/$name" "$x/usr/bin/$name" "$x/lib/systemd/$name" "$x/usr/lib/systemd/$name") ||
+		die "no $name in the packages"
 	cp "$bin" "$r/usr/sbin/$name"
 	"$loader" --library-path "$libpath" --list "$bin" >"$work/$name-libs" ||
 		die "cannot resolve the libraries of $name"
@@ -166,6 +172,7 @@ install_binary() {
 }
 install_binary runc
 install_binary crun
+install_binary systemd
 mkdir -p "$r/lib/x86_64-linux-gnu"
 cp -L "$loader" "$r/lib/x86_64-linux-gnu/"
 ln -s /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$r/lib64/ld-linux-x86-64.so.2"

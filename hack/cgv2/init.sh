@@ -10,6 +10,8 @@
 #   cmd      shell script run as root in workdir, stdin /dev/null
 #   status   written by this script: cmd's exit status
 #   dmesg    written by this script: the kernel log after cmd
+#   systemd  when present: systemd becomes PID 1 (after the setup below) and
+#            runs cmd as the service mine.service
 # cmd's stdout and stderr go to the virtio-serial ports named mine.stdout
 # and mine.stderr. When something fails before cmd runs, the reason goes to
 # the serial console and the VM powers off without a status.
@@ -17,6 +19,23 @@
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 HOME=/root
 export PATH HOME
+
+# run WORKDIR OUT ERR: runs cmd, reports its status and powers off; the
+# last step of stage 2, or mine.service under systemd.
+if [ "$1" = run ]; then
+	ctl=/mnt/ctl
+	cd "$2" || exit 1
+	sh $ctl/cmd </dev/null >"$3" 2>"$4"
+	status=$?
+	cd /
+	dmesg >$ctl/dmesg 2>/dev/null
+	# 9p writes reach the host before they return: once the rename is done
+	# the host has the status.
+	echo $status >$ctl/status.new && mv $ctl/status.new $ctl/status
+	sync
+	poweroff -f
+	exit 1
+fi
 
 if [ "$1" != stage2 ]; then
 	# Stage 1 runs on the initramfs, which is the root mount itself:
@@ -118,16 +137,27 @@ port() {
 out=$(port mine.stdout) || fail "no virtio-serial port mine.stdout"
 err=$(port mine.stderr) || fail "no virtio-serial port mine.stderr"
 
-trace "running the command"
-cd "$workdir" || fail "cd $workdir"
-sh $ctl/cmd </dev/null >"$out" 2>"$err"
-status=$?
-trace "command exited with status $status"
+if [ -f $ctl/systemd ]; then
+	# systemd as PID 1: it takes over the mounts made above (cgroup2 at
+	# /sys/fs/cgroup included) and starts mine.target, which runs cmd.
+	trace "starting systemd"
+	mkdir -p /etc/systemd/system
+	: >/etc/machine-id
+	cat >/etc/systemd/system/mine.target <<EOF
+[Unit]
+Description=the command of the cgroup v2 test VM
+Requires=mine.service
+After=mine.service
+EOF
+	cat >/etc/systemd/system/mine.service <<EOF
+[Unit]
+DefaultDependencies=no
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /init run $workdir $out $err
+EOF
+	exec /usr/sbin/systemd --unit=mine.target --log-target=kmsg
+fi
 
-cd /
-dmesg >$ctl/dmesg 2>/dev/null
-# 9p writes reach the host before they return: once the rename is done the
-# host has the status.
-echo $status >$ctl/status.new && mv $ctl/status.new $ctl/status
-sync
-poweroff -f
+trace "running the command"
+exec /bin/sh /init run "$workdir" "$out" "$err"

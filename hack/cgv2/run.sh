@@ -37,6 +37,7 @@
 #   MINE_CGV2_CPU      QEMU CPU model (default: host with kvm, Nehalem,+rdrand
 #                      with tcg)
 #   MINE_CGV2_DEBUG=1  trace the guest's boot and show its console on stderr
+#   MINE_CGV2_SYSTEMD=1  boot systemd as PID 1, which runs CMD as a service
 #   MINE_CGV2_CONSOLE  file to keep the guest's serial console in
 #   MINE_CGV2_DMESG    file to copy the guest's kernel log to after CMD
 # and those of image.sh: MINE_CGV2_KERNEL_PKG, MINE_CGV2_MODULES,
@@ -176,6 +177,9 @@ quote() {
 	echo
 } >"$ctl/cmd"
 printf '%s' "$dir" >"$ctl/workdir"
+if [ "${MINE_CGV2_SYSTEMD:-0}" = 1 ]; then
+	: >"$ctl/systemd"
+fi
 : >"$ctl/stdout"
 : >"$ctl/stderr"
 console=${MINE_CGV2_CONSOLE:-$ctl/console}

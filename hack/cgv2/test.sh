@@ -9,8 +9,15 @@
 #                            cgroup v2 memory cgroups
 #   cgv2.test                go test -c ./test/cgv2: the shim with runc, a
 #                            container OOM-killed at its 16 MiB limit, and
-#                            /tasks/oom forwarded before /tasks/exit
+#                            /tasks/oom forwarded before /tasks/exit; and
+#                            the whole stack (TestStack): containerd v2.4
+#                            with the mine shim and its runc shim, through
+#                            its Go client and CRI
 #   containerd-shim-mine-v2  the shim cgv2.test drives
+#   pause                    the CRI pods' sandbox program
+#
+# and takes containerd, ctr and containerd-shim-runc-v2 from
+# $MINE_CONTAINERD_BIN (default $MINE_CACHE/bin, hack/install-deps.sh).
 #
 # then boots one VM that runs both test binaries (vm-tests.sh) and prints a
 # `go test` style line per package:
@@ -49,17 +56,20 @@ say() { echo "cgv2: $*" >&2; }
 module=$(${GO:-go} list -m)
 # Per test binary: the package, and the tests that must pass (not skip) in
 # the VM, one per line.
-packages=(oom.test cgv2.test)
+packages=(oom.test cgv2.test cgv2-systemd.test)
 declare -A pkg=(
 	[oom.test]=$module/pkg/oom
 	[cgv2.test]=$module/test/cgv2
+	[cgv2-systemd.test]="$module/test/cgv2 (systemd)"
 )
 declare -A required=(
 	[oom.test]='TestRealOOM/v2
 TestRealNoOOM/v2
 TestManyAddRemove/v2_real_and_v2_fake'
 	[cgv2.test]='TestShimOOM
-TestShimOOMCrun'
+TestShimOOMCrun
+TestStack'
+	[cgv2-systemd.test]='TestSystemdCRI'
 )
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mine-cgv2-test.XXXXXX")
@@ -70,6 +80,7 @@ trap 'exit 143' TERM
 say "building test binaries"
 export CGO_ENABLED=0
 for t in "${packages[@]}"; do
+	[ "$t" != cgv2-systemd.test ] || continue
 	if ! ${GO:-go} test -c -o "$work/$t" "${pkg[$t]}"; then
 		printf 'FAIL\t%s (cgroup v2 VM) [build failed]\n' "${pkg[$t]}"
 		exit 1
@@ -79,19 +90,42 @@ if ! ${GO:-go} build -o "$work/containerd-shim-mine-v2" ./cmd/containerd-shim-mi
 	printf 'FAIL\t%s (cgroup v2 VM) [build failed]\n' "${pkg[cgv2.test]}"
 	exit 1
 fi
+if ! CGO_ENABLED=0 ${GO:-go} build -o "$work/pause" ./test/e2e/pause; then
+	printf 'FAIL\t%s (cgroup v2 VM) [build failed]\n' "${pkg[cgv2.test]}"
+	exit 1
+fi
+ctrd=${MINE_CONTAINERD_BIN:-${MINE_CACHE:-$HOME/.cache/mine}/bin}
+mkdir "$work/containerd"
+for b in containerd ctr containerd-shim-runc-v2; do
+	if [ -x "$ctrd/$b" ]; then
+		cp "$ctrd/$b" "$work/containerd/"
+	else
+		say "no $b in $ctrd (hack/install-deps.sh builds it): TestStack will skip and fail the run"
+	fi
+done
 cp "$here/vm-tests.sh" "$work/"
+# The same test binary, in a second VM whose PID 1 is systemd: only the
+# tests of the systemd cgroup driver.
+cp "$work/cgv2.test" "$work/cgv2-systemd.test"
 
-say "running ${packages[*]} in a cgroup v2 VM"
-set +e
-"$here/run.sh" "$work" sh vm-tests.sh "${verbose[@]}" "${packages[@]}"
-vm=$?
-set -e
-case $vm in
-0) ;;
-124) say "the VM run timed out (MINE_CGV2_TIMEOUT=${MINE_CGV2_TIMEOUT:-900})" ;;
-125) say "the VM failed" ;;
-*) say "the tests in the VM ended with status $vm" ;;
-esac
+# run_vm NAME CMD...: one VM run (CMD runs run.sh), its status reported.
+run_vm() {
+	local name=$1 vm
+	shift
+	say "running ${*: -1} in a cgroup v2 VM ($name)"
+	set +e
+	"$@"
+	vm=$?
+	set -e
+	case $vm in
+	0) ;;
+	124) say "the $name VM run timed out (MINE_CGV2_TIMEOUT=${MINE_CGV2_TIMEOUT:-900})" ;;
+	125) say "the $name VM failed" ;;
+	*) say "the tests in the $name VM ended with status $vm" ;;
+	esac
+}
+run_vm init "$here/run.sh" "$work" sh vm-tests.sh "${verbose[@]}" oom.test cgv2.test
+run_vm systemd env MINE_CGV2_SYSTEMD=1 "$here/run.sh" "$work" sh vm-tests.sh "${verbose[@]}" -run TestSystemd cgv2-systemd.test
 if [ -f "$work/vm.info" ] && [ ${#verbose[@]} -eq 0 ]; then
 	sed 's/^/cgv2: vm: /' "$work/vm.info" >&2
 fi

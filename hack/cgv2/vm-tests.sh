@@ -1,7 +1,7 @@
 #!/bin/sh
 # shellcheck shell=sh
 #
-# vm-tests.sh [-v] TEST_BINARY...: the guest half of test.sh, run by
+# vm-tests.sh [-v] [-run REGEX] TEST_BINARY...: the guest half of test.sh, run by
 # busybox sh inside the cgroup v2 VM with the shared directory holding the
 # binaries as working directory.
 #
@@ -19,6 +19,11 @@ if [ "$1" = -v ]; then
 	verbose=1
 	shift
 fi
+run=.
+if [ "$1" = -run ]; then
+	run=$2
+	shift 2
+fi
 share=$(pwd)
 bin=/tmp/mine-tests
 mkdir -p $bin
@@ -29,6 +34,7 @@ uptime() { cut -d' ' -f1 /proc/uptime; }
 	echo "kernel $(uname -r), $(nproc) CPUs, $(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo) MiB"
 	echo "cgroup2 subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 	echo "runc $(runc --version | awk 'NR == 1 { print $3 }')"
+	echo "PID 1: $(cat /proc/1/comm)"
 } >"$share/vm.info"
 [ "$verbose" = 0 ] || sed 's/^/vm: /' "$share/vm.info"
 
@@ -40,12 +46,21 @@ for f in "$@" containerd-shim-mine-v2; do
 	cp "$share/$f" $bin/ || exit 2
 done
 export MINE_SHIM=$bin/containerd-shim-mine-v2
+# containerd v2.4 and the pause program of the stack tests, when given.
+if [ -d "$share/containerd" ]; then
+	cp -R "$share/containerd" $bin/ || exit 2
+	export MINE_CONTAINERD_BIN=$bin/containerd
+fi
+if [ -f "$share/pause" ]; then
+	cp "$share/pause" $bin/ || exit 2
+	export MINE_PAUSE=$bin/pause
+fi
 
 for t in "$@"; do
 	mkdir -p "$bin/$t.d"
 	begin=$(uptime)
 	{
-		(cd "$bin/$t.d" && exec "$bin/$t" -test.v -test.count=1 -test.timeout=6m)
+		(cd "$bin/$t.d" && exec "$bin/$t" -test.v -test.count=1 -test.timeout=12m -test.run "$run")
 		echo $? >"$share/$t.status"
 	} 2>&1 | if [ "$verbose" = 1 ]; then tee "$share/$t.log"; else cat >"$share/$t.log"; fi
 	end=$(uptime)

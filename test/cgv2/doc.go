@@ -1,6 +1,14 @@
 // Package cgv2 tests the mine shim on a cgroup v2 host: a container that
 // exceeds its memory limit is OOM-killed, and the shim reports it the way
-// containerd expects.
+// containerd expects (TestShimOOM); the whole stack, containerd v2.4 with the
+// mine shim and with containerd's runc shim, through the Go client and CRI
+// (TestStack: lifecycle, exec, pause and resume with the cgroup v2 freezer,
+// update, cgroup v2 Stats, OOM, ShimCgroup, a CRI pod with an OOMKilled
+// container); and a CRI pod with SystemdCgroup = true on a host whose PID 1
+// is systemd (TestSystemdCRI: containers in systemd scopes under the pod's
+// slice).
+//
+// TestShimOOM:
 //
 // The test drives containerd-shim-mine-v2 the way containerd does, without
 // containerd: it runs `containerd-shim-mine-v2 -namespace NS -id ID -address
@@ -32,8 +40,16 @@
 // container's cgroup is /NS/ID below /sys/fs/cgroup. Everything is removed
 // at the end, also when the test fails.
 //
+// TestStack and TestSystemdCRI start a private containerd through package
+// testenv, in a directory under /run; hack/cgv2/test.sh runs TestSystemdCRI
+// in a second VM booted with systemd as PID 1, and elsewhere it skips.
+//
 // Environment:
 //
-//	MINE_SHIM  path of a built containerd-shim-mine-v2 (default: `go build`
-//	           ./cmd/containerd-shim-mine-v2 into a temporary directory)
+//	MINE_SHIM            path of a built containerd-shim-mine-v2 (default:
+//	                     `go build` ./cmd/containerd-shim-mine-v2 into a
+//	                     temporary directory)
+//	MINE_CONTAINERD_BIN  directory of containerd v2.4's containerd, ctr and
+//	                     containerd-shim-runc-v2 (default $MINE_CACHE/bin)
+//	MINE_PAUSE           path of the built pause program (default: built)
 package cgv2

@@ -1,24 +1,21 @@
 package compat
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/mineshim/mine/test/internal/testenv"
 )
 
 const (
-	daemonStartTimeout = 20 * time.Second
-	daemonStopTimeout  = 10 * time.Second
+	daemonStartTimeout = testenv.StartTimeout
+	daemonStopTimeout  = testenv.StopTimeout
 )
 
 // release is one containerd release line of the matrix.
@@ -96,7 +93,8 @@ func binaryVersion(bin string) (string, error) {
 	return m[1] + "." + m[2] + "." + m[3], nil
 }
 
-// daemonConfig describes a private containerd of one release.
+// daemonConfig describes a private containerd of one release, started by
+// package testenv.
 type daemonConfig struct {
 	Dir         string
 	Version     int // config format: 2 or 3
@@ -106,183 +104,53 @@ type daemonConfig struct {
 	SandboxImage string
 }
 
-func (c daemonConfig) address() string    { return filepath.Join(c.Dir, "c.sock") }
-func (c daemonConfig) state() string      { return filepath.Join(c.Dir, "state") }
-func (c daemonConfig) configPath() string { return filepath.Join(c.Dir, "config.toml") }
-func (c daemonConfig) logPath() string    { return filepath.Join(c.Dir, "containerd.log") }
-
-// toml renders the config. Both formats carry the CRI runtime "mine" the way
-// docs/kubernetes.md shows it, so each release also proves it accepts that
-// snippet.
-func (c daemonConfig) toml() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "version = %d\n", c.Version)
-	fmt.Fprintf(&b, "root = %q\nstate = %q\ntemp = %q\n", filepath.Join(c.Dir, "root"), c.state(), filepath.Join(c.Dir, "tmp"))
-	fmt.Fprintf(&b, "\n[grpc]\n  address = %q\n", c.address())
-	fmt.Fprintf(&b, "\n[ttrpc]\n  address = %q\n", c.address()+".ttrpc")
-	fmt.Fprintf(&b, "\n[debug]\n  level = \"debug\"\n")
-	q := func(s string) string { return `"` + s + `"` } // version 2 quotes plugin IDs with "
-	if c.Version >= 3 {
-		q = func(s string) string { return "'" + s + "'" }
+// env is the testenv config. Both formats carry the CRI runtime "mine" the
+// way docs/kubernetes.md shows it, so each release also proves it accepts
+// that snippet.
+func (c daemonConfig) env() testenv.Config {
+	return testenv.Config{
+		Dir:          c.Dir,
+		Version:      c.Version,
+		Snapshotter:  c.Snapshotter,
+		PathDirs:     c.PathDirs,
+		SandboxImage: c.SandboxImage,
 	}
-	fmt.Fprintf(&b, "\n[plugins.%s]\n  path = %q\n", q("io.containerd.internal.v1.opt"), filepath.Join(c.Dir, "opt"))
-	fmt.Fprintf(&b, "\n[plugins.%s]\n  disable = true\n", q("io.containerd.nri.v1.nri"))
-	if c.Version >= 3 {
-		fmt.Fprintf(&b, "\n[plugins.%s]\n  snapshotter = %q\n", q("io.containerd.cri.v1.images"), c.Snapshotter)
-		fmt.Fprintf(&b, "\n[plugins.%s.pinned_images]\n  sandbox = %q\n", q("io.containerd.cri.v1.images"), c.SandboxImage)
-		fmt.Fprintf(&b, "\n[plugins.%s]\n  restrict_oom_score_adj = true\n", q("io.containerd.cri.v1.runtime"))
-		fmt.Fprintf(&b, "\n[plugins.%s.containerd.runtimes.mine]\n  runtime_type = \"io.containerd.mine.v2\"\n", q("io.containerd.cri.v1.runtime"))
-	} else {
-		fmt.Fprintf(&b, "\n[plugins.%s]\n  restrict_oom_score_adj = true\n  sandbox_image = %q\n", q("io.containerd.grpc.v1.cri"), c.SandboxImage)
-		fmt.Fprintf(&b, "\n[plugins.%s.containerd]\n  snapshotter = %q\n", q("io.containerd.grpc.v1.cri"), c.Snapshotter)
-		// 1.7 replaces its default runtimes with the ones the config
-		// names: without runc, default_runtime_name = "runc" fails the CRI
-		// plugin.
-		fmt.Fprintf(&b, "\n[plugins.%s.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n", q("io.containerd.grpc.v1.cri"))
-		fmt.Fprintf(&b, "\n[plugins.%s.containerd.runtimes.mine]\n  runtime_type = \"io.containerd.mine.v2\"\n", q("io.containerd.grpc.v1.cri"))
-	}
-	return b.String()
 }
+
+func (c daemonConfig) address() string    { return c.env().Address() }
+func (c daemonConfig) state() string      { return c.env().State() }
+func (c daemonConfig) configPath() string { return c.env().ConfigPath() }
+func (c daemonConfig) logPath() string    { return c.env().LogPath() }
+func (c daemonConfig) toml() string       { return c.env().TOML() }
 
 // daemon is a running private containerd.
 type daemon struct {
-	cfg    daemonConfig
-	cmd    *exec.Cmd
-	exited chan struct{}
-	err    error // set before exited is closed
+	cfg daemonConfig
+	c   *testenv.Containerd
 }
 
-// startDaemon starts containerd with only stdio open (stdin /dev/null,
-// stdout and stderr to the log) and waits until it serves.
+// startDaemon starts containerd with only stdio open and waits until it
+// serves.
 func startDaemon(containerd string, cfg daemonConfig) (*daemon, error) {
-	for _, d := range []string{"root", "state", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o711); err != nil {
-			return nil, err
-		}
-	}
-	if err := os.WriteFile(cfg.configPath(), []byte(cfg.toml()), 0o644); err != nil {
-		return nil, err
-	}
-	logf, err := os.OpenFile(cfg.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	c, err := testenv.StartContainerd(containerd, cfg.env())
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close()
-	if err := closeOnExecAll(); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(containerd, "--config", cfg.configPath())
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = cleanEnv(cfg.PathDirs)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	d := &daemon{cfg: cfg, cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		d.err = cmd.Wait()
-		close(d.exited)
-	}()
-	deadline := time.NewTimer(daemonStartTimeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if conn, err := net.DialTimeout("unix", cfg.address(), time.Second); err == nil {
-			conn.Close()
-			return d, nil
-		}
-		select {
-		case <-d.exited:
-			return nil, fmt.Errorf("containerd exited before serving: %v; log:\n%s", d.err, d.logTail(40))
-		case <-deadline.C:
-			return nil, errors.Join(fmt.Errorf("containerd did not serve within %v; log:\n%s", daemonStartTimeout, d.logTail(40)), d.stop())
-		case <-tick.C:
-		}
-	}
+	return &daemon{cfg: cfg, c: c}, nil
 }
 
-// stop sends SIGTERM, then SIGKILL after daemonStopTimeout.
-func (d *daemon) stop() error {
-	select {
-	case <-d.exited:
-		return nil
-	default:
-	}
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return err
-	}
-	select {
-	case <-d.exited:
-		return nil
-	case <-time.After(daemonStopTimeout):
-	}
-	d.cmd.Process.Kill()
-	select {
-	case <-d.exited:
-		return fmt.Errorf("containerd ignored SIGTERM for %v and was killed", daemonStopTimeout)
-	case <-time.After(daemonStopTimeout):
-		return fmt.Errorf("containerd (pid %d) did not exit after SIGKILL", d.cmd.Process.Pid)
-	}
-}
+// stop sends SIGTERM, then SIGKILL, and waits for containerd to exit.
+func (d *daemon) stop() error { return d.c.Stop() }
 
-func (d *daemon) logTail(n int) string {
-	data, err := os.ReadFile(d.cfg.logPath())
-	if err != nil {
-		return err.Error()
-	}
-	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
+func (d *daemon) logTail(n int) string { return d.c.LogTail(n) }
 
 // cleanEnv is the test's environment without containerd client settings,
 // with dirs first on PATH and no deprecation warnings in ctr's output.
-func cleanEnv(dirs []string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "PATH=") || strings.HasPrefix(kv, "CONTAINERD_") || strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	path := strings.Join(append(append([]string{}, dirs...), os.Getenv("PATH")), ":")
-	return append(env, "PATH="+path, "CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1")
-}
+func cleanEnv(dirs []string) []string { return testenv.Env(dirs) }
 
 // closeOnExecAll keeps descriptors the test binary inherited out of
 // containerd and its shims.
-func closeOnExecAll() error {
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			syscall.CloseOnExec(fd)
-		}
-	}
-	return nil
-}
+func closeOnExecAll() error { return testenv.CloseOnExecAll() }
 
 // overlayWorks reports whether an overlay mount works under dir.
-func overlayWorks(dir string) error {
-	probe, err := os.MkdirTemp(dir, "overlay-probe-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(probe)
-	var p []string
-	for _, n := range []string{"lower", "upper", "work", "merged"} {
-		p = append(p, filepath.Join(probe, n))
-		if err := os.Mkdir(p[len(p)-1], 0o755); err != nil {
-			return err
-		}
-	}
-	if err := syscall.Mount("overlay", p[3], "overlay", 0, fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", p[0], p[1], p[2])); err != nil {
-		return err
-	}
-	return syscall.Unmount(p[3], 0)
-}
+func overlayWorks(dir string) error { return testenv.OverlayWorks(dir) }

@@ -1,19 +1,17 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mineshim/mine/test/internal/testenv"
 )
 
 // cleanupTimeout bounds how long the leak checks wait for the shim to exit
@@ -145,38 +143,15 @@ func (p shimProcess) flag(name string) (string, bool) {
 }
 
 // shimProcesses lists the live shim processes that serve the containerd at
-// address: their -address flag names it. A shim is a process whose argv[0]
-// base name starts with "containerd-shim" or whose executable is one of exes
-// (MINE_SHIM may have any name).
+// address (testenv.ShimProcesses).
 func shimProcesses(address string, exes []string) ([]shimProcess, error) {
-	entries, err := os.ReadDir("/proc")
+	ps, err := testenv.ShimProcesses(address, exes)
 	if err != nil {
 		return nil, err
 	}
-	var procs []shimProcess
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(raw) == 0 {
-			continue // gone, or a zombie
-		}
-		p := shimProcess{pid: pid, argv: strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")}
-		if !strings.HasPrefix(filepath.Base(p.argv[0]), "containerd-shim") {
-			exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-			if err != nil || !slices.Contains(exes, exe) {
-				continue
-			}
-		}
-		// containerd passes -address to every shim it starts; a process
-		// without it (a test binary named containerd-shim-*.test, say) is
-		// not a shim of this containerd.
-		if a, ok := p.flag("address"); !ok || a != address && a != "unix://"+address {
-			continue
-		}
-		procs = append(procs, p)
+	procs := make([]shimProcess, len(ps))
+	for i, p := range ps {
+		procs[i] = shimProcess{pid: p.Pid, argv: p.Argv}
 	}
 	return procs, nil
 }
@@ -228,46 +203,10 @@ func shimSocket(bundle string) (string, error) {
 
 // mountsUnder returns the mount points at or below dir in this mount
 // namespace (containerd, the shims and the tests share it).
-func mountsUnder(dir string) ([]string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	var mounts []string
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ...
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			mounts = append(mounts, mp)
-		}
-	}
-	return mounts, sc.Err()
-}
+func mountsUnder(dir string) ([]string, error) { return testenv.MountsUnder(dir) }
 
-// unescapeMountinfo undoes the octal escapes (\040 for space, ...) of
-// /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
+// unescapeMountinfo undoes the octal escapes of /proc/self/mountinfo.
+func unescapeMountinfo(s string) string { return testenv.UnescapeMountinfo(s) }
 
 func exists(p string) bool {
 	_, err := os.Lstat(p)

@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/mineshim/mine/test/e2e/imagebuild"
+	"github.com/mineshim/mine/test/internal/testenv"
 )
 
 const (
@@ -333,31 +334,9 @@ func (h *harness) teardown() error {
 }
 
 // killLeftoverShims waits a little for the shims of the containerd at
-// address to exit, then kills the ones left. Every container was deleted
-// before, so a shim still running is a leak: it is reported as an error.
+// address to exit, then kills the ones left, reporting them as a leak.
 func killLeftoverShims(address string, exes []string) error {
-	deadline := time.Now().Add(5 * time.Second)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		procs, err := shimProcesses(address, exes)
-		if err != nil {
-			return err
-		}
-		if len(procs) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			var left []string
-			for _, p := range procs {
-				left = append(left, fmt.Sprintf("pid %d: %s", p.pid, strings.Join(p.argv, " ")))
-				syscall.Kill(p.pid, syscall.SIGKILL)
-			}
-			return fmt.Errorf("shims still running after every container was deleted and containerd stopped, killed:\n%s",
-				strings.Join(left, "\n"))
-		}
-		<-tick.C
-	}
+	return testenv.KillLeftoverShims(address, exes)
 }
 
 // deleteAll kills and deletes every container left in ns. Tests delete

@@ -360,7 +360,7 @@ func TestSameAsRuncShim(t *testing.T) {
 // would leak on into every shim.
 func TestContainerdInheritsOnlyStdio(t *testing.T) {
 	h := requireHarness(t)
-	pid := h.d.cmd.Process.Pid
+	pid := h.d.c.Pid()
 	ours, err := openFDs(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
