@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,6 +18,7 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/mineshim/mine/test/e2e/imagebuild"
+	"github.com/mineshim/mine/test/internal/testenv"
 )
 
 // PodVariant is one way of running a Kubernetes pod through CRI: a runtime
@@ -87,38 +87,17 @@ type podEnv struct {
 	seq  int
 }
 
-// podTOML is the config of the pods' containerd.
-func podTOML(dir, snapshotter string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "version = 3\nroot = %q\nstate = %q\ntemp = %q\n",
-		filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "tmp"))
-	fmt.Fprintf(&b, "disabled_plugins = [\"io.containerd.nri.v1.nri\"]\n")
-	fmt.Fprintf(&b, "\n[grpc]\n  address = %q\n", filepath.Join(dir, "c.sock"))
-	fmt.Fprintf(&b, "\n[ttrpc]\n  address = %q\n", filepath.Join(dir, "c.sock.ttrpc"))
-	fmt.Fprintf(&b, "\n[plugins.'io.containerd.internal.v1.opt']\n  path = %q\n", filepath.Join(dir, "opt"))
-	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = %q\n", snapshotter)
-	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = %q\n", podPauseImage)
-	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.runtime']\n  restrict_oom_score_adj = true\n  netns_mounts_under_state_dir = true\n")
-	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.runtime'.containerd]\n  default_runtime_name = \"runc\"\n")
-	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = %q\n", RuncV2)
-	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.mine]\n  runtime_type = %q\n", Mine)
-	fmt.Fprintf(&b, "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.mine-pauseless]\n"+
-		"  runtime_type = %q\n  sandboxer = \"shim\"\n  disable_pause_image_pull = true\n", Mine)
-	return b.String()
+// podsExtraTOML adds the pauseless handler to the pods' containerd: the
+// shim serves the Sandbox API, and no pause image is pulled.
+func podsExtraTOML() string {
+	return fmt.Sprintf("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%s]\n"+
+		"  runtime_type = %q\n  sandboxer = \"shim\"\n  disable_pause_image_pull = true\n", PodPauseless, string(Mine))
 }
 
 // openPods starts the pods' containerd beside e's and imports the images.
 func (e *Env) openPods(ctx context.Context) (_ *podEnv, err error) {
 	dir := filepath.Join(e.dir, "pods")
-	p := &podEnv{e: e, d: &daemon{dir: dir, done: make(chan struct{})}}
-	for _, sub := range []string{"root", "state", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o711); err != nil {
-			return nil, err
-		}
-	}
-	if err := os.WriteFile(p.d.configPath(), []byte(podTOML(dir, e.snapshotter)), 0o644); err != nil {
-		return nil, err
-	}
+	p := &podEnv{e: e}
 	pause := filepath.Join(e.dir, "pause")
 	bctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
@@ -131,36 +110,24 @@ func (e *Env) openPods(ctx context.Context) (_ *podEnv, err error) {
 	if err != nil {
 		return nil, err
 	}
-
-	logf, err := os.OpenFile(p.d.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	c, err := testenv.StartContainerd(e.containerd, testenv.Config{
+		Dir:          dir,
+		Snapshotter:  e.snapshotter,
+		Runtimes:     map[string]string{string(PodRuncPause): string(RuncV2), string(PodMinePause): string(Mine)},
+		SandboxImage: podPauseImage,
+		PathDirs:     []string{e.binDir, filepath.Dir(e.containerd)},
+		LogLevel:     "info",
+		ExtraTOML:    podsExtraTOML(),
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("pods' containerd: %w", err)
 	}
-	defer logf.Close()
-	if err := cloexecInherited(); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(e.containerd, "--config", p.d.configPath())
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = childEnv([]string{e.binDir, filepath.Dir(e.containerd)})
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", e.containerd, err)
-	}
-	p.d.cmd = cmd
-	go func() {
-		p.d.err = cmd.Wait()
-		close(p.d.done)
-	}()
+	p.d = &daemon{c}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, p.close(), fmt.Errorf("pods' containerd log:\n%s", p.d.logTail(30)))
 		}
 	}()
-	if err := p.d.waitReady(); err != nil {
-		return p, err
-	}
 	for ref, opts := range map[string]imagebuild.Options{
 		imageRef:      {Ref: imageRef},
 		podPauseImage: {Ref: podPauseImage, Files: []imagebuild.File{{Path: "pause", Mode: 0o755, Data: pauseBin}}, Cmd: []string{"/pause"}},
@@ -207,7 +174,7 @@ func (p *podEnv) close() error {
 	if p.conn != nil {
 		errs = append(errs, p.conn.Close())
 	}
-	if p.d.cmd != nil {
+	if p.d != nil {
 		errs = append(errs, p.d.stop())
 	}
 	return errors.Join(errs...)
