@@ -22,7 +22,7 @@ export MINE_KUBELET_BIN ?= $(MINE_CACHE)/kubelet-$(KUBERNETES_VERSION)/bin
 
 COMMANDS := containerd-shim-mine-v2 minimgr
 
-.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-e2e test-stress test-fuzz test-cgroupv2 test-compat test-kubelet lint bench bench-pkg clean
+.PHONY: all build install deps demo demo-containerd demo-minimgr test test-unit test-unit-stress test-e2e test-stress test-fuzz test-cgroupv2 test-compat test-kubelet lint bench bench-pkg clean
 
 all: build
 
@@ -68,11 +68,19 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
-# Unit tests (race detector), end-to-end tests (test/...: e2e, compat,
-# kubelet, each with its own containerd) and the cgroup v2 VM run side by
-# side: they share no state.
+# The end-to-end tests (test/...: e2e, compat, kubelet, each with its own
+# containerd) run beside the unit tests (race detector) and then the stress
+# test: they share no state. The cgroup v2 VMs (CPU-bound software
+# emulation) and the fuzzers (whose workers time out on a starved machine)
+# come after, alone.
 test: deps lint
-	@$(MAKE) --no-print-directory -j3 --output-sync=target test-e2e test-cgroupv2 test-stress test-unit test-fuzz
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-e2e test-unit-stress
+	@$(MAKE) --no-print-directory test-fuzz
+	@$(MAKE) --no-print-directory test-cgroupv2
+
+test-unit-stress:
+	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-stress
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m ./cmd/... ./pkg/...
