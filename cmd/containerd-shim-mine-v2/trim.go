@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,7 +35,19 @@ type trimmer struct {
 	inFlight int         // guarded by mu
 }
 
+// gcPercent is the daemon's GOGC when the environment sets none. The Go
+// runtime's default (100) lets the heap grow to 4 MiB before its first
+// collection; a shim's live heap is a few hundred KiB, so most of that is
+// garbage kept as private memory in every shim. Measured in
+// docs/BENCHMARKS.md ("GC settings").
+const gcPercent = 25
+
+// newTrimmer sets the daemon's memory policy (GC target, idle trim) and
+// returns the trimmer, whose interceptor must see every call.
 func newTrimmer() *trimmer {
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		debug.SetGCPercent(gcPercent)
+	}
 	t := &trimmer{lastCall: time.Now()}
 	t.timer = time.AfterFunc(idleTrimDelay, t.trim)
 	return t
