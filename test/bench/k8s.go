@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -80,6 +79,9 @@ type PollPoint struct {
 	Polls      int        `json:"polls"`
 	Mine       ShimMemory `json:"mine"`
 	Runc       ShimMemory `json:"runc_v2"`
+	// CPU is each shim's own CPU time over the polling, in ms per
+	// second of polling.
+	CPU Comparison `json:"cpu_ms_per_s"`
 }
 
 // PollMemory starts n sleeping containers of each runtime, polls the
@@ -117,6 +119,19 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 		boxes[rt] = bs
 	}
 	all := append(append([]*box{}, boxes[Mine]...), boxes[RuncV2]...)
+	cpu0 := map[int]CPU{}
+	for _, rt := range Runtimes {
+		_, procs, err := e.memOfShims(boxes[rt], n)
+		if err != nil {
+			return p, err
+		}
+		for _, sp := range procs {
+			if cpu0[sp.pid], err = readCPU(sp.pid); err != nil {
+				return p, err
+			}
+		}
+	}
+	began := time.Now()
 	pctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -155,12 +170,22 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 	}
 	e.logf("stats polling: %d containers per runtime, %v", n, d)
 	time.Sleep(d) // the polling goes on meanwhile: the duration is the point
+	var cpu Pair
 	for _, rt := range Runtimes {
-		mems, _, err := e.memOfShims(boxes[rt], n)
+		mems, procs, err := e.memOfShims(boxes[rt], n)
 		if err != nil {
 			stop()
 			wg.Wait()
 			return p, err
+		}
+		for _, sp := range procs {
+			c, err := readCPU(sp.pid)
+			if err != nil {
+				stop()
+				wg.Wait()
+				return p, err
+			}
+			cpu.add(rt, c.sub(cpu0[sp.pid]).Self/time.Since(began).Seconds())
 		}
 		if rt == Mine {
 			p.Mine = summarizeMem(mems)
@@ -171,6 +196,7 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 	stop()
 	wg.Wait()
 	p.Polls = polls
+	p.CPU = cpu.Compare("ms/s")
 	return p, pollErr
 }
 
@@ -249,6 +275,9 @@ type GroupPoint struct {
 	Mine           Mem `json:"mine"`
 	Runc           Mem `json:"runc_v2"`
 	MineGoroutines int `json:"mine_goroutines"`
+	// MineCreators counts mine's goroutines by the function that created
+	// them ("created by" of its stacks file).
+	MineCreators map[string]int `json:"mine_goroutines_by_creator"`
 }
 
 // groupAnnotation puts containers in one shim, for both runtimes.
@@ -303,7 +332,7 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration)
 			}
 			if rt == Mine {
 				p.Mine = mems[0]
-				if p.MineGoroutines, err = goroutinesOf(procs[0].pid); err != nil {
+				if p.MineGoroutines, p.MineCreators, err = goroutinesOf(procs[0].pid); err != nil {
 					return out, err
 				}
 			} else {
@@ -316,33 +345,51 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration)
 }
 
 // goroutinesOf makes the mine shim daemon pid write its stacks file
-// (SIGUSR1) into its working directory and returns the goroutine count
-// of its first line.
-func goroutinesOf(pid int) (int, error) {
+// (SIGUSR1) into its working directory and returns the goroutine count of
+// its first line, and the goroutines by creating function.
+func goroutinesOf(pid int) (int, map[string]int, error) {
 	dir, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	path := filepath.Join(dir, "shim-stacks.txt")
 	_ = os.Remove(path)
 	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		f, err := os.Open(path)
+		data, err := os.ReadFile(path)
 		if err == nil {
-			line, rerr := bufio.NewReader(f).ReadString('\n')
-			f.Close()
-			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "goroutines "); ok && rerr == nil {
-				return strconv.Atoi(v)
+			first, rest, _ := strings.Cut(string(data), "\n")
+			if v, ok := strings.CutPrefix(strings.TrimSpace(first), "goroutines "); ok {
+				n, err := strconv.Atoi(v)
+				return n, creators(rest), err
 			}
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("shim %d wrote no goroutine count to %s", pid, path)
+			return 0, nil, fmt.Errorf("shim %d wrote no goroutine count to %s", pid, path)
 		}
 		time.Sleep(10 * time.Millisecond) // polling a file the shim writes
 	}
+}
+
+// creators counts the goroutines of a runtime.Stack dump by the function
+// that created them (the main goroutine counts as "main").
+func creators(dump string) map[string]int {
+	out := map[string]int{}
+	for _, g := range strings.Split(dump, "\n\n") {
+		if !strings.HasPrefix(strings.TrimSpace(g), "goroutine ") {
+			continue
+		}
+		key := "main"
+		if _, after, ok := strings.Cut(g, "\ncreated by "); ok {
+			key, _, _ = strings.Cut(after, " in goroutine")
+			key, _, _ = strings.Cut(key, "\n")
+		}
+		out[key]++
+	}
+	return out
 }
 
 // StartAlone measures the `start` action by itself, as containerd >= 2.3

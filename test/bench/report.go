@@ -68,7 +68,8 @@ func (r *Report) rows() []row {
 			row{name: fmt.Sprintf("RSS per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.Rss, mib), runc: scale(p.Runc.Rss, mib), ratio: Ratio(p.Mine.Rss.Median, p.Runc.Rss.Median)},
 			row{name: fmt.Sprintf("PSS per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.Pss, mib), runc: scale(p.Runc.Pss, mib), ratio: Ratio(p.Mine.Pss.Median, p.Runc.Pss.Median)},
 			row{name: fmt.Sprintf("Pss_Anon per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.PssAnon, mib), runc: scale(p.Runc.PssAnon, mib), ratio: Ratio(p.Mine.PssAnon.Median, p.Runc.PssAnon.Median)},
-			row{name: fmt.Sprintf("peak RSS per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.PeakRss, mib), runc: scale(p.Runc.PeakRss, mib), ratio: Ratio(p.Mine.PeakRss.Median, p.Runc.PeakRss.Median)})
+			row{name: fmt.Sprintf("peak RSS per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.PeakRss, mib), runc: scale(p.Runc.PeakRss, mib), ratio: Ratio(p.Mine.PeakRss.Median, p.Runc.PeakRss.Median)},
+			cmpRow(fmt.Sprintf("shim CPU under 1 Hz Stats, %d containers (ms per s)", n), p.CPU, ""))
 	}
 	one := func(v float64) Summary { return Summary{N: 1, Median: v, P90: v} }
 	for _, p := range r.Probes {
