@@ -51,7 +51,7 @@ func DefaultOptions() Options {
 		ExecLatencyRuns: 60,
 		ProfileRuns:     12,
 		PollCounts:      []int{10, 50},
-		PollTime:        20 * time.Second,
+		PollTime:        130 * time.Second, // past the runtime's forced GC every 2 minutes
 		ProbeCounts:     []int{1000},
 		GroupCounts:     []int{1, 10, 50},
 		StartRuns:       40,
