@@ -105,6 +105,9 @@ func (r *Report) rows() []row {
 		rows = append(rows,
 			cmpRow("OOM kill -> /tasks/oom on the stream (ms)", o.OOMEvent, ""),
 			cmpRow("OOM kill -> /tasks/exit on the stream (ms)", o.ExitEvent, ""))
+		if o.KillToCounter.Mine.N > 0 {
+			rows = append(rows, cmpRow("OOM kill -> oom_kill counter seen moving, by the harness (ms)", o.KillToCounter, ""))
+		}
 	}
 	if x := r.ExecExit; x != nil {
 		rows = append(rows,
