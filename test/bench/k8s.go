@@ -302,7 +302,9 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration)
 			group := fmt.Sprintf("grp-%s-%s", rt.Short(), e.tag)
 			e.logf("group shim: %d %s containers", n, rt.Short())
 			more := make([]*box, n-have)
-			err := parallel(len(more), setupParallelism, func(i int) error {
+			// One at a time: runc-v2's start, racing with another start of
+			// the same group, was seen to launch a second group shim.
+			err := parallel(len(more), 1, func(i int) error {
 				id := fmt.Sprintf("%s-%d", group, have+i)
 				b, err := e.newBox(ctx, rt, id, []string{"sleep", "3600"}, oci.WithAnnotations(map[string]string{groupAnnotation: group}))
 				if err != nil {
