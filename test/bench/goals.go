@@ -80,6 +80,11 @@ func (r *Report) WriteGoals(w io.Writer) error {
 		if x.Met {
 			verdict = "met"
 		}
+		if (x.Unit == "ratio" || x.Unit == "growth") && x.Measured <= 0 {
+			// A difference that did not grow (or no sample): no ratio.
+			fmt.Fprintf(&b, "| %s | n/a | %s | not measured |\n", x.Name, num(x.Limit))
+			continue
+		}
 		unit := ""
 		switch x.Unit {
 		case "ms":
