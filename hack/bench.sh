@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Measures the mine shim against containerd's runc shim (containerd-shim-runc-v2
 # of the same containerd release), interleaved run by run (`make bench`):
-# lifecycle latency of `ctr run --rm` and the raw `runc run` floor, idle
-# RSS/PSS per shim for 1, 10 and 50 containers, 50 parallel execs, 50
-# concurrent starts, OOM and exec exit event latency, and a perf trace of
-# the lifecycle. Prints the ratio table (mine/runc-v2) at the end and writes
+# `start` alone as containerd >= 2.3 runs it, lifecycle latency of `ctr run
+# --rm` and the raw `runc run` floor, idle RSS/PSS per shim for 1, 10 and 50
+# containers, RSS/PSS under containerd's 1 Hz Stats polling (10 and 50
+# containers), memory after 1000 exec probes (-probes 1000,10000 for more:
+# about 20 minutes longer), a group shim of 1, 10 and 50 containers, 50
+# parallel execs, 50 concurrent starts, OOM and exec exit event latency,
+# and a perf trace of the lifecycle. Prints the ratio table (mine/runc-v2)
+# and the goal table (met/missed) at the end and writes
 #
 #   $BENCH_OUT/bench.json     every sample, versions, host, load
 #   $BENCH_OUT/bench-rss.svg  idle RSS and PSS against container count
@@ -13,7 +17,8 @@
 # shims are built alike: mine with the flags of `make build`, and
 # containerd-shim-runc-v2 of the same containerd release the way containerd's
 # own Makefile builds its shims (CGO_ENABLED=0, -s -w; cached). Measuring
-# takes about 3.5 minutes on two cores. Before it, the runner waits (3 minutes
+# takes about 20 minutes on two busy cores (-quick: about a minute; -only
+# runs chosen steps). Before it, the runner waits (3 minutes
 # at most) for the 1-minute load average to drop to BENCH_LOAD_MAX, since the
 # figures mean little on a busy machine.
 #

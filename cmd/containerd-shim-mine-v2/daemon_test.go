@@ -56,7 +56,7 @@ func startTestShim(t *testing.T, bundle, sockDir, id string, opts *runcoptions.O
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*readyTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-namespace", testNamespace, "-id", id, "-address", testAddress, "start")
 	cmd.Dir = bundle

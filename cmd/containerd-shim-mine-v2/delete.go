@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"

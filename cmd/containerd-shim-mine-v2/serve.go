@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"

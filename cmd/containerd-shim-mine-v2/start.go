@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -28,9 +26,6 @@ const (
 	// action is refused instead of serving on nothing.
 	envDaemon = "MINE_SHIM_DAEMON"
 )
-
-// readyTimeout bounds how long start waits for the daemon to serve.
-const readyTimeout = 10 * time.Second
 
 // start is the `start` action: it reads the bootstrap input, launches the
 // daemon with a listening socket and answers containerd with its address.
@@ -187,8 +182,7 @@ func listen(path string) (*net.UnixListener, error) {
 	return l, nil
 }
 
-// launch starts the daemon detached (own session, no stdio of ours) and waits
-// until it reports that it serves.
+// launch starts the daemon detached (own session, no stdio of ours).
 func launch(f flags, l *net.UnixListener, bundle string) error {
 	self, err := os.Executable()
 	if err != nil {
@@ -225,21 +219,12 @@ func launch(f flags, l *net.UnixListener, bundle string) error {
 	// The daemon outlives us; nothing waits for it but its new parent.
 	_ = cmd.Process.Release()
 
-	msg := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(rr).ReadString('\n')
-		msg <- strings.TrimSpace(line)
-	}()
-	select {
-	case m := <-msg:
-		if m != "ok" {
-			if m == "" {
-				m = "exited without serving"
-			}
-			return fmt.Errorf("shim daemon: %s", m)
-		}
-		return nil
-	case <-time.After(readyTimeout):
-		return fmt.Errorf("shim daemon did not serve within %s: %w", readyTimeout, errdefs.ErrUnavailable)
-	}
+	// Answer at once: the socket already listens, and containerd's first
+	// calls wait in its backlog until the daemon serves. Waiting for the
+	// daemon's report made `start` about twice as slow as runc-v2's
+	// (docs/BENCHMARKS.md). A daemon that cannot serve exits, which closes
+	// the socket: containerd's first call fails and it cleans up with
+	// `delete`. The pipe stays the daemon's fd 4; what the daemon writes to
+	// it is not read.
+	return nil
 }

@@ -3,7 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"io"
 	"os"
+	"path"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,14 +16,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// idleTrimDelay is how long the shim must have served no call before it
-// gives memory back (see trimmer).
+// idleTrimDelay is how long the shim must have served no call that does
+// work before it gives memory back (see trimmer).
 const idleTrimDelay = 5 * time.Second
 
-// trimmer gives memory back once the shim is idle: the pages of its
-// executable that the last burst of calls mapped (dropStartupPages). An idle
-// shim is most of a shim's life. (A forced GC with debug.FreeOSMemory was
-// measured to raise the shim's private memory, not lower it: left out.)
+// trimmer gives memory back once the shim has done no work for a while:
+// the pages of its executable that the last burst of calls mapped
+// (dropCleanExePages). An idle shim is most of a shim's life. Polling calls
+// (Stats, State) do not postpone the trim: containerd's CRI calls Stats of
+// every container once a second, and without this the trim would never
+// engage on a Kubernetes node; what a poll needs is mapped back on its
+// first call after a trim, and stays. (A forced GC with debug.FreeOSMemory
+// was measured to raise the shim's private memory, not lower it: left out.)
 type trimmer struct {
 	mu       sync.Mutex
 	timer    *time.Timer // guarded by mu
@@ -28,19 +35,43 @@ type trimmer struct {
 	inFlight int         // guarded by mu
 }
 
+// gcPercent is the daemon's GOGC when the environment sets none. The Go
+// runtime's default (100) lets the heap grow to 4 MiB before its first
+// collection; a shim's live heap is a few hundred KiB, so most of that is
+// garbage kept as private memory in every shim. Measured in
+// docs/BENCHMARKS.md ("GC settings").
+const gcPercent = 25
+
+// newTrimmer sets the daemon's memory policy (GC target, idle trim) and
+// returns the trimmer, whose interceptor must see every call.
 func newTrimmer() *trimmer {
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		debug.SetGCPercent(gcPercent)
+	}
 	t := &trimmer{lastCall: time.Now()}
 	t.timer = time.AfterFunc(idleTrimDelay, t.trim)
 	return t
 }
 
 func (t *trimmer) trim() {
-	dropStartupPages()
+	dropCleanExePages()
 }
 
-// interceptor notes every call served: the trim waits for the shim to be
-// idle.
+// pollingMethod tells the calls that read state periodically from the
+// calls that change it.
+func pollingMethod(fullMethod string) bool {
+	switch path.Base(fullMethod) {
+	case "Stats", "State":
+		return true
+	}
+	return false
+}
+
+// interceptor notes every call served: the trim waits for the shim to have
+// done no work for idleTrimDelay, the orphan check for it to have been
+// called by no one.
 func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+	polling := pollingMethod(info.FullMethod)
 	t.mu.Lock()
 	t.inFlight++
 	t.mu.Unlock()
@@ -48,7 +79,9 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 		t.mu.Lock()
 		t.inFlight--
 		t.lastCall = time.Now()
-		t.timer.Reset(idleTrimDelay)
+		if !polling {
+			t.timer.Reset(idleTrimDelay)
+		}
 		t.mu.Unlock()
 	}()
 	return m(ctx, u)
@@ -70,40 +103,89 @@ func (t *trimmer) stop() {
 	t.mu.Unlock()
 }
 
-// dropStartupPages gives back the pages of the shim's own executable that
-// only starting touched. The kernel maps a binary's pages in 64 KiB runs
-// around each fault, so after start-up most of the 14 MB executable is
-// mapped although an idle shim runs a small part of it. The read-only
-// mappings (code and constant data; never the writable data) are unmapped
-// from this process with MADV_DONTNEED: the pages stay in the page cache,
-// shared with every other shim, and the few still used come back on first
-// touch as minor faults.
-func dropStartupPages() {
+// exeMapping is one mapping of a process's smaps.
+type exeMapping struct {
+	start, end uint64
+	perms      string // "r-xp"
+	anon, swap uint64 // KiB of private copies (Anonymous) and of swapped pages (Swap)
+}
+
+// unknownKiB marks a field smaps did not give: such a mapping is kept.
+const unknownKiB = ^uint64(0)
+
+// trimmable tells whether dropping the pages of m loses nothing: a private
+// mapping that cannot be written, and holds no page that differs from the
+// file (no Anonymous page, nothing swapped out). Code and constant data
+// qualify; a PIE's GNU_RELRO segment does not: the dynamic loader
+// relocated its pages, then made them read-only, and dropping them would
+// bring back the unrelocated bytes of the file.
+func (m exeMapping) trimmable() bool {
+	return len(m.perms) == 4 && m.perms[1] != 'w' && m.perms[3] == 'p' && m.anon == 0 && m.swap == 0
+}
+
+// dropCleanExePages gives back the pages of the shim's own executable that
+// only starting and past calls touched. The kernel maps a binary's pages in
+// runs around each fault, so after start-up much of the executable is
+// mapped although an idle shim runs a small part of it. The mappings that
+// still equal the file (see trimmable) are unmapped from this process with
+// MADV_DONTNEED: the pages stay in the page cache, shared with every other
+// shim, and the few still used come back on first touch as minor faults.
+func dropCleanExePages() {
 	exe, err := os.Executable()
 	if err != nil {
 		return
 	}
-	f, err := os.Open("/proc/self/maps")
+	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		return
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// start-end perms offset dev inode path
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 6 || fields[5] != exe || strings.ContainsRune(fields[1], 'w') {
-			continue
+	maps := exeMappings(f, exe)
+	f.Close()
+	for _, m := range maps {
+		if m.trimmable() {
+			_, _, _ = unix.Syscall(unix.SYS_MADVISE, uintptr(m.start), uintptr(m.end-m.start), unix.MADV_DONTNEED)
 		}
-		lo, hi, ok := strings.Cut(fields[0], "-")
-		if !ok {
-			continue
-		}
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 != nil || err2 != nil || end <= start {
-			continue
-		}
-		_, _, _ = unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), unix.MADV_DONTNEED)
 	}
+}
+
+// exeMappings returns the mappings of file exe in the smaps text r.
+func exeMappings(r io.Reader, exe string) []exeMapping {
+	var out []exeMapping
+	var cur *exeMapping
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		if lo, hi, ok := strings.Cut(fields[0], "-"); ok && len(fields) >= 5 {
+			// A mapping's header: start-end perms offset dev inode [path]
+			cur = nil
+			start, err1 := strconv.ParseUint(lo, 16, 64)
+			end, err2 := strconv.ParseUint(hi, 16, 64)
+			if err1 != nil || err2 != nil || end <= start || len(fields) < 6 || fields[5] != exe {
+				continue
+			}
+			out = append(out, exeMapping{start: start, end: end, perms: fields[1], anon: unknownKiB})
+			cur = &out[len(out)-1]
+			continue
+		}
+		if cur == nil || len(fields) < 2 {
+			continue
+		}
+		switch fields[0] {
+		case "Anonymous:", "Swap:":
+			v, err := strconv.ParseUint(fields[1], 10, 64)
+			if err != nil {
+				v = unknownKiB
+			}
+			if fields[0] == "Swap:" {
+				cur.swap = v
+			} else {
+				cur.anon = v
+			}
+		}
+	}
+	return out
 }

@@ -30,9 +30,10 @@ const (
 	// under OOM, before it picks and kills a victim.
 	pendingWindow = time.Second
 	// The re-reads during pendingWindow start after pendingFirstRetry and
-	// back off to pendingMaxRetry. The kill usually follows the signal
-	// within a millisecond.
-	pendingFirstRetry = time.Millisecond
+	// back off to pendingMaxRetry (100 us, 200 us, ..., 64 ms: 16 re-reads
+	// in the window). The kill usually follows the signal within a few
+	// milliseconds.
+	pendingFirstRetry = 100 * time.Microsecond
 	pendingMaxRetry   = 64 * time.Millisecond
 )
 

@@ -35,6 +35,7 @@ var ErrClosed = fmt.Errorf("oom watcher is closed: %w", errdefs.ErrFailedPrecond
 const (
 	tokenWake uint64 = iota
 	tokenInotify
+	tokenRetry
 	firstToken
 )
 
@@ -47,9 +48,10 @@ type Watcher struct {
 
 	// Created by New; used by the loop, and by Add/Remove under mu while
 	// !stopped; closed by the loop when it ends.
-	epfd   int // epoll set
-	wakefd int // eventfd written by Close to stop the loop
-	inofd  int // one inotify instance for every v2 cgroup
+	epfd    int // epoll set
+	wakefd  int // eventfd written by Close to stop the loop
+	inofd   int // one inotify instance for every v2 cgroup
+	timerfd int // times the loop's re-reads of pending v1 counters
 
 	done chan struct{} // closed when the loop has ended and closed every fd
 	err  error         // the loop's error; written before done is closed
@@ -105,6 +107,7 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 		epfd:      -1,
 		wakefd:    -1,
 		inofd:     -1,
+		timerfd:   -1,
 		done:      make(chan struct{}),
 		entries:   make(map[string]*entry),
 		byToken:   make(map[uint64]*entry),
@@ -113,7 +116,7 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 	}
 	defer func() {
 		if retErr != nil {
-			for _, fd := range []int{w.epfd, w.wakefd, w.inofd} {
+			for _, fd := range []int{w.epfd, w.wakefd, w.inofd, w.timerfd} {
 				if fd >= 0 {
 					unix.Close(fd)
 				}
@@ -130,7 +133,16 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 	if w.inofd, err = unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("inotify_init1: %w", err)
 	}
+	// A timerfd, not epoll_wait's timeout: the first re-read comes well
+	// under a millisecond after the signal (epoll_wait counts whole
+	// milliseconds).
+	if w.timerfd, err = unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("timerfd_create: %w", err)
+	}
 	if err := epollAdd(w.epfd, w.wakefd, tokenWake); err != nil {
+		return nil, err
+	}
+	if err := epollAdd(w.epfd, w.timerfd, tokenRetry); err != nil {
 		return nil, err
 	}
 	if err := epollAdd(w.epfd, w.inofd, tokenInotify); err != nil {
@@ -439,7 +451,7 @@ func (w *Watcher) Close() error {
 	return w.err
 }
 
-// run is the loop goroutine. It owns epfd, wakefd and inofd, and closes them
+// run is the loop goroutine. It owns epfd, wakefd, inofd and timerfd, and closes them
 // with every eventfd left when it ends.
 func (w *Watcher) run() {
 	err := w.loop()
@@ -468,7 +480,7 @@ func (w *Watcher) run() {
 	clear(w.byWD)
 	w.mu.Unlock()
 
-	for _, fd := range []int{w.inofd, w.wakefd, w.epfd} {
+	for _, fd := range []int{w.inofd, w.timerfd, w.wakefd, w.epfd} {
 		if err := unix.Close(fd); err != nil {
 			errs = append(errs, fmt.Errorf("close fd %d: %w", fd, err))
 		}
@@ -485,16 +497,10 @@ func (w *Watcher) loop() error {
 		events     = make([]unix.EpollEvent, 128)
 		inoBuf     = make([]byte, 64*1024)
 		pending    = make(map[*entry]struct{})
-		retryAt    time.Time
 		retryEvery time.Duration
 	)
 	for {
-		timeout := -1
-		if len(pending) > 0 {
-			timeout = int((time.Until(retryAt) + time.Millisecond - 1) / time.Millisecond)
-			timeout = max(timeout, 0)
-		}
-		n, err := unix.EpollWait(w.epfd, events, timeout)
+		n, err := unix.EpollWait(w.epfd, events, -1)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -502,8 +508,14 @@ func (w *Watcher) loop() error {
 			return fmt.Errorf("epoll_wait: %w", err)
 		}
 		var woke []*entry
+		retry := false
 		for _, ev := range events[:n] {
 			switch token := getToken(ev); token {
+			case tokenRetry:
+				if _, err := readEventfd(w.timerfd); err != nil && !errors.Is(err, unix.EAGAIN) {
+					return fmt.Errorf("read timerfd: %w", err)
+				}
+				retry = true
 			case tokenWake:
 				if w.drainWake() {
 					return nil
@@ -531,15 +543,30 @@ func (w *Watcher) loop() error {
 		case len(pending) == 0:
 		case !wasPending:
 			retryEvery = pendingFirstRetry
-			retryAt = time.Now().Add(retryEvery)
-		case !time.Now().Before(retryAt):
+			if err := w.armRetry(retryEvery); err != nil {
+				return err
+			}
+		case retry:
 			for e := range pending {
 				w.pollFromLoop(e, pending)
 			}
-			retryEvery = min(2*retryEvery, pendingMaxRetry)
-			retryAt = time.Now().Add(retryEvery)
+			if len(pending) > 0 {
+				retryEvery = min(2*retryEvery, pendingMaxRetry)
+				if err := w.armRetry(retryEvery); err != nil {
+					return err
+				}
+			}
 		}
 	}
+}
+
+// armRetry makes the timerfd fire once, after d.
+func (w *Watcher) armRetry(d time.Duration) error {
+	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(d.Nanoseconds())}
+	if err := unix.TimerfdSettime(w.timerfd, 0, &spec, nil); err != nil {
+		return fmt.Errorf("timerfd_settime: %w", err)
+	}
+	return nil
 }
 
 // pollFromLoop reads e's counter for the loop and keeps pending up to date.

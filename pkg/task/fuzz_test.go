@@ -5,7 +5,7 @@ import (
 	"errors"
 	"testing"
 
-	v3 "github.com/containerd/containerd/api/runtime/task/v3"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -60,12 +60,12 @@ func FuzzDecode(f *testing.F) {
 // panic, and nothing is created.
 func FuzzHandlers(f *testing.F) {
 	seed := func(m proto.Message) []byte { b, _ := proto.Marshal(m); return b }
-	f.Add(uint8(0), seed(&v3.CreateTaskRequest{ID: "c1", Bundle: "/nonexistent"}))
-	f.Add(uint8(0), seed(&v3.CreateTaskRequest{ID: "../x", Bundle: "/"}))
-	f.Add(uint8(1), seed(&v3.ExecProcessRequest{ID: "c1", ExecID: "e1"}))
-	f.Add(uint8(2), seed(&v3.KillRequest{ID: "c1", Signal: 9, All: true}))
-	f.Add(uint8(3), seed(&v3.StateRequest{ID: "", ExecID: "x"}))
-	f.Add(uint8(4), seed(&v3.UpdateTaskRequest{ID: "c1"}))
+	f.Add(uint8(0), seed(&taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/nonexistent"}))
+	f.Add(uint8(0), seed(&taskAPI.CreateTaskRequest{ID: "../x", Bundle: "/"}))
+	f.Add(uint8(1), seed(&taskAPI.ExecProcessRequest{ID: "c1", ExecID: "e1"}))
+	f.Add(uint8(2), seed(&taskAPI.KillRequest{ID: "c1", Signal: 9, All: true}))
+	f.Add(uint8(3), seed(&taskAPI.StateRequest{ID: "", ExecID: "x"}))
+	f.Add(uint8(4), seed(&taskAPI.UpdateTaskRequest{ID: "c1"}))
 	svc, err := New(Config{Namespace: "fuzz", Reaper: process.NewReaper(), Events: discard{},
 		Runtime: process.Runtime{Binary: "/nonexistent/runc", Root: f.TempDir()}})
 	if err != nil {
@@ -77,7 +77,7 @@ func FuzzHandlers(f *testing.F) {
 		var err error
 		switch method % 6 {
 		case 0:
-			var r v3.CreateTaskRequest
+			var r taskAPI.CreateTaskRequest
 			if proto.Unmarshal(body, &r) != nil {
 				return
 			}
@@ -86,31 +86,31 @@ func FuzzHandlers(f *testing.F) {
 			r.Bundle = t.TempDir() + "/" + r.Bundle
 			_, err = svc.Create(ctx, &r)
 		case 1:
-			var r v3.ExecProcessRequest
+			var r taskAPI.ExecProcessRequest
 			if proto.Unmarshal(body, &r) != nil {
 				return
 			}
 			_, err = svc.Exec(ctx, &r)
 		case 2:
-			var r v3.KillRequest
+			var r taskAPI.KillRequest
 			if proto.Unmarshal(body, &r) != nil {
 				return
 			}
 			_, err = svc.Kill(ctx, &r)
 		case 3:
-			var r v3.StateRequest
+			var r taskAPI.StateRequest
 			if proto.Unmarshal(body, &r) != nil {
 				return
 			}
 			_, err = svc.State(ctx, &r)
 		case 4:
-			var r v3.UpdateTaskRequest
+			var r taskAPI.UpdateTaskRequest
 			if proto.Unmarshal(body, &r) != nil {
 				return
 			}
 			_, err = svc.Update(ctx, &r)
 		case 5:
-			var r v3.DeleteRequest
+			var r taskAPI.DeleteRequest
 			if proto.Unmarshal(body, &r) != nil {
 				return
 			}

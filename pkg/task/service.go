@@ -7,7 +7,7 @@ import (
 	"sync"
 
 	eventstypes "github.com/containerd/containerd/api/events"
-	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	apitypes "github.com/containerd/containerd/api/types"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	tasktypes "github.com/containerd/containerd/api/types/task"
@@ -101,9 +101,9 @@ func (s *Service) publishOOM(e oom.Event) {
 	s.cfg.Events.Publish(s.cfg.Namespace, TopicOOM, &eventstypes.TaskOOM{ContainerID: e.ID})
 }
 
-// RegisterTTRPC registers the service on a ttrpc server.
+// RegisterTTRPC registers the service (Task API v3) on a ttrpc server.
 func (s *Service) RegisterTTRPC(server *ttrpc.Server) {
-	taskAPI.RegisterTTRPCTaskService(server, s)
+	registerV3(server, s)
 }
 
 // wire converts a domain error to its ttrpc status, once, at the edge.

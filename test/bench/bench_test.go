@@ -174,7 +174,7 @@ func BenchmarkOOM(b *testing.B) {
 	var oom, exit Pair
 	for i := 0; b.Loop(); i++ {
 		for _, rt := range order(i) {
-			o, x, err := e.oomOnce(context.Background(), rt, fmt.Sprintf("boom-%s-%s-%d", rt.Short(), e.tag, i), kills)
+			o, x, _, err := e.oomOnce(context.Background(), rt, fmt.Sprintf("boom-%s-%s-%d", rt.Short(), e.tag, i), kills)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -30,55 +30,84 @@ type OOMResult struct {
 	KillClock  string     `json:"kill_clock"`
 	OOMEvent   Comparison `json:"kill_to_task_oom_ms"`
 	ExitEvent  Comparison `json:"kill_to_task_exit_ms"`
+	// KillToCounter is, with the tracepoint clock, the time from the kill
+	// to the moment the cgroup's oom_kill counter was seen to move by a
+	// probe of the harness (the notification, then re-reads every
+	// counterPoll): the floor of any shim that reports kills only. It is
+	// measured in the runs of both runtimes.
+	KillToCounter Comparison `json:"kill_to_counter_ms"`
 }
 
 // oomOnce runs one container into its memory limit and returns the two
 // latencies, in seconds. kills may be nil: the probe times the kill then.
-func (e *Env) oomOnce(ctx context.Context, rt Runtime, id string, kills *killTracer) (oom, exit float64, err error) {
+func (e *Env) oomOnce(ctx context.Context, rt Runtime, id string, kills *killTracer) (oom, exit, counter float64, err error) {
 	b, err := e.newBox(ctx, rt, id, oomArgs, oci.WithMemoryLimit(oomLimit))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer func() { err = errors.Join(err, b.remove(ctx, e)) }()
 	if err := b.createTask(ctx, e); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	pid := int(b.t.Pid())
-	var probe *oomProbe
-	if kills == nil {
-		if probe, err = newOOMProbe(pid); err != nil {
-			return 0, 0, err
+	probe, err := newOOMProbe(pid)
+	if err != nil {
+		if kills == nil {
+			return 0, 0, 0, err
 		}
+		probe = nil
+	} else {
 		defer probe.close()
 	}
+	type seen struct {
+		at  float64
+		err error
+	}
+	counterC := make(chan seen, 1)
 	oomKey := eventKey{topic: topicOOM, container: id}
 	exitKey := eventKey{topic: topicExit, container: id}
 	oomC, exitC := e.events.expect(oomKey), e.events.expect(exitKey)
 	defer e.events.forget(oomKey)
 	defer e.events.forget(exitKey)
 	if err := b.start(ctx, e); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	var killed float64
 	if probe != nil {
-		if killed, err = probe.wait(time.Now().Add(exitTimeout)); err != nil {
-			return 0, 0, fmt.Errorf("%s (%s): %w", id, rt.Short(), err)
+		go func() {
+			at, err := probe.wait(time.Now().Add(exitTimeout))
+			counterC <- seen{at, err}
+		}()
+	}
+	var killed, counterAt float64
+	if kills == nil {
+		s := <-counterC
+		if s.err != nil {
+			return 0, 0, 0, fmt.Errorf("%s (%s): %w", id, rt.Short(), s.err)
 		}
+		killed = s.at
 	}
 	oomAt, err := e.events.await(oomC, oomKey, exitTimeout)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	exitAt, err := e.events.await(exitC, exitKey, exitTimeout)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if kills != nil {
 		if killed, err = kills.killTime(pid); err != nil {
-			return 0, 0, fmt.Errorf("%s (%s): %w", id, rt.Short(), err)
+			return 0, 0, 0, fmt.Errorf("%s (%s): %w", id, rt.Short(), err)
+		}
+		if probe != nil {
+			if s := <-counterC; s.err == nil {
+				counterAt = s.at
+			}
 		}
 	}
-	return oomAt - killed, exitAt - killed, nil
+	if counterAt != 0 {
+		counter = counterAt - killed
+	}
+	return oomAt - killed, exitAt - killed, counter, nil
 }
 
 // OOM measures n OOM kills per runtime, alternating.
@@ -91,18 +120,22 @@ func (e *Env) OOM(ctx context.Context, n int) (*OOMResult, error) {
 	} else {
 		defer kills.close()
 	}
-	var oom, exit Pair
+	var oom, exit, counter Pair
 	for i := range n {
 		for _, rt := range order(i) {
-			o, x, err := e.oomOnce(ctx, rt, fmt.Sprintf("oom-%s-%s-%d", rt.Short(), e.tag, i), kills)
+			o, x, c, err := e.oomOnce(ctx, rt, fmt.Sprintf("oom-%s-%s-%d", rt.Short(), e.tag, i), kills)
 			if err != nil {
 				return nil, err
 			}
 			oom.add(rt, o*1000)
 			exit.add(rt, x*1000)
+			if c != 0 {
+				counter.add(rt, c*1000)
+			}
 		}
 	}
 	res.OOMEvent, res.ExitEvent = oom.Compare("ms"), exit.Compare("ms")
+	res.KillToCounter = counter.Compare("ms")
 	return res, nil
 }
 

@@ -28,7 +28,7 @@ type oomProbe struct {
 }
 
 const (
-	counterPoll  = 200 * time.Microsecond
+	counterPoll  = 50 * time.Microsecond
 	counterBound = time.Second
 )
 

@@ -61,6 +61,31 @@ func (r *Report) rows() []row {
 				mine: Summary{N: 1, Median: m, P90: m}, runc: Summary{N: 1, Median: c, P90: c}, ratio: Ratio(m, c)})
 		}
 	}
+	if s := r.StartAlone; s != nil && s.Mine.N > 0 {
+		rows = append(rows, cmpRow("start alone, bootstrap of containerd >= 2.3 (ms)", *s, ""))
+	}
+	for _, p := range r.Poll {
+		n := p.Containers
+		rows = append(rows,
+			row{name: fmt.Sprintf("RSS per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.Rss, mib), runc: scale(p.Runc.Rss, mib), ratio: Ratio(p.Mine.Rss.Median, p.Runc.Rss.Median)},
+			row{name: fmt.Sprintf("PSS per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.Pss, mib), runc: scale(p.Runc.Pss, mib), ratio: Ratio(p.Mine.Pss.Median, p.Runc.Pss.Median)},
+			row{name: fmt.Sprintf("Pss_Anon per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.PssAnon, mib), runc: scale(p.Runc.PssAnon, mib), ratio: Ratio(p.Mine.PssAnon.Median, p.Runc.PssAnon.Median)},
+			row{name: fmt.Sprintf("peak RSS per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.PeakRss, mib), runc: scale(p.Runc.PeakRss, mib), ratio: Ratio(p.Mine.PeakRss.Median, p.Runc.PeakRss.Median)},
+			cmpRow(fmt.Sprintf("shim CPU under 1 Hz Stats, %d containers (ms per s)", n), p.CPU, ""))
+	}
+	one := func(v float64) Summary { return Summary{N: 1, Median: v, P90: v} }
+	for _, p := range r.Probes {
+		rows = append(rows,
+			row{name: fmt.Sprintf("RSS after %d exec probes (MiB)", p.Execs), mine: one(p.Mine.Rss * mib), runc: one(p.Runc.Rss * mib), ratio: Ratio(p.Mine.Rss, p.Runc.Rss)},
+			row{name: fmt.Sprintf("Pss_Anon after %d exec probes (MiB)", p.Execs), mine: one(p.Mine.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(p.Mine.PssAnon, p.Runc.PssAnon)})
+	}
+	for _, p := range r.Group {
+		rows = append(rows,
+			row{name: fmt.Sprintf("group shim, %d containers: RSS (MiB)", p.Containers), mine: one(p.Mine.Rss * mib), runc: one(p.Runc.Rss * mib), ratio: Ratio(p.Mine.Rss, p.Runc.Rss)},
+			row{name: fmt.Sprintf("group shim, %d containers: Pss_Anon (MiB)", p.Containers), mine: one(p.Mine.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(p.Mine.PssAnon, p.Runc.PssAnon)},
+			row{name: fmt.Sprintf("group shim, %d containers: threads", p.Containers), mine: one(float64(p.Mine.Threads)), runc: one(float64(p.Runc.Threads)), ratio: Ratio(float64(p.Mine.Threads), float64(p.Runc.Threads))},
+			row{name: fmt.Sprintf("group shim, %d containers: goroutines (mine)", p.Containers), mine: one(float64(p.MineGoroutines)), single: true})
+	}
 	if b := r.Binaries; b != nil {
 		m, c := float64(b["mine"].Bytes)/1e6, float64(b["runc-v2"].Bytes)/1e6
 		rows = append(rows, row{name: "shim binary size (MB)",
@@ -82,6 +107,9 @@ func (r *Report) rows() []row {
 		rows = append(rows,
 			cmpRow("OOM kill -> /tasks/oom on the stream (ms)", o.OOMEvent, ""),
 			cmpRow("OOM kill -> /tasks/exit on the stream (ms)", o.ExitEvent, ""))
+		if o.KillToCounter.Mine.N > 0 {
+			rows = append(rows, cmpRow("OOM kill -> oom_kill counter seen moving, by the harness (ms)", o.KillToCounter, ""))
+		}
 	}
 	if p := r.Pods; p != nil {
 		// The mine column is the pod without a pause container; the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +29,13 @@ type Options struct {
 	ProfileRuns     int           `json:"profile_runs"`      // traced lifecycles per runtime; 0: none
 	PodRounds       int           `json:"pod_rounds"`        // CRI pod starts per variant; 0: no pod figures
 	PodCount        int           `json:"pod_count"`         // idle pods per variant for the memory per pod
+	PollCounts      []int         `json:"poll_counts"`       // containers per runtime under 1 Hz Stats polling
+	PollTime        time.Duration `json:"poll_ns"`           // how long the polling goes on before memory is read
+	ProbeCounts     []int         `json:"probe_counts"`      // exec probes per runtime after which memory is read
+	GroupCounts     []int         `json:"group_counts"`      // containers in one group shim
+	StartRuns       int           `json:"start_runs"`        // start actions alone per runtime
+	// Steps, when not empty, names the only steps to run.
+	Steps []string `json:"steps,omitempty"`
 }
 
 // DefaultOptions are the sizes of `hack/bench.sh`.
@@ -46,8 +54,26 @@ func DefaultOptions() Options {
 		ProfileRuns:     12,
 		PodRounds:       20,
 		PodCount:        5,
+		PollCounts:      []int{10, 50},
+		PollTime:        130 * time.Second, // past the runtime's forced GC every 2 minutes
+		ProbeCounts:     []int{1000},
+		GroupCounts:     []int{1, 10, 50},
+		StartRuns:       40,
 	}
 }
+
+// QuickOptions are a few samples of everything: they check the harness, not
+// the shims (under a minute).
+func QuickOptions() Options {
+	return Options{LifecycleRuns: 3, LifecycleWarm: 1, MemoryCounts: []int{1, 3}, Settle: time.Second,
+		ExecParallel: 5, ExecRounds: 2, StartParallel: 5, StartRounds: 1, OOMRuns: 2, ExecLatencyRuns: 3, ProfileRuns: 2,
+		PollCounts: []int{3}, PollTime: 3 * time.Second, ProbeCounts: []int{20}, GroupCounts: []int{1, 3}, StartRuns: 3,
+		PodRounds: 2, PodCount: 2}
+}
+
+// StepNames are the steps of a run, in order.
+var StepNames = []string{"start alone", "lifecycle", "profile", "exec exit", "oom", "idle memory", "pods", "stats polling",
+	"exec probes", "group shim", "parallel exec", "concurrent start"}
 
 // Host describes the machine.
 type Host struct {
@@ -79,6 +105,10 @@ type Report struct {
 	Profile     map[string]*Profile `json:"profile,omitempty"`
 	Pods        *PodResult          `json:"pods,omitempty"`
 	ProfileNote string              `json:"profile_note,omitempty"`
+	StartAlone  *Comparison         `json:"start_alone,omitempty"`
+	Poll        []PollPoint         `json:"stats_polling,omitempty"`
+	Probes      []ProbePoint        `json:"exec_probes,omitempty"`
+	Group       []GroupPoint        `json:"group_shim,omitempty"`
 }
 
 // StepLoad is the load average when a step began. It counts the
@@ -117,6 +147,11 @@ func Run(ctx context.Context, e *Env, o Options) (*Report, error) {
 		name string
 		run  func() error
 	}{
+		{"start alone", func() error {
+			c, err := e.StartAlone(ctx, o.StartRuns)
+			r.StartAlone = &c
+			return err
+		}},
 		{"lifecycle", func() (err error) {
 			r.Lifecycle, err = e.Lifecycle(ctx, o.LifecycleRuns, o.LifecycleWarm)
 			return err
@@ -155,6 +190,18 @@ func Run(ctx context.Context, e *Env, o Options) (*Report, error) {
 			r.Pods, err = e.Pods(ctx, o.PodRounds, o.PodCount, o.Settle)
 			return err
 		}},
+		{"stats polling", func() (err error) {
+			r.Poll, err = e.PollMemory(ctx, o.PollCounts, o.PollTime)
+			return err
+		}},
+		{"exec probes", func() (err error) {
+			r.Probes, err = e.ExecProbes(ctx, o.ProbeCounts)
+			return err
+		}},
+		{"group shim", func() (err error) {
+			r.Group, err = e.GroupShim(ctx, o.GroupCounts, 2*time.Second)
+			return err
+		}},
 		{"parallel exec", func() (err error) {
 			r.Exec, err = e.ParallelExec(ctx, o.ExecParallel, o.ExecRounds)
 			return err
@@ -165,6 +212,9 @@ func Run(ctx context.Context, e *Env, o Options) (*Report, error) {
 		}},
 	}
 	for _, s := range steps {
+		if len(o.Steps) > 0 && !slices.Contains(o.Steps, s.name) {
+			continue
+		}
 		start := time.Now()
 		load := LoadAvg()
 		r.StepLoad = append(r.StepLoad, StepLoad{Step: s.name, Load: load})

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,22 +46,44 @@ func run() int {
 		trace     = flag.Int("trace", def.ProfileRuns, "lifecycles per runtime traced with perf (0: none)")
 		podRounds = flag.Int("pod-rounds", def.PodRounds, "CRI pod starts per variant (0: no pod figures)")
 		podCount  = flag.Int("pods", def.PodCount, "idle pods per variant for the memory per pod")
+		pollCnt   = flag.String("poll-counts", joinInts(def.PollCounts), "containers per runtime under 1 Hz Stats polling")
+		pollTime  = flag.Duration("poll-time", def.PollTime, "how long Stats is polled before memory is read")
+		probes    = flag.String("probes", joinInts(def.ProbeCounts), "exec probes per runtime after which memory is read (1000,10000: about 20 minutes more)")
+		groupCnt  = flag.String("group-counts", joinInts(def.GroupCounts), "containers in one group shim")
+		startRuns = flag.Int("start-runs", def.StartRuns, "start actions alone per runtime")
+		only      = flag.String("only", "", "run only these steps, comma-separated: "+strings.Join(bench.StepNames, ", "))
 	)
 	flag.Parse()
 	o := def
 	o.LifecycleRuns, o.ExecParallel, o.ExecRounds = *lifecycle, *execPar, *execRnd
 	o.StartParallel, o.StartRounds, o.OOMRuns = *startPar, *startRnd, *oomRuns
 	o.ExecLatencyRuns, o.ProfileRuns = *execLat, *trace
+	o.PollTime, o.StartRuns = *pollTime, *startRuns
 	o.PodRounds, o.PodCount = *podRounds, *podCount
-	var err error
-	if o.MemoryCounts, err = parseInts(*counts); err != nil {
-		fmt.Fprintf(os.Stderr, "minebench: -counts: %v\n", err)
-		return 2
+	for _, l := range []struct {
+		name string
+		s    string
+		dst  *[]int
+	}{{"counts", *counts, &o.MemoryCounts}, {"poll-counts", *pollCnt, &o.PollCounts}, {"probes", *probes, &o.ProbeCounts}, {"group-counts", *groupCnt, &o.GroupCounts}} {
+		v, err := parseInts(l.s)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "minebench: -%s: %v\n", l.name, err)
+			return 2
+		}
+		*l.dst = v
 	}
 	if *quick {
-		o = bench.Options{LifecycleRuns: 3, LifecycleWarm: 1, MemoryCounts: []int{1, 3}, Settle: time.Second,
-			ExecParallel: 5, ExecRounds: 2, StartParallel: 5, StartRounds: 1, OOMRuns: 2, ExecLatencyRuns: 3, ProfileRuns: 2,
-			PodRounds: 2, PodCount: 2}
+		o = bench.QuickOptions()
+	}
+	if *only != "" {
+		for _, s := range strings.Split(*only, ",") {
+			s = strings.TrimSpace(s)
+			if !slices.Contains(bench.StepNames, s) {
+				fmt.Fprintf(os.Stderr, "minebench: -only: no step %q (steps: %s)\n", s, strings.Join(bench.StepNames, ", "))
+				return 2
+			}
+			o.Steps = append(o.Steps, s)
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -101,11 +124,15 @@ func output(r *bench.Report, jsonPath, svgPath, tablePath string) error {
 	if err := r.WriteTable(os.Stdout); err != nil {
 		return err
 	}
+	fmt.Printf("\nGoals\n\n")
+	if err := r.WriteGoals(os.Stdout); err != nil {
+		return err
+	}
 	var errs []error
 	if tablePath != "" {
 		f, err := os.Create(tablePath)
 		if err == nil {
-			err = errors.Join(r.WriteTable(f), f.Close())
+			err = errors.Join(r.WriteTable(f), r.WriteGoals(f), f.Close())
 		}
 		errs = append(errs, err)
 	}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestNoGRPCStack checks that the shim links no gRPC transport but through
+// the Sandbox API: the shim speaks only ttrpc, and containerd's
+// api/runtime/task/v3 package (which also holds the gRPC stubs) would pull
+// in google.golang.org/grpc, net/http and crypto/tls (docs/BENCHMARKS.md).
+func TestNoGRPCStack(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go in PATH to list the shim's dependencies")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, goBin, "list", "-deps", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) < 10 {
+		t.Fatalf("go list -deps gave %d packages: %q", len(lines), out)
+	}
+	// containerd's Sandbox API package holds its gRPC stubs beside its
+	// messages, so serving pods without a pause container brings gRPC in
+	// through that one package; nothing else may.
+	const sandboxAPI = "github.com/containerd/containerd/api/runtime/sandbox/v1"
+	for _, l := range lines {
+		f := strings.Fields(l)
+		pkg, imports := f[0], f[1:]
+		if pkg == "github.com/containerd/containerd/api/runtime/task/v3" {
+			t.Errorf("the shim links %s", pkg)
+		}
+		if pkg == sandboxAPI || strings.HasPrefix(pkg, "google.golang.org/grpc") {
+			continue
+		}
+		for _, imp := range imports {
+			if imp == "google.golang.org/grpc" {
+				t.Errorf("%s brings in %s", pkg, imp)
+			}
+		}
+	}
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// smapsPIE is the smaps of a shim built with -buildmode=pie (abridged):
+// code, constant data, the relocated GNU_RELRO segment (read-only, but with
+// private copies of its pages), writable data, and a mapping of another
+// file.
+const smapsPIE = `55d0c8a00000-55d0c8e4f000 r-xp 00000000 fe:01 1234 /opt/bin/containerd-shim-mine-v2
+Size:               4412 kB
+Rss:                2108 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+VmFlags: rd ex mr mw me sd
+55d0c8e4f000-55d0c9200000 r--p 0044f000 fe:01 1234 /opt/bin/containerd-shim-mine-v2
+Size:               3780 kB
+Rss:                1900 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+VmFlags: rd mr mw me sd
+55d0c9200000-55d0c9260000 r--p 00800000 fe:01 1234 /opt/bin/containerd-shim-mine-v2
+Size:                384 kB
+Rss:                 384 kB
+Anonymous:           384 kB
+Swap:                  0 kB
+VmFlags: rd mr mw me ac sd
+55d0c9260000-55d0c9290000 rw-p 00860000 fe:01 1234 /opt/bin/containerd-shim-mine-v2
+Size:                192 kB
+Anonymous:            64 kB
+Swap:                  0 kB
+VmFlags: rd wr mr mw me ac sd
+55d0c9290000-55d0c92a0000 r--p 00000000 fe:01 99 /opt/bin/containerd-shim-mine-v2.old
+Anonymous:             0 kB
+VmFlags: rd mr mw me sd
+7ffd1000-7ffd2000 rw-p 00000000 00:00 0                  [stack]
+Anonymous:             4 kB
+VmFlags: rd wr mr mw me gd ac
+`
+
+func TestTrimmableMappings(t *testing.T) {
+	maps := exeMappings(strings.NewReader(smapsPIE), "/opt/bin/containerd-shim-mine-v2")
+	tests := []struct {
+		name      string
+		perms     string
+		start     uint64
+		trimmable bool
+	}{
+		{name: "code", perms: "r-xp", start: 0x55d0c8a00000, trimmable: true},
+		{name: "constant data", perms: "r--p", start: 0x55d0c8e4f000, trimmable: true},
+		{name: "relocated GNU_RELRO", perms: "r--p", start: 0x55d0c9200000, trimmable: false},
+		{name: "writable data", perms: "rw-p", start: 0x55d0c9260000, trimmable: false},
+	}
+	if len(maps) != len(tests) {
+		t.Fatalf("found %d mappings of the executable, want %d: %+v", len(maps), len(tests), maps)
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := maps[i]
+			if m.perms != tc.perms || m.start != tc.start {
+				t.Fatalf("mapping %d is %s at %#x, want %s at %#x", i, m.perms, m.start, tc.perms, tc.start)
+			}
+			if got := m.trimmable(); got != tc.trimmable {
+				t.Errorf("trimmable() = %v, want %v (%+v)", got, tc.trimmable, m)
+			}
+		})
+	}
+}
+
+func TestTrimKeepsMappingsWithoutFigures(t *testing.T) {
+	// A mapping whose Anonymous line is missing or unreadable is kept.
+	in := "1000-2000 r-xp 00000000 fe:01 1 /x\nAnonymous: ? kB\n3000-4000 r-xp 00000000 fe:01 1 /x\nRss: 4 kB\n"
+	for _, m := range exeMappings(strings.NewReader(in), "/x") {
+		if m.trimmable() {
+			t.Errorf("mapping %+v without a readable Anonymous figure is trimmable", m)
+		}
+	}
+}
+
+// TestTrimOwnMappings runs the trim in the test binary (built with the
+// test's build mode) and checks that it keeps working: the figures are
+// parsed from this kernel's smaps.
+func TestTrimOwnMappings(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no smaps: %v", err)
+	}
+	maps := exeMappings(f, exe)
+	f.Close()
+	code := 0
+	for _, m := range maps {
+		if m.anon == unknownKiB {
+			t.Errorf("mapping %+v: no Anonymous figure parsed", m)
+		}
+		if m.perms == "r-xp" && m.trimmable() {
+			code++
+		}
+	}
+	if code == 0 {
+		t.Fatalf("no trimmable code mapping of %s in smaps: %+v", exe, maps)
+	}
+	dropCleanExePages()
+}
+
+func TestPollingMethods(t *testing.T) {
+	for m, want := range map[string]bool{
+		"/containerd.task.v3.Task/Stats": true,
+		"/containerd.task.v2.Task/State": true,
+		"/containerd.task.v3.Task/Exec":  false,
+		"/containerd.task.v3.Task/Wait":  false,
+	} {
+		if got := pollingMethod(m); got != want {
+			t.Errorf("pollingMethod(%q) = %v, want %v", m, got, want)
+		}
+	}
+}

@@ -1,0 +1,99 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Goal is one goal of the project for the shim, with what this run
+// measured. Ratio goals compare mine with runc-v2 (mine / runc-v2); the
+// others bound one of mine's figures.
+type Goal struct {
+	Name     string  `json:"name"`
+	Measured float64 `json:"measured"`
+	Limit    float64 `json:"limit"`
+	Unit     string  `json:"unit"` // "ratio", "ms", "goroutines", "growth"
+	Met      bool    `json:"met"`
+}
+
+func goal(name, unit string, measured, limit float64) Goal {
+	met := measured <= limit
+	if unit == "ratio" || unit == "growth" {
+		met = measured > 0 && met // 0: not measured
+	}
+	return Goal{Name: name, Unit: unit, Measured: measured, Limit: limit, Met: met}
+}
+
+// Goals returns the goals this run measured.
+func (r *Report) Goals() []Goal {
+	var g []Goal
+	for _, p := range r.Poll {
+		g = append(g,
+			goal(fmt.Sprintf("RSS per shim under 1 Hz Stats polling, %d containers", p.Containers), "ratio", Ratio(p.Mine.Rss.Median, p.Runc.Rss.Median), 0.5),
+			goal(fmt.Sprintf("PSS per shim under 1 Hz Stats polling, %d containers", p.Containers), "ratio", Ratio(p.Mine.Pss.Median, p.Runc.Pss.Median), 0.5),
+			goal(fmt.Sprintf("peak RSS (VmHWM) per shim under polling, %d containers", p.Containers), "ratio", Ratio(p.Mine.PeakRss.Median, p.Runc.PeakRss.Median), 0.7))
+	}
+	var at1000 *ProbePoint
+	for i, p := range r.Probes {
+		if p.Execs == 0 {
+			continue
+		}
+		if at1000 == nil {
+			at1000 = &r.Probes[i]
+			g = append(g,
+				goal(fmt.Sprintf("RSS after %d exec probes", p.Execs), "ratio", Ratio(p.Mine.Rss, p.Runc.Rss), 0.5),
+				goal(fmt.Sprintf("Pss_Anon after %d exec probes", p.Execs), "ratio", Ratio(p.Mine.PssAnon, p.Runc.PssAnon), 0.5))
+			continue
+		}
+		g = append(g, goal(fmt.Sprintf("Pss_Anon growth from %d to %d exec probes (flat: <= 5 %%)", at1000.Execs, p.Execs), "growth",
+			Ratio(p.Mine.PssAnon, at1000.Mine.PssAnon), 1.05))
+	}
+	if n := len(r.Group); n >= 2 {
+		a, b := r.Group[0], r.Group[n-1]
+		extra := float64(b.Containers - a.Containers)
+		g = append(g,
+			goal(fmt.Sprintf("Pss_Anon per extra container in one group shim (%d to %d)", a.Containers, b.Containers), "ratio",
+				Ratio(b.Mine.PssAnon-a.Mine.PssAnon, b.Runc.PssAnon-a.Runc.PssAnon), 0.5),
+			goal(fmt.Sprintf("RSS per extra container in one group shim (%d to %d)", a.Containers, b.Containers), "ratio",
+				Ratio(b.Mine.Rss-a.Mine.Rss, b.Runc.Rss-a.Runc.Rss), 0.5),
+			goal("goroutines per extra container in one group shim", "goroutines", float64(b.MineGoroutines-a.MineGoroutines)/extra, 3))
+	}
+	if s := r.StartAlone; s != nil && s.Mine.N > 0 {
+		g = append(g, goal("start alone (bootstrap of containerd >= 2.3)", "ratio", s.Ratio, 0.8))
+	}
+	if l := r.Lifecycle; l != nil {
+		g = append(g, goal("ctr run --rm IMAGE id true", "ratio", l.Shims.Ratio, 0.85))
+	}
+	if o := r.OOM; o != nil {
+		g = append(g, goal("OOM kill -> /tasks/oom, mine p50", "ms", o.OOMEvent.Mine.Median, 1))
+	}
+	return g
+}
+
+// WriteGoals writes the goal table (Markdown).
+func (r *Report) WriteGoals(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("| goal | measured | limit | |\n|---|---:|---:|---|\n")
+	for _, x := range r.Goals() {
+		verdict := "missed"
+		if x.Met {
+			verdict = "met"
+		}
+		if (x.Unit == "ratio" || x.Unit == "growth") && x.Measured <= 0 {
+			// A difference that did not grow (or no sample): no ratio.
+			fmt.Fprintf(&b, "| %s | n/a | %s | not measured |\n", x.Name, num(x.Limit))
+			continue
+		}
+		unit := ""
+		switch x.Unit {
+		case "ms":
+			unit = " ms"
+		case "growth":
+			unit = "x"
+		}
+		fmt.Fprintf(&b, "| %s | %s%s | %s%s | %s |\n", x.Name, num(x.Measured), unit, num(x.Limit), unit, verdict)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

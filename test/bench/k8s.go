@@ -1,0 +1,553 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
+)
+
+// The figures of a Kubernetes node: memory while CRI polls Stats, after
+// many exec probes, in a pod's group shim, and the cost of `start` alone.
+
+// summarizeMem summarises the memory of a set of shims.
+func summarizeMem(samples []Mem) ShimMemory {
+	var out ShimMemory
+	var rss, pss, anon, file, vm, hwm, threads []float64
+	for _, m := range samples {
+		rss, pss, anon, file, vm = append(rss, m.Rss), append(pss, m.Pss), append(anon, m.PssAnon), append(file, m.PssFile), append(vm, m.VmRSS)
+		hwm, threads = append(hwm, m.VmHWM), append(threads, float64(m.Threads))
+		out.TotalRss += m.Rss
+		out.TotalPss += m.Pss
+		out.TotalAnon += m.PssAnon
+	}
+	out.Samples = samples
+	out.Processes = len(samples)
+	out.Rss, out.Pss, out.PssAnon, out.PssFile = Summarize(rss), Summarize(pss), Summarize(anon), Summarize(file)
+	out.VmRSS, out.PeakRss, out.Threads = Summarize(vm), Summarize(hwm), Summarize(threads)
+	return out
+}
+
+// memOfShims reads the memory of the shim daemons serving boxes, and checks
+// that there are want of them.
+func (e *Env) memOfShims(boxes []*box, want int) ([]Mem, []shimProc, error) {
+	ids := map[string]bool{}
+	for _, b := range boxes {
+		ids[b.id] = true
+	}
+	procs, err := e.shimProcs(ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(procs) != want {
+		return nil, nil, fmt.Errorf("%d shim processes for %d containers, want %d; processes naming them:\n%s",
+			len(procs), len(boxes), want, describeProcs(ids))
+	}
+	var out []Mem
+	for _, p := range procs {
+		m, err := readMem(p.pid)
+		if err != nil {
+			return nil, nil, fmt.Errorf("shim %d: %w", p.pid, err)
+		}
+		out = append(out, m)
+	}
+	return out, procs, nil
+}
+
+// PollPoint is the memory of both runtimes' shims, n containers each (one
+// shim per container), read while every container's Stats is called once
+// a second, as containerd's CRI does (stats_collect_period).
+type PollPoint struct {
+	Containers int        `json:"containers"`
+	Seconds    float64    `json:"seconds"`
+	Polls      int        `json:"polls"`
+	Mine       ShimMemory `json:"mine"`
+	Runc       ShimMemory `json:"runc_v2"`
+	// CPU is each shim's own CPU time over the polling, in ms per
+	// second of polling.
+	CPU Comparison `json:"cpu_ms_per_s"`
+}
+
+// PollMemory starts n sleeping containers of each runtime, polls the
+// metrics of all 2n once a second (each on its own phase) for d, and reads
+// every shim's memory while the polling goes on.
+func (e *Env) PollMemory(ctx context.Context, counts []int, d time.Duration) ([]PollPoint, error) {
+	var out []PollPoint
+	for _, n := range counts {
+		p, err := e.pollMemory(ctx, n, d)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoint, err error) {
+	p := PollPoint{Containers: n, Seconds: d.Seconds()}
+	boxes := map[Runtime][]*box{}
+	defer func() {
+		for _, bs := range boxes {
+			err = errors.Join(err, e.removeAll(ctx, bs))
+		}
+	}()
+	for _, rt := range order(n) {
+		if err := dropCache(e.shimExe[rt]); err != nil {
+			return p, err
+		}
+		e.logf("stats polling: starting %d %s containers", n, rt.Short())
+		bs, err := e.startSleepers(ctx, rt, fmt.Sprintf("poll-%s-%d-%s", rt.Short(), n, e.tag), n)
+		if err != nil {
+			return p, err
+		}
+		boxes[rt] = bs
+	}
+	all := append(append([]*box{}, boxes[Mine]...), boxes[RuncV2]...)
+	cpu0 := map[int]CPU{}
+	for _, rt := range Runtimes {
+		_, procs, err := e.memOfShims(boxes[rt], n)
+		if err != nil {
+			return p, err
+		}
+		for _, sp := range procs {
+			if cpu0[sp.pid], err = readCPU(sp.pid); err != nil {
+				return p, err
+			}
+		}
+	}
+	began := time.Now()
+	pctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var pollErr error
+	polls := 0
+	for i, b := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Spread the polls over the second, as independent timers are.
+			phase := time.Duration(i) * time.Second / time.Duration(len(all))
+			select {
+			case <-time.After(phase):
+			case <-pctx.Done():
+				return
+			}
+			tick := time.NewTicker(time.Second)
+			defer tick.Stop()
+			for {
+				cctx, cancel := context.WithTimeout(e.nsCtx(pctx), 2*time.Second)
+				_, err := b.t.Metrics(cctx)
+				cancel()
+				mu.Lock()
+				if err != nil && pctx.Err() == nil && pollErr == nil {
+					pollErr = fmt.Errorf("metrics of %s: %w", b.id, err)
+				}
+				polls++
+				mu.Unlock()
+				select {
+				case <-tick.C:
+				case <-pctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	e.logf("stats polling: %d containers per runtime, %v", n, d)
+	time.Sleep(d) // the polling goes on meanwhile: the duration is the point
+	var cpu Pair
+	for _, rt := range Runtimes {
+		mems, procs, err := e.memOfShims(boxes[rt], n)
+		if err != nil {
+			stop()
+			wg.Wait()
+			return p, err
+		}
+		for _, sp := range procs {
+			c, err := readCPU(sp.pid)
+			if err != nil {
+				stop()
+				wg.Wait()
+				return p, err
+			}
+			cpu.add(rt, c.sub(cpu0[sp.pid]).Self/time.Since(began).Seconds())
+		}
+		if rt == Mine {
+			p.Mine = summarizeMem(mems)
+		} else {
+			p.Runc = summarizeMem(mems)
+		}
+	}
+	stop()
+	wg.Wait()
+	p.Polls = polls
+	p.CPU = cpu.Compare("ms/s")
+	return p, pollErr
+}
+
+// ProbePoint is the memory of one shim per runtime after a number of execs
+// into its container.
+type ProbePoint struct {
+	Execs int `json:"execs"`
+	Mine  Mem `json:"mine"`
+	Runc  Mem `json:"runc_v2"`
+}
+
+// ExecProbes runs execs of `true` one at a time into one container per
+// runtime, alternating the runtimes exec by exec, as kubelet's exec probes
+// do, and reads both shims' memory before the first exec and right after
+// each checkpoint (a count of execs per runtime).
+func (e *Env) ExecProbes(ctx context.Context, checkpoints []int) (_ []ProbePoint, err error) {
+	targets, err := e.execTargets(ctx, "probe")
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, e.removeTargets(ctx, targets)) }()
+	read := func(execs int) (ProbePoint, error) {
+		p := ProbePoint{Execs: execs}
+		for _, rt := range Runtimes {
+			pid, err := e.shimOf(targets[rt])
+			if err != nil {
+				return p, err
+			}
+			m, err := readMem(pid)
+			if err != nil {
+				return p, err
+			}
+			if rt == Mine {
+				p.Mine = m
+			} else {
+				p.Runc = m
+			}
+		}
+		return p, nil
+	}
+	first, err := read(0)
+	if err != nil {
+		return nil, err
+	}
+	out := []ProbePoint{first}
+	spec, err := targets[Mine].execSpec(ctx, e, "true")
+	if err != nil {
+		return out, err
+	}
+	done := 0
+	begin := time.Now()
+	for _, cp := range checkpoints {
+		for ; done < cp; done++ {
+			for _, rt := range order(done) {
+				if err := targets[rt].execTrue(ctx, e, spec, fmt.Sprintf("p%d", done)); err != nil {
+					return out, err
+				}
+			}
+			if done > 0 && done%1000 == 0 {
+				e.logf("exec probes: %d per runtime in %.0fs", done, time.Since(begin).Seconds())
+			}
+		}
+		p, err := read(done)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// GroupPoint is the memory of the one shim serving a group of containers
+// (the io.containerd.runc.v2.group annotation), per runtime.
+type GroupPoint struct {
+	Containers     int `json:"containers"`
+	Mine           Mem `json:"mine"`
+	Runc           Mem `json:"runc_v2"`
+	MineGoroutines int `json:"mine_goroutines"`
+	// MineCreators counts mine's goroutines by the function that created
+	// them ("created by" of its stacks file).
+	MineCreators map[string]int `json:"mine_goroutines_by_creator"`
+}
+
+// groupAnnotation puts containers in one shim, for both runtimes.
+const groupAnnotation = "io.containerd.runc.v2.group"
+
+// GroupShim grows a group of sleeping containers per runtime to each count
+// in turn and reads the group shim's memory (and mine's goroutines) at each.
+func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration) (_ []GroupPoint, err error) {
+	boxes := map[Runtime][]*box{}
+	defer func() {
+		for _, bs := range boxes {
+			err = errors.Join(err, e.removeAll(ctx, bs))
+		}
+	}()
+	var out []GroupPoint
+	for _, n := range counts {
+		for _, rt := range order(n) {
+			have := len(boxes[rt])
+			if have >= n {
+				continue
+			}
+			group := fmt.Sprintf("grp-%s-%s", rt.Short(), e.tag)
+			e.logf("group shim: %d %s containers", n, rt.Short())
+			more := make([]*box, n-have)
+			// One at a time: runc-v2's start, racing with another start of
+			// the same group, was seen to launch a second group shim.
+			err := parallel(len(more), 1, func(i int) error {
+				id := fmt.Sprintf("%s-%d", group, have+i)
+				b, err := e.newBox(ctx, rt, id, []string{"sleep", "3600"}, oci.WithAnnotations(map[string]string{groupAnnotation: group}))
+				if err != nil {
+					return err
+				}
+				more[i] = b
+				if err := b.createTask(ctx, e); err != nil {
+					return err
+				}
+				return b.start(ctx, e)
+			})
+			for _, b := range more {
+				if b != nil {
+					boxes[rt] = append(boxes[rt], b)
+				}
+			}
+			if err != nil {
+				return out, err
+			}
+		}
+		time.Sleep(settle) // let the calls of the last starts finish
+		p := GroupPoint{Containers: n}
+		for _, rt := range Runtimes {
+			mems, procs, err := e.memOfShims(boxes[rt], 1)
+			if err != nil {
+				return out, err
+			}
+			if rt == Mine {
+				p.Mine = mems[0]
+				if p.MineGoroutines, p.MineCreators, err = goroutinesOf(procs[0].pid); err != nil {
+					return out, err
+				}
+			} else {
+				p.Runc = mems[0]
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// goroutinesOf makes the mine shim daemon pid write its stacks file
+// (SIGUSR1) into its working directory and returns the goroutine count of
+// its first line, and the goroutines by creating function.
+func goroutinesOf(pid int) (int, map[string]int, error) {
+	dir, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	if err != nil {
+		return 0, nil, err
+	}
+	path := filepath.Join(dir, "shim-stacks.txt")
+	_ = os.Remove(path)
+	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
+		return 0, nil, err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil {
+			first, rest, _ := strings.Cut(string(data), "\n")
+			if v, ok := strings.CutPrefix(strings.TrimSpace(first), "goroutines "); ok {
+				n, err := strconv.Atoi(v)
+				return n, creators(rest), err
+			}
+		}
+		if time.Now().After(deadline) {
+			return 0, nil, fmt.Errorf("shim %d wrote no goroutine count to %s", pid, path)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a file the shim writes
+	}
+}
+
+// creators counts the goroutines of a runtime.Stack dump by the function
+// that created them (the main goroutine counts as "main").
+func creators(dump string) map[string]int {
+	out := map[string]int{}
+	for _, g := range strings.Split(dump, "\n\n") {
+		if !strings.HasPrefix(strings.TrimSpace(g), "goroutine ") {
+			continue
+		}
+		key := "main"
+		if _, after, ok := strings.Cut(g, "\ncreated by "); ok {
+			key, _, _ = strings.Cut(after, " in goroutine")
+			key, _, _ = strings.Cut(key, "\n")
+		}
+		out[key]++
+	}
+	return out
+}
+
+// StartAlone measures the `start` action by itself, as containerd >= 2.3
+// runs it (bootstrap parameters on stdin, its flags and environment, the
+// bundle as working directory with a container's config.json and the log
+// FIFO read), n times per runtime, alternating: the wall time until
+// `start` exits with its answer. Each daemon is shut down afterwards,
+// untimed.
+func (e *Env) StartAlone(ctx context.Context, n int) (Comparison, error) {
+	var p Pair
+	b, err := e.newBox(ctx, Mine, "startspec-"+e.tag, []string{"true"})
+	if err != nil {
+		return Comparison{}, err
+	}
+	spec, err := b.c.Spec(e.nsCtx(ctx))
+	if rerr := b.remove(ctx, e); err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return Comparison{}, err
+	}
+	config, err := json.Marshal(spec)
+	if err != nil {
+		return Comparison{}, err
+	}
+	for i := range n + 1 {
+		for _, rt := range order(i) {
+			d, err := e.startOnce(ctx, rt, fmt.Sprintf("start-%s-%d-%s", rt.Short(), i, e.tag), config)
+			if err != nil {
+				return Comparison{}, err
+			}
+			if i > 0 { // the first round warms the page cache
+				p.add(rt, ms(d))
+			}
+		}
+	}
+	return p.Compare("ms"), nil
+}
+
+func (e *Env) startOnce(ctx context.Context, rt Runtime, id string, config []byte) (time.Duration, error) {
+	bundle := filepath.Join(e.dir, "start", id)
+	if err := os.MkdirAll(bundle, 0o711); err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(bundle)
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), config, 0o600); err != nil {
+		return 0, err
+	}
+	// containerd creates the shim's log FIFO and reads it before start.
+	logPath := filepath.Join(bundle, "log")
+	if err := syscall.Mkfifo(logPath, 0o700); err != nil {
+		return 0, err
+	}
+	logR, err := os.OpenFile(logPath, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return 0, err
+	}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			if _, err := logR.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	defer logR.Close()
+	params, err := proto.Marshal(&bootapi.BootstrapParams{
+		InstanceID: id, Namespace: Namespace, LogLevel: bootapi.LogLevel_LOG_LEVEL_INFO,
+		ContainerdVersion: "2.4.2", ContainerdGrpcAddress: e.d.socket(), ContainerdTtrpcAddress: e.d.Config.TTRPCAddress(),
+		ContainerdBinary: e.containerd,
+	})
+	if err != nil {
+		return 0, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, e.shims[rt], "-namespace", Namespace, "-address", e.d.socket(),
+		"-publish-binary", e.containerd, "-id", id, "start")
+	cmd.Dir = bundle
+	cmd.Env = append(childEnv([]string{e.binDir}), "GOMAXPROCS=2", "MAX_SHIM_VERSION=2",
+		"TTRPC_ADDRESS="+e.d.Config.TTRPCAddress(), "GRPC_ADDRESS="+e.d.socket(), "NAMESPACE="+Namespace)
+	cmd.Stdin = bytes.NewReader(params)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	begin := time.Now()
+	out, err := cmd.CombinedOutput()
+	d := time.Since(begin)
+	if err != nil {
+		return 0, fmt.Errorf("%s start: %w: %s", rt.Short(), err, out)
+	}
+	addr := startAddress(out)
+	if !strings.HasPrefix(addr, "unix://") {
+		return 0, fmt.Errorf("%s start answered %q", rt.Short(), out)
+	}
+	// Untimed: stop the daemon, by Shutdown, or else by SIGKILL (it serves
+	// no container, nothing is lost).
+	_ = shutdownShim(ctx, strings.TrimPrefix(addr, "unix://"))
+	if err := e.killShimOf(id); err != nil {
+		return 0, fmt.Errorf("%s: %w", rt.Short(), err)
+	}
+	return d, nil
+}
+
+// killShimOf kills the shim daemons serving id and waits until they are
+// gone.
+func (e *Env) killShimOf(id string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		procs, err := e.shimProcs(map[string]bool{id: true})
+		if err != nil || len(procs) == 0 {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("shim of %s still runs after SIGKILL", id)
+		}
+		for _, p := range procs {
+			_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		}
+		time.Sleep(10 * time.Millisecond) // polling /proc for the exit
+	}
+}
+
+// startAddress reads the answer of `start`: a BootstrapResult, JSON, or a
+// bare address.
+func startAddress(out []byte) string {
+	var res bootapi.BootstrapResult
+	if proto.Unmarshal(out, &res) == nil && strings.HasPrefix(res.Address, "unix://") {
+		return res.Address
+	}
+	var j struct {
+		Address string `json:"address"`
+	}
+	if json.Unmarshal(out, &j) == nil && j.Address != "" {
+		return j.Address
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// shutdownShim asks the shim daemon on socket to shut down (it serves no
+// container). The daemon may close the connection before its answer
+// arrives: an error counts only if the daemon still answers afterwards.
+func shutdownShim(ctx context.Context, socket string) error {
+	conn, err := net.DialTimeout("unix", socket, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	c := ttrpc.NewClient(conn)
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = taskv3.NewTTRPCTaskClient(c).Shutdown(sctx, &taskv3.ShutdownRequest{})
+	c.Close()
+	if err == nil {
+		return nil
+	}
+	if again, derr := net.DialTimeout("unix", socket, time.Second); derr == nil {
+		again.Close()
+		return fmt.Errorf("shutdown %s: %w", socket, err)
+	}
+	return nil
+}
