@@ -135,6 +135,7 @@ func holdAndReap() {
 
 // holder is a running holder process, seen from the shim.
 type holder struct {
+	reaper  *process.Reaper
 	pid     int
 	started time.Time
 	exited  chan struct{} // closed when exit is set
@@ -182,7 +183,7 @@ func spawnHolder(ctx context.Context, reaper *process.Reaper, self string, p Pod
 		// locked until the holder's exit: a dead shim leaves no holder.
 		Pdeathsig: unix.SIGKILL,
 	}
-	h := &holder{exited: make(chan struct{})}
+	h := &holder{reaper: reaper, exited: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -247,7 +248,9 @@ func (h *holder) kill(ctx context.Context) error {
 	if !h.alive() {
 		return nil
 	}
-	if err := unix.Kill(h.pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+	// Through the reaper: a holder already reaped (its pid maybe reused) is
+	// not signalled.
+	if err := h.reaper.Signal(h.pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("kill holder %d: %w", h.pid, err)
 	}
 	select {
