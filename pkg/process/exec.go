@@ -100,7 +100,7 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 		return fail(pio, fmt.Errorf("read exec pid: %w", err))
 	}
 	_ = os.Remove(pidFile)
-	exits := c.cfg.Reaper.Claim(pid, mark)
+	release := c.watchExit(p, pid, mark)
 	// A pidfd taken while the exit is unreaped: signals through it never
 	// reach a recycled pid. An exit already reaped gives none.
 	pidfd, _ := c.cfg.Reaper.Pidfd(pid)
@@ -108,7 +108,7 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p.pid, p.pidfd, p.io, p.status = pid, pidfd, pio, Running
-	go c.exitPipeline(p, exits)
+	release()
 	c.applyLocked(c.seq.endStart(p.execID, true))
 	return pid, nil
 }

@@ -113,7 +113,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		_ = c.rt.delete(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	exits := cfg.Reaper.Claim(pid, mark)
+	release := c.watchExit(c.init, pid, mark)
 
 	c.mu.Lock()
 	c.init.status, c.init.pid, c.init.io = Created, pid, pio
@@ -122,7 +122,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, Stdio: cfg.Stdio, Checkpoint: cfg.Checkpoint,
 	})
 	c.mu.Unlock()
-	go c.exitPipeline(c.init, exits)
+	release()
 	return c, nil
 }
 
@@ -192,7 +192,7 @@ func (c *Container) restore(ctx context.Context, p *proc) (int, error) {
 		return 0, err
 	}
 	p.pid, p.status = pid, Running
-	go c.exitPipeline(p, c.cfg.Reaper.Claim(pid, mark))
+	c.watchExit(p, pid, mark)()
 	c.applyLocked(c.seq.endStart("", true))
 	return pid, nil
 }

@@ -53,8 +53,24 @@ const killBound = 10 * time.Second
 // processes that are still running (they are killed when the init exits).
 const initExitBound = 5 * time.Second
 
+// watchExit arranges for the exit pipeline of p (pid) to run when it exits,
+// in a goroutine of its own that exists only from then on: a running
+// process costs no goroutine. The pipeline waits for the returned release,
+// which the caller calls once it has recorded p as started (under the lock
+// or not).
+func (c *Container) watchExit(p *proc, pid int, mark Mark) (release func()) {
+	gate := make(chan struct{})
+	c.cfg.Reaper.OnExit(pid, mark, func(e Exit) {
+		go func() {
+			<-gate
+			c.exitPipeline(p, e)
+		}()
+	})
+	return func() { close(gate) }
+}
+
 // exitPipeline is the one path of a process's exit, run by one goroutine per
-// process:
+// exited process:
 //
 //  1. at once, under the lock: the process is marked exited, so that no
 //     signal is sent to its pid any more;
@@ -65,8 +81,7 @@ const initExitBound = 5 * time.Second
 //     keeps flowing until Delete);
 //  3. under the lock: the exit goes to the sequencer, and the steps it
 //     returns are carried out.
-func (c *Container) exitPipeline(p *proc, exits <-chan Exit) {
-	e := <-exits
+func (c *Container) exitPipeline(p *proc, e Exit) {
 	c.mu.Lock()
 	p.exited = true
 	pio := p.io

@@ -50,7 +50,7 @@ type Reaper struct {
 
 	mu        sync.Mutex
 	seq       uint64                // guarded by mu
-	waiters   map[int]chan Exit     // guarded by mu
+	waiters   map[int]func(Exit)    // guarded by mu
 	unclaimed map[int]unclaimedExit // guarded by mu
 	order     []int                 // guarded by mu; FIFO of unclaimed pids
 }
@@ -58,7 +58,7 @@ type Reaper struct {
 // NewReaper returns a Reaper; call Run to start reaping.
 func NewReaper() *Reaper {
 	return &Reaper{
-		waiters:   make(map[int]chan Exit),
+		waiters:   make(map[int]func(Exit)),
 		unclaimed: make(map[int]unclaimedExit),
 	}
 }
@@ -159,9 +159,9 @@ func (r *Reaper) deliver(e Exit) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seq++
-	if ch, ok := r.waiters[e.Pid]; ok {
+	if fn, ok := r.waiters[e.Pid]; ok {
 		delete(r.waiters, e.Pid)
-		ch <- e // buffered, one exit per claim
+		fn(e) // must not block (OnExit)
 		return
 	}
 	if _, dup := r.unclaimed[e.Pid]; !dup {
@@ -188,18 +188,28 @@ func (r *Reaper) Mark() Mark {
 // belongs to an earlier process with the same pid and is dropped.
 func (r *Reaper) Claim(pid int, since Mark) <-chan Exit {
 	ch := make(chan Exit, 1)
+	r.OnExit(pid, since, func(e Exit) { ch <- e })
+	return ch
+}
+
+// OnExit calls fn with the exit of pid, exactly once: from the reaping
+// goroutine when the exit comes, or at once when it was reaped after since
+// (an older exit belongs to an earlier process with the same pid and is
+// dropped). fn must not block nor call the Reaper. Unlike Claim, it costs
+// no goroutine while the process lives.
+func (r *Reaper) OnExit(pid int, since Mark, fn func(Exit)) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if u, ok := r.unclaimed[pid]; ok {
 		delete(r.unclaimed, pid)
 		r.dropOrderLocked(pid)
 		if u.seq > since.seq {
-			ch <- u.exit
-			return ch
+			r.mu.Unlock()
+			fn(u.exit)
+			return
 		}
 	}
-	r.waiters[pid] = ch
-	return ch
+	r.waiters[pid] = fn
+	r.mu.Unlock()
 }
 
 // Unclaim forgets a claim whose exit is no longer wanted.
