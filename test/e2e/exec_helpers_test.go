@@ -1,14 +1,10 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +17,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/mineshim/mine/test/internal/testenv"
 )
 
 const (
@@ -31,9 +29,6 @@ const (
 	ioTimeout = 10 * time.Second
 	// stacksTimeout bounds the wait for shim-stacks.txt after SIGUSR1.
 	stacksTimeout = 10 * time.Second
-	// stacksFile is what the mine shim writes in its working directory (the
-	// bundle) on SIGUSR1; its first line is "goroutines N".
-	stacksFile = "shim-stacks.txt"
 )
 
 // execHost is a container started through the Go client that tests exec
@@ -403,50 +398,16 @@ func fdCount(tb testing.TB, pid int) int {
 	return len(fds)
 }
 
-// shimGoroutines makes the mine shim daemon pid write shim-stacks.txt into
-// bundle (SIGUSR1) and returns the goroutine count on its first line.
+// shimGoroutines makes the mine shim daemon pid write its stacks file into
+// its bundle, its working directory (testenv.ShimGoroutines), and returns
+// the goroutine count; bundle names where to look when a test fails.
 func shimGoroutines(tb testing.TB, pid int, bundle string) int {
 	tb.Helper()
-	path := filepath.Join(bundle, stacksFile)
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		tb.Fatal(err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
-		tb.Fatalf("signal shim %d: %v", pid, err)
-	}
-	deadline := time.Now().Add(stacksTimeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		n, err := readGoroutineCount(path)
-		if err == nil {
-			return n
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("shim %d did not write a goroutine count to %s within %v after SIGUSR1: %v", pid, path, stacksTimeout, err)
-		}
-		<-tick.C
-	}
-}
-
-// readGoroutineCount parses the first line of a stacks file, "goroutines N".
-// A file that is not there yet or whose first line is not complete yet is an
-// error.
-func readGoroutineCount(path string) (int, error) {
-	f, err := os.Open(path)
+	n, err := testenv.ShimGoroutines(pid, stacksTimeout)
 	if err != nil {
-		return 0, err
+		tb.Fatalf("goroutines of shim %d (stacks in %s): %v", pid, bundle, err)
 	}
-	defer f.Close()
-	line, err := bufio.NewReader(f).ReadString('\n')
-	if err != nil {
-		return 0, fmt.Errorf("first line of %s incomplete: %q", path, line)
-	}
-	v, ok := strings.CutPrefix(strings.TrimSpace(line), "goroutines ")
-	if !ok {
-		return 0, fmt.Errorf("first line of %s is %q, want \"goroutines N\"", path, line)
-	}
-	return strconv.Atoi(v)
+	return n
 }
 
 // execID returns an exec ID made of prefix and n.

@@ -17,6 +17,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+
+	"github.com/mineshim/mine/test/internal/testenv"
 )
 
 // sleeper is the init of containers that only host exec processes.
@@ -289,7 +291,7 @@ func TestExecSequentialNoLeaks(t *testing.T) {
 	bundle := h.bundleDir(c.ns, c.id)
 	countGoroutines := h.runtime == runtimeMine
 	if !countGoroutines {
-		t.Logf("runtime %s writes no %s: only descriptors are counted", h.runtime, stacksFile)
+		t.Logf("runtime %s writes no %s: only descriptors are counted", h.runtime, testenv.StacksFile)
 	}
 
 	run := func(prefix string, n int) []string {
