@@ -8,10 +8,11 @@ import (
 	"time"
 )
 
-// TestNoGRPCStack checks that the shim links no gRPC transport but through
-// the Sandbox API: the shim speaks only ttrpc, and containerd's
-// api/runtime/task/v3 package (which also holds the gRPC stubs) would pull
-// in google.golang.org/grpc, net/http and crypto/tls (docs/BENCHMARKS.md).
+// TestNoGRPCStack checks that the shim links no gRPC transport: it speaks
+// only ttrpc, and containerd's api/runtime/task/v3 and runtime/sandbox/v1
+// packages (which also hold gRPC stubs) would pull in google.golang.org/grpc,
+// net/http and crypto/tls (docs/BENCHMARKS.md). gRPC's status and codes
+// packages stay: ttrpc and errdefs carry errors in them.
 func TestNoGRPCStack(t *testing.T) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -27,17 +28,16 @@ func TestNoGRPCStack(t *testing.T) {
 	if len(lines) < 10 {
 		t.Fatalf("go list -deps gave %d packages: %q", len(lines), out)
 	}
-	// containerd's Sandbox API package holds its gRPC stubs beside its
-	// messages, so serving pods without a pause container brings gRPC in
-	// through that one package; nothing else may.
-	const sandboxAPI = "github.com/containerd/containerd/api/runtime/sandbox/v1"
 	for _, l := range lines {
 		f := strings.Fields(l)
 		pkg, imports := f[0], f[1:]
-		if pkg == "github.com/containerd/containerd/api/runtime/task/v3" {
+		switch pkg {
+		case "github.com/containerd/containerd/api/runtime/task/v3",
+			"github.com/containerd/containerd/api/runtime/sandbox/v1",
+			"google.golang.org/grpc", "net/http", "crypto/tls":
 			t.Errorf("the shim links %s", pkg)
 		}
-		if pkg == sandboxAPI || strings.HasPrefix(pkg, "google.golang.org/grpc") {
+		if strings.HasPrefix(pkg, "google.golang.org/grpc") {
 			continue
 		}
 		for _, imp := range imports {

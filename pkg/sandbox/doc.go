@@ -1,5 +1,8 @@
 // Package sandbox serves containerd's Sandbox API (runtime/sandbox/v1) for
-// pods without a pause container: CRI's `sandboxer = "shim"` mode.
+// pods without a pause container: CRI's `sandboxer = "shim"` mode. Its
+// messages are declared in api.proto, wire-compatible with containerd's,
+// so that the shim links no gRPC (containerd's Go package of the API holds
+// gRPC stubs).
 //
 // A pod's namespaces are held by a holder process, the shim's own binary
 // re-executed in a small mode (see RunHolderIfAsked): it is cloned into new

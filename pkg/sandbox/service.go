@@ -12,12 +12,10 @@ import (
 	"sync"
 	"time"
 
-	sandboxAPI "github.com/containerd/containerd/api/runtime/sandbox/v1"
 	apitypes "github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
-	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -115,11 +113,6 @@ func New(cfg Config) *Service {
 	return &Service{cfg: cfg, connGone: make(chan struct{}, 1)}
 }
 
-// RegisterTTRPC registers the service on a ttrpc server.
-func (s *Service) RegisterTTRPC(server *ttrpc.Server) {
-	sandboxAPI.RegisterTTRPCSandboxService(server, s)
-}
-
 // Alive reports whether the shim holds a sandbox that is not shut down:
 // the shim must stay up (and ignore Task.Shutdown) while it does.
 func (s *Service) Alive() bool {
@@ -144,8 +137,8 @@ func (s *Service) checkLocked(id string) error {
 }
 
 // CreateSandbox validates the pod's config and writes the pod's files.
-func (s *Service) CreateSandbox(ctx context.Context, r *sandboxAPI.CreateSandboxRequest) (*sandboxAPI.CreateSandboxResponse, error) {
-	if err := process.ValidateID(r.GetSandboxID()); err != nil {
+func (s *Service) CreateSandbox(ctx context.Context, r *CreateSandboxRequest) (*CreateSandboxResponse, error) {
+	if err := process.ValidateID(r.GetSandboxId()); err != nil {
 		return nil, wire(err)
 	}
 	if r.GetBundlePath() == "" || !filepath.IsAbs(r.GetBundlePath()) {
@@ -158,7 +151,7 @@ func (s *Service) CreateSandbox(ctx context.Context, r *sandboxAPI.CreateSandbox
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.phase != phaseNone {
-		return nil, wire(fmt.Errorf("sandbox %q (this shim serves %q): %w", r.GetSandboxID(), s.id, errdefs.ErrAlreadyExists))
+		return nil, wire(fmt.Errorf("sandbox %q (this shim serves %q): %w", r.GetSandboxId(), s.id, errdefs.ErrAlreadyExists))
 	}
 	// Writing a few small files and one mount: done under the lock so that
 	// a concurrent Create cannot interleave.
@@ -167,21 +160,21 @@ func (s *Service) CreateSandbox(ctx context.Context, r *sandboxAPI.CreateSandbox
 		return nil, wire(fmt.Errorf("pod files: %w", err))
 	}
 	s.phase = phaseCreated
-	s.id, s.bundle, s.netns, s.pod = r.GetSandboxID(), r.GetBundlePath(), r.GetNetnsPath(), pod
+	s.id, s.bundle, s.netns, s.pod = r.GetSandboxId(), r.GetBundlePath(), r.GetNetnsPath(), pod
 	s.createdAt = time.Now()
 	s.stopped = make(chan struct{})
 	log.G(ctx).WithField("sandbox_id", s.id).WithField("netns", s.netns).Debug("sandbox created")
-	return &sandboxAPI.CreateSandboxResponse{}, nil
+	return &CreateSandboxResponse{}, nil
 }
 
 // StartSandbox spawns the holder and answers with its pid.
-func (s *Service) StartSandbox(ctx context.Context, r *sandboxAPI.StartSandboxRequest) (*sandboxAPI.StartSandboxResponse, error) {
+func (s *Service) StartSandbox(ctx context.Context, r *StartSandboxRequest) (*StartSandboxResponse, error) {
 	s.mu.Lock()
 	if s.phase == phaseNone {
 		s.mu.Unlock()
-		return nil, wire(fmt.Errorf("start of sandbox %q before create: %w", r.GetSandboxID(), errdefs.ErrFailedPrecondition))
+		return nil, wire(fmt.Errorf("start of sandbox %q before create: %w", r.GetSandboxId(), errdefs.ErrFailedPrecondition))
 	}
-	if err := s.checkLocked(r.GetSandboxID()); err != nil {
+	if err := s.checkLocked(r.GetSandboxId()); err != nil {
 		s.mu.Unlock()
 		return nil, wire(err)
 	}
@@ -224,7 +217,7 @@ func (s *Service) StartSandbox(ctx context.Context, r *sandboxAPI.StartSandboxRe
 	s.h, s.cgroup, s.phase = h, cg, phaseReady
 	go s.monitor(h)
 	log.G(ctx).WithField("sandbox_id", id).WithField("pid", h.pid).Info("sandbox ready")
-	return &sandboxAPI.StartSandboxResponse{Pid: uint32(h.pid), CreatedAt: timestamppb.New(s.createdAt)}, nil
+	return &StartSandboxResponse{Pid: uint32(h.pid), CreatedAt: timestamppb.New(s.createdAt)}, nil
 }
 
 // monitor moves the sandbox to stopped when its holder exits.
@@ -251,23 +244,23 @@ func (s *Service) stopLocked(exit process.Exit) {
 }
 
 // Platform says linux and the shim's architecture.
-func (s *Service) Platform(ctx context.Context, r *sandboxAPI.PlatformRequest) (*sandboxAPI.PlatformResponse, error) {
-	return &sandboxAPI.PlatformResponse{Platform: &apitypes.Platform{OS: "linux", Architecture: goruntime.GOARCH}}, nil
+func (s *Service) Platform(ctx context.Context, r *PlatformRequest) (*PlatformResponse, error) {
+	return &PlatformResponse{Platform: &apitypes.Platform{OS: "linux", Architecture: goruntime.GOARCH}}, nil
 }
 
 // StopSandbox kills the holder and waits for its exit. Stopping a stopped
 // sandbox succeeds.
-func (s *Service) StopSandbox(ctx context.Context, r *sandboxAPI.StopSandboxRequest) (*sandboxAPI.StopSandboxResponse, error) {
+func (s *Service) StopSandbox(ctx context.Context, r *StopSandboxRequest) (*StopSandboxResponse, error) {
 	timeout := stopTimeout
 	if t := r.GetTimeoutSecs(); t > 0 {
 		timeout = time.Duration(t) * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := s.stop(ctx, r.GetSandboxID()); err != nil {
+	if err := s.stop(ctx, r.GetSandboxId()); err != nil {
 		return nil, wire(err)
 	}
-	return &sandboxAPI.StopSandboxResponse{}, nil
+	return &StopSandboxResponse{}, nil
 }
 
 func (s *Service) stop(ctx context.Context, id string) error {
@@ -296,9 +289,9 @@ func (s *Service) stop(ctx context.Context, id string) error {
 }
 
 // WaitSandbox blocks until the sandbox stops (or ctx ends).
-func (s *Service) WaitSandbox(ctx context.Context, r *sandboxAPI.WaitSandboxRequest) (*sandboxAPI.WaitSandboxResponse, error) {
+func (s *Service) WaitSandbox(ctx context.Context, r *WaitSandboxRequest) (*WaitSandboxResponse, error) {
 	s.mu.Lock()
-	if err := s.checkLocked(r.GetSandboxID()); err != nil {
+	if err := s.checkLocked(r.GetSandboxId()); err != nil {
 		s.mu.Unlock()
 		return nil, wire(err)
 	}
@@ -312,7 +305,7 @@ func (s *Service) WaitSandbox(ctx context.Context, r *sandboxAPI.WaitSandboxRequ
 	s.mu.Lock()
 	e := s.exit
 	s.mu.Unlock()
-	return &sandboxAPI.WaitSandboxResponse{ExitStatus: uint32(e.Status), ExitedAt: timestamppb.New(e.Time)}, nil
+	return &WaitSandboxResponse{ExitStatus: uint32(e.Status), ExitedAt: timestamppb.New(e.Time)}, nil
 }
 
 // statusInfo is the JSON of SandboxStatus' info["info"].
@@ -325,14 +318,14 @@ type statusInfo struct {
 }
 
 // SandboxStatus reports the holder's pid and whether the pod is ready.
-func (s *Service) SandboxStatus(ctx context.Context, r *sandboxAPI.SandboxStatusRequest) (*sandboxAPI.SandboxStatusResponse, error) {
+func (s *Service) SandboxStatus(ctx context.Context, r *SandboxStatusRequest) (*SandboxStatusResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.checkLocked(r.GetSandboxID()); err != nil {
+	if err := s.checkLocked(r.GetSandboxId()); err != nil {
 		return nil, wire(err)
 	}
-	resp := &sandboxAPI.SandboxStatusResponse{
-		SandboxID: s.id,
+	resp := &SandboxStatusResponse{
+		SandboxId: s.id,
 		State:     StateNotReady,
 		CreatedAt: timestamppb.New(s.createdAt),
 	}
@@ -358,20 +351,20 @@ func (s *Service) SandboxStatus(ctx context.Context, r *sandboxAPI.SandboxStatus
 }
 
 // PingSandbox answers when the sandbox exists.
-func (s *Service) PingSandbox(ctx context.Context, r *sandboxAPI.PingRequest) (*sandboxAPI.PingResponse, error) {
+func (s *Service) PingSandbox(ctx context.Context, r *PingRequest) (*PingResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.checkLocked(r.GetSandboxID()); err != nil {
+	if err := s.checkLocked(r.GetSandboxId()); err != nil {
 		return nil, wire(err)
 	}
-	return &sandboxAPI.PingResponse{}, nil
+	return &PingResponse{}, nil
 }
 
 // ShutdownSandbox stops the holder, releases the pod's mounts and cgroup,
 // and lets the shim exit once no member container remains.
-func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxAPI.ShutdownSandboxRequest) (*sandboxAPI.ShutdownSandboxResponse, error) {
+func (s *Service) ShutdownSandbox(ctx context.Context, r *ShutdownSandboxRequest) (*ShutdownSandboxResponse, error) {
 	s.mu.Lock()
-	if err := s.checkLocked(r.GetSandboxID()); err != nil {
+	if err := s.checkLocked(r.GetSandboxId()); err != nil {
 		s.mu.Unlock()
 		return nil, wire(err)
 	}
@@ -382,7 +375,7 @@ func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxAPI.ShutdownSan
 	if s.cfg.Members() == 0 {
 		s.exitWhenDisconnected()
 	}
-	return &sandboxAPI.ShutdownSandboxResponse{}, nil
+	return &ShutdownSandboxResponse{}, nil
 }
 
 // release stops the holder and frees the pod's resources; idempotent.
@@ -417,9 +410,9 @@ func (s *Service) Close() error {
 
 // SandboxMetrics returns the stats of the pod's cgroup (the cgroup parent),
 // or of the holder's cgroup when the pod has no parent.
-func (s *Service) SandboxMetrics(ctx context.Context, r *sandboxAPI.SandboxMetricsRequest) (*sandboxAPI.SandboxMetricsResponse, error) {
+func (s *Service) SandboxMetrics(ctx context.Context, r *SandboxMetricsRequest) (*SandboxMetricsResponse, error) {
 	s.mu.Lock()
-	if err := s.checkLocked(r.GetSandboxID()); err != nil {
+	if err := s.checkLocked(r.GetSandboxId()); err != nil {
 		s.mu.Unlock()
 		return nil, wire(err)
 	}
@@ -437,14 +430,14 @@ func (s *Service) SandboxMetrics(ctx context.Context, r *sandboxAPI.SandboxMetri
 	if err != nil {
 		return nil, wire(err)
 	}
-	return &sandboxAPI.SandboxMetricsResponse{Metrics: &apitypes.Metric{
-		Timestamp: timestamppb.Now(), ID: r.GetSandboxID(), Data: data,
+	return &SandboxMetricsResponse{Metrics: &apitypes.Metric{
+		Timestamp: timestamppb.Now(), ID: r.GetSandboxId(), Data: data,
 	}}, nil
 }
 
 // UpdateSandbox is not supported: CRI does not call it for this mode.
-func (s *Service) UpdateSandbox(ctx context.Context, r *sandboxAPI.UpdateSandboxRequest) (*sandboxAPI.UpdateSandboxResponse, error) {
-	return nil, wire(fmt.Errorf("update of sandbox %q: %w", r.GetSandboxID(), errdefs.ErrNotImplemented))
+func (s *Service) UpdateSandbox(ctx context.Context, r *UpdateSandboxRequest) (*UpdateSandboxResponse, error) {
+	return nil, wire(fmt.Errorf("update of sandbox %q: %w", r.GetSandboxId(), errdefs.ErrNotImplemented))
 }
 
 // PrepareMember gives a member container of this sandbox, about to be
@@ -483,5 +476,3 @@ func (s *Service) PrepareMember(ctx context.Context, id, bundle string) error {
 	}
 	return nil
 }
-
-var _ sandboxAPI.TTRPCSandboxService = (*Service)(nil)
