@@ -302,3 +302,50 @@ func writeBusyboxBundle(t *testing.T, runcBin, busybox, dir string, args ...stri
 		t.Fatal(err)
 	}
 }
+
+// The daemon's own runtime settings hold when the environment sets none:
+// GOGC 25 and one P (trim.go), read back from the memory dump it writes on
+// SIGUSR1 beside its stacks.
+func TestDaemonRuntimeSettings(t *testing.T) {
+	for _, v := range []string{"GOGC", "GOMAXPROCS", "GOMEMLIMIT"} {
+		if _, ok := os.LookupEnv(v); ok {
+			t.Skipf("%s is set in the environment, which the daemon inherits and obeys", v)
+		}
+	}
+	bundle := t.TempDir()
+	s := startTestShim(t, bundle, filepath.Join(shortTempDir(t), "s"), "c1", nil)
+	defer s.shutdown(t, "c1")
+	if err := syscall.Kill(s.pid, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(bundle, stacksFile)); err == nil {
+			break // the memory file is written first
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s from the daemon within 10s of SIGUSR1", stacksFile)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, memoryFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		k, v, _ := strings.Cut(l, " ")
+		got[k] = v
+	}
+	for k, want := range map[string]string{
+		"/sched/gomaxprocs:threads": "1",
+		"/gc/gogc:percent":          "25",
+	} {
+		if got[k] != want {
+			t.Errorf("%s = %q, want %q", k, got[k], want)
+		}
+	}
+	if got["/memory/classes/total:bytes"] == "" {
+		t.Errorf("no /memory/classes/total:bytes in %s:\n%s", memoryFile, data)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"time"
@@ -55,6 +56,10 @@ type daemon struct {
 	socket, address ownedFile
 	done            chan struct{} // closed by the Shutdown call
 	serveErr        chan error    // the ttrpc server's end
+	// sigs (SIGTERM, SIGINT) and dump (SIGUSR1) are notified from the start
+	// of setup: a signal that came before run would otherwise take its
+	// default action, which for SIGUSR1 is to kill the shim.
+	sigs, dump chan os.Signal
 	// closers release what setup acquired, in reverse order.
 	closers []func()
 }
@@ -82,7 +87,15 @@ func serve(f flags) error {
 // Task API service and ttrpc server, serving once it returns. On error,
 // what it acquired is released.
 func setup(f flags) (_ *daemon, retErr error) {
-	d := &daemon{done: make(chan struct{}), serveErr: make(chan error, 1)}
+	d := &daemon{
+		done:     make(chan struct{}),
+		serveErr: make(chan error, 1),
+		sigs:     make(chan os.Signal, 1),
+		dump:     make(chan os.Signal, 1),
+	}
+	signal.Notify(d.sigs, unix.SIGTERM, unix.SIGINT)
+	signal.Notify(d.dump, unix.SIGUSR1)
+	signal.Ignore(unix.SIGPIPE)
 	defer func() {
 		if retErr != nil {
 			d.release()
@@ -195,11 +208,6 @@ func setup(f flags) (_ *daemon, retErr error) {
 // state directory it serves removed.
 func (d *daemon) run() {
 	ctx := d.ctx
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
-	signal.Ignore(unix.SIGPIPE)
-	dump := make(chan os.Signal, 1)
-	signal.Notify(dump, unix.SIGUSR1)
 	idle := time.NewTicker(idleCheckInterval)
 	defer idle.Stop()
 	for {
@@ -221,13 +229,16 @@ func (d *daemon) run() {
 		case <-d.done:
 			log.G(ctx).Info("shutdown requested")
 			return
-		case s := <-sigs:
+		case s := <-d.sigs:
 			log.G(ctx).WithField("signal", s.String()).Info("shutting down on signal")
 			return
 		case err := <-d.serveErr:
 			log.G(ctx).WithError(err).Error("ttrpc server failed")
 			return
-		case <-dump:
+		case <-d.dump:
+			if err := dumpMemory(filepath.Join(d.bundle, memoryFile)); err != nil {
+				log.G(ctx).WithError(err).Warn("dump memory")
+			}
 			if err := dumpStacks(filepath.Join(d.bundle, stacksFile)); err != nil {
 				log.G(ctx).WithError(err).Warn("dump stacks")
 			}
@@ -282,6 +293,34 @@ func dumpStacks(path string) error {
 	}
 	out := fmt.Appendf(nil, "goroutines %d\n\n", runtime.NumGoroutine())
 	return os.WriteFile(path, append(out, buf...), 0o600)
+}
+
+// memoryFile is written beside stacksFile on SIGUSR1 (before it: the stacks
+// file appearing means both are complete): the Go runtime's memory classes
+// and GC figures and its processors, one "name value" line each
+// (runtime/metrics names), to tell heap, stacks and runtime metadata apart
+// in the shim's private memory.
+const memoryFile = "shim-memory.txt"
+
+func dumpMemory(path string) error {
+	var samples []metrics.Sample
+	for _, d := range metrics.All() {
+		if strings.HasPrefix(d.Name, "/memory/classes/") || strings.HasPrefix(d.Name, "/gc/") ||
+			d.Name == "/sched/gomaxprocs:threads" || d.Name == "/sched/goroutines:goroutines" {
+			samples = append(samples, metrics.Sample{Name: d.Name})
+		}
+	}
+	metrics.Read(samples)
+	var out []byte
+	for _, s := range samples {
+		switch s.Value.Kind() {
+		case metrics.KindUint64:
+			out = fmt.Appendf(out, "%s %d\n", s.Name, s.Value.Uint64())
+		case metrics.KindFloat64:
+			out = fmt.Appendf(out, "%s %g\n", s.Name, s.Value.Float64())
+		}
+	}
+	return os.WriteFile(path, out, 0o600)
 }
 
 // adjustOOMScore makes the shim a slightly better OOM victim than its parent

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -42,11 +43,23 @@ type trimmer struct {
 // docs/BENCHMARKS.md ("GC settings").
 const gcPercent = 25
 
-// newTrimmer sets the daemon's memory policy (GC target, idle trim) and
-// returns the trimmer, whose interceptor must see every call.
+// daemonProcs is the daemon's GOMAXPROCS when the environment sets none.
+// The Go runtime's default is one P per CPU of the node, and every P keeps
+// its own cache of spans (one per size class), of stacks, and its threads:
+// on a 64-CPU node that is 64 of each in every shim. A shim's work is
+// waiting (for runc, for exits, for calls) and short bursts of decoding:
+// one P serves it (containerd's runc shim caps at 2). Measured in
+// docs/BENCHMARKS.md ("GOMAXPROCS").
+const daemonProcs = 1
+
+// newTrimmer sets the daemon's memory policy (GC target, processors, idle
+// trim) and returns the trimmer, whose interceptor must see every call.
 func newTrimmer() *trimmer {
 	if _, ok := os.LookupEnv("GOGC"); !ok {
 		debug.SetGCPercent(gcPercent)
+	}
+	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
+		runtime.GOMAXPROCS(daemonProcs)
 	}
 	t := &trimmer{lastCall: time.Now()}
 	t.timer = time.AfterFunc(idleTrimDelay, t.trim)
