@@ -154,8 +154,27 @@ func TestCompareV1Files(t *testing.T) {
 				return cg.Stat(cgroup1.IgnoreNotExist)
 			}
 			sameMetrics(t, ours, theirs)
+			fds := openFDs(t)
+			for range 10 {
+				if _, err := ours(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := openFDs(t); n != fds {
+				t.Errorf("%d fds open after 10 readings, %d before", n, fds)
+			}
 		})
 	}
+}
+
+// openFDs counts the test process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
 
 var v2Files = map[string]string{
