@@ -327,3 +327,32 @@ func TestCompareV2Real(t *testing.T) {
 	}
 	sameMetrics(t, byPid.Read, manager)
 }
+
+// TestConcurrentReads reads the test process's own cgroup from several
+// goroutines at once through one Stats (run with -race).
+func TestConcurrentReads(t *testing.T) {
+	s, err := ForPid(os.Getpid())
+	if err != nil {
+		t.Skipf("no cgroup here: %v", err)
+	}
+	start := make(chan struct{})
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			<-start
+			for range 20 {
+				if _, err := s.Read(); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	close(start)
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
