@@ -47,3 +47,30 @@ func TestNoGRPCStack(t *testing.T) {
 		}
 	}
 }
+
+// TestNoEBPFOrDBus checks that the shim links neither cilium/ebpf nor the
+// systemd D-Bus client: the cgroups/v3 managers bring them, and the shim
+// reads and joins cgroups with pkg/cgroup instead (docs/BENCHMARKS.md).
+func TestNoEBPFOrDBus(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go in PATH to list the shim's dependencies")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, goBin, "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	pkgs := strings.Fields(string(out))
+	if len(pkgs) < 10 {
+		t.Fatalf("go list -deps gave %d packages: %q", len(pkgs), out)
+	}
+	for _, p := range pkgs {
+		for _, banned := range []string{"github.com/cilium/ebpf", "github.com/godbus/dbus", "github.com/coreos/go-systemd"} {
+			if p == banned || strings.HasPrefix(p, banned+"/") {
+				t.Errorf("the shim links %s", p)
+			}
+		}
+	}
+}

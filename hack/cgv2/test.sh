@@ -7,6 +7,9 @@
 #
 #   oom.test                 go test -c ./pkg/oom: the OOM watcher on real
 #                            cgroup v2 memory cgroups
+#   cgroup.test              go test -c ./pkg/cgroup: the shim's metrics
+#                            reader against the cgroup2 manager, field by
+#                            field, on a real cgroup v2 cgroup
 #   cgv2.test                go test -c ./test/cgv2: the shim with runc, a
 #                            container OOM-killed at its 16 MiB limit, and
 #                            /tasks/oom forwarded before /tasks/exit; and
@@ -56,9 +59,10 @@ say() { echo "cgv2: $*" >&2; }
 module=$(${GO:-go} list -m)
 # Per test binary: the package, and the tests that must pass (not skip) in
 # the VM, one per line.
-packages=(oom.test cgv2.test cgv2-systemd.test)
+packages=(oom.test cgroup.test cgv2.test cgv2-systemd.test)
 declare -A pkg=(
 	[oom.test]=$module/pkg/oom
+	[cgroup.test]=$module/pkg/cgroup
 	[cgv2.test]=$module/test/cgv2
 	[cgv2-systemd.test]="$module/test/cgv2 (systemd)"
 )
@@ -66,6 +70,7 @@ declare -A required=(
 	[oom.test]='TestRealOOM/v2
 TestRealNoOOM/v2
 TestManyAddRemove/v2_real_and_v2_fake'
+	[cgroup.test]='TestCompareV2Real'
 	[cgv2.test]='TestShimOOM
 TestShimOOMCrun
 TestStack'
@@ -124,7 +129,7 @@ run_vm() {
 	*) say "the tests in the $name VM ended with status $vm" ;;
 	esac
 }
-run_vm init "$here/run.sh" "$work" sh vm-tests.sh "${verbose[@]}" oom.test cgv2.test
+run_vm init "$here/run.sh" "$work" sh vm-tests.sh "${verbose[@]}" oom.test cgroup.test cgv2.test
 run_vm systemd env MINE_CGV2_SYSTEMD=1 "$here/run.sh" "$work" sh vm-tests.sh "${verbose[@]}" -run TestSystemd cgv2-systemd.test
 if [ -f "$work/vm.info" ] && [ ${#verbose[@]} -eq 0 ]; then
 	sed 's/^/cgv2: vm: /' "$work/vm.info" >&2

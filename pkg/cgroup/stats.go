@@ -1,0 +1,82 @@
+package cgroup
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+)
+
+// Stats reads the metrics of one cgroup.
+type Stats struct {
+	v1 *v1Stats // set on legacy and hybrid hosts
+	v2 *v2Stats // set on unified hosts
+
+	mu sync.Mutex
+	r  fileReader // guarded by mu
+}
+
+// Unified tells whether the host has cgroup v2 only.
+func Unified() bool { return cgroups.Mode() == cgroups.Unified }
+
+// ForPid finds the cgroup of pid (the container's init): on a v1 host each
+// controller's directory, from /proc/<pid>/cgroup and the mounts.
+func ForPid(pid int) (*Stats, error) {
+	s := &Stats{}
+	var err error
+	if Unified() {
+		var g string
+		if g, err = v2GroupOf(&s.r, pid); err == nil {
+			s.v2, err = newV2(g)
+		}
+	} else {
+		s.v1, err = newV1ForPid(&s.r, pid)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// ForPath takes the cgroup at path, relative to the cgroup root (on a v1
+// host, to the root of each hierarchy).
+func ForPath(path string) (*Stats, error) {
+	path, err := absolute(path)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stats{}
+	if Unified() {
+		s.v2, err = newV2(path)
+	} else {
+		s.v1, err = newV1ForPath(&s.r, path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Read reads the metrics: a *v1.Metrics (cgroup1/stats) or a *v2.Metrics
+// (cgroup2/stats).
+func (s *Stats) Read() (proto.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.v2 != nil {
+		return s.v2.read(&s.r)
+	}
+	return s.v1.read(&s.r)
+}
+
+// notFound classifies a missing file (a process or cgroup gone) as
+// errdefs.ErrNotFound.
+func notFound(err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+	}
+	return err
+}
