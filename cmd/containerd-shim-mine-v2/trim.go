@@ -43,13 +43,16 @@ type trimmer struct {
 // docs/BENCHMARKS.md ("GC settings").
 const gcPercent = 25
 
-// daemonProcs is the daemon's GOMAXPROCS when the environment sets none.
-// The Go runtime's default is one P per CPU of the node, and every P keeps
-// its own cache of spans (one per size class), of stacks, and its threads:
-// on a 64-CPU node that is 64 of each in every shim. A shim's work is
-// waiting (for runc, for exits, for calls) and short bursts of decoding:
-// one P serves it (containerd's runc shim caps at 2). Measured in
-// docs/BENCHMARKS.md ("GOMAXPROCS").
+// daemonProcs is the daemon's GOMAXPROCS. Every P keeps its own cache of
+// spans (one per size class) and of stacks, and threads to run it: memory
+// that a shim, whose work is waiting (for runc, for exits, for calls) and
+// short bursts of decoding, does not need twice. containerd starts every
+// shim with GOMAXPROCS=2 in its environment (which the daemon inherits
+// through start; containerd's runc shim raises it to 4 for its daemon), and
+// without it the Go default is one P per CPU of the node. The daemon sets
+// its own, whatever the environment says; runc, which the daemon runs,
+// still gets the environment as it was. Measured in docs/BENCHMARKS.md
+// ("GOMAXPROCS").
 const daemonProcs = 1
 
 // newTrimmer sets the daemon's memory policy (GC target, processors, idle
@@ -58,9 +61,7 @@ func newTrimmer() *trimmer {
 	if _, ok := os.LookupEnv("GOGC"); !ok {
 		debug.SetGCPercent(gcPercent)
 	}
-	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
-		runtime.GOMAXPROCS(daemonProcs)
-	}
+	runtime.GOMAXPROCS(daemonProcs)
 	t := &trimmer{lastCall: time.Now()}
 	t.timer = time.AfterFunc(idleTrimDelay, t.trim)
 	return t
