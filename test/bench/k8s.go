@@ -278,7 +278,18 @@ type GroupPoint struct {
 	// MineCreators counts mine's goroutines by the function that created
 	// them ("created by" of its stacks file).
 	MineCreators map[string]int `json:"mine_goroutines_by_creator"`
+	// Conns more ttrpc connections, each with a Wait in flight, were opened
+	// to each group shim at the largest count, as containerd holds one of
+	// each per task of a group; MineConns and RuncConns are the shims'
+	// memory then. What they add is the part of a container's cost that
+	// containerd's calls make, whatever the shim does with its container.
+	Conns     int `json:"conns,omitempty"`
+	MineConns Mem `json:"mine_with_conns,omitempty"`
+	RuncConns Mem `json:"runc_v2_with_conns,omitempty"`
 }
+
+// groupConns is how many connections the probe of GroupShim opens.
+const groupConns = 50
 
 // groupAnnotation puts containers in one shim, for both runtimes.
 const groupAnnotation = "io.containerd.runc.v2.group"
@@ -341,9 +352,79 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration)
 				p.Runc = mems[0]
 			}
 		}
+		if n == counts[len(counts)-1] {
+			for _, rt := range order(n) {
+				_, procs, err := e.memOfShims(boxes[rt], 1)
+				if err != nil {
+					return out, err
+				}
+				e.logf("group shim: %d more connections to the %s shim, each with a Wait", groupConns, rt.Short())
+				m, err := e.withConns(ctx, boxes[rt][0], procs[0].pid, groupConns, settle)
+				if err != nil {
+					return out, err
+				}
+				if rt == Mine {
+					p.MineConns = m
+				} else {
+					p.RuncConns = m
+				}
+			}
+			p.Conns = groupConns
+		}
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// withConns opens n ttrpc connections to the shim pid serving b (its socket
+// from the address file in its working directory), calls Wait for b's task
+// on each, as containerd does once per task, and reads the shim's memory
+// once the calls have had settle to arrive. The calls are cancelled and the
+// connections closed before it returns.
+func (e *Env) withConns(ctx context.Context, b *box, pid, n int, settle time.Duration) (Mem, error) {
+	dir, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	if err != nil {
+		return Mem{}, err
+	}
+	addr, err := os.ReadFile(filepath.Join(dir, "address"))
+	if err != nil {
+		return Mem{}, fmt.Errorf("address of the shim of %s: %w", b.id, err)
+	}
+	socket := strings.TrimPrefix(strings.TrimSpace(string(addr)), "unix://")
+	wctx, cancel := context.WithCancel(e.nsCtx(ctx))
+	var clients []*ttrpc.Client
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		for _, c := range clients {
+			c.Close()
+		}
+		wg.Wait()
+	}()
+	waitErr := make(chan error, n)
+	for range n {
+		conn, err := net.DialTimeout("unix", socket, 2*time.Second)
+		if err != nil {
+			return Mem{}, err
+		}
+		c := ttrpc.NewClient(conn)
+		clients = append(clients, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := taskv3.NewTTRPCTaskClient(c).Wait(wctx, &taskv3.WaitRequest{ID: b.id})
+			if wctx.Err() == nil {
+				waitErr <- fmt.Errorf("wait for %s returned early: %v", b.id, err)
+			}
+		}()
+	}
+	time.Sleep(settle) // the calls reach the shim meanwhile
+	select {
+	case err := <-waitErr:
+		return Mem{}, err
+	default:
+	}
+	return readMem(pid)
 }
 
 // goroutinesOf makes the mine shim daemon pid write its stacks file

@@ -85,6 +85,12 @@ func (r *Report) rows() []row {
 			row{name: fmt.Sprintf("group shim, %d containers: Pss_Anon (MiB)", p.Containers), mine: one(p.Mine.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(p.Mine.PssAnon, p.Runc.PssAnon)},
 			row{name: fmt.Sprintf("group shim, %d containers: threads", p.Containers), mine: one(float64(p.Mine.Threads)), runc: one(float64(p.Runc.Threads)), ratio: Ratio(float64(p.Mine.Threads), float64(p.Runc.Threads))},
 			row{name: fmt.Sprintf("group shim, %d containers: goroutines (mine)", p.Containers), mine: one(float64(p.MineGoroutines)), single: true})
+		if p.Conns > 0 {
+			m := (p.MineConns.PssAnon - p.Mine.PssAnon) / float64(p.Conns)
+			c := (p.RuncConns.PssAnon - p.Runc.PssAnon) / float64(p.Conns)
+			rows = append(rows, row{name: fmt.Sprintf("group shim, %d containers: Pss_Anon per added connection with a Wait (KiB)", p.Containers),
+				mine: one(m), runc: one(c), ratio: Ratio(m, c)})
+		}
 	}
 	if b := r.Binaries; b != nil {
 		m, c := float64(b["mine"].Bytes)/1e6, float64(b["runc-v2"].Bytes)/1e6
