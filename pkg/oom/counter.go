@@ -29,11 +29,15 @@ const (
 	// counter to move: the kernel signals the eventfd when the cgroup goes
 	// under OOM, before it picks and kills a victim.
 	pendingWindow = time.Second
-	// The re-reads during pendingWindow start after pendingFirstRetry and
-	// back off to pendingMaxRetry (100 us, 200 us, ..., 64 ms: 16 re-reads
-	// in the window). The kill usually follows the signal within a few
-	// milliseconds.
+	// The re-reads during pendingWindow come every pendingFirstRetry for
+	// pendingFastFor, then back off to pendingMaxRetry (100 us, 200 us, ...,
+	// 64 ms). Between the signal and the kill the kernel writes its OOM
+	// report: the counter moves a few milliseconds after the signal, and a
+	// re-read that backed off from the start would see it up to twice that
+	// late. Re-reading one small file every 100 us for 10 ms costs about 100
+	// reads per OOM.
 	pendingFirstRetry = 100 * time.Microsecond
+	pendingFastFor    = 10 * time.Millisecond
 	pendingMaxRetry   = 64 * time.Millisecond
 )
 

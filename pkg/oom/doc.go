@@ -29,10 +29,10 @@
 // kill: the kernel signals before it picks a victim, and may kill none. So
 // the Watcher reads the oom_kill counter of memory.oom_control (kernel >=
 // 4.13) and reports only its increases. A signal that finds the counter
-// unchanged re-reads it after 100us (timed by a timerfd in the epoll set),
-// backing off to 64ms, for up to one
-// second (on kernel 6.18 the signal came first in most runs, and the
-// counter moved 1 to 4ms later). A signal that finds
+// unchanged re-reads it every 100us for 10ms (timed by a timerfd in the
+// epoll set), then backing off to 64ms, for up to one second (on kernel
+// 6.18 the signal came first in most runs, and the counter moved 1 to 4ms
+// later). A signal that finds
 // the cgroup gone (its directory missing, or another cgroup at its path)
 // reports nothing and closes the eventfd: a cgroup is removed only when it
 // has no process left, and the kills before that were counted while it

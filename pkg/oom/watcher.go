@@ -490,14 +490,21 @@ func (w *Watcher) run() {
 }
 
 // loop waits on the epoll set until Close wakes it. Cgroups whose v1 OOM
-// signal came before their kill counter moved are re-read, first after
-// pendingFirstRetry then backing off, for pendingWindow at most.
+// signal came before their kill counter moved are re-read every
+// pendingFirstRetry for pendingFastFor, then backing off, for pendingWindow
+// at most.
 func (w *Watcher) loop() error {
 	var (
-		events     = make([]unix.EpollEvent, 128)
-		inoBuf     = make([]byte, 64*1024)
+		events = make([]unix.EpollEvent, 128)
+		// Events of watched files carry no name: 16 bytes each, and
+		// readInotify drains until EAGAIN. The buffer lives on the loop's
+		// stack; a large one would make that stack, and the runtime's
+		// starting size of every goroutine's stack (the average of the
+		// stacks it scans), grow.
+		inoBuf     = make([]byte, 4096)
 		pending    = make(map[*entry]struct{})
 		retryEvery time.Duration
+		fastUntil  time.Time // re-reads back off from then on
 	)
 	for {
 		n, err := unix.EpollWait(w.epfd, events, -1)
@@ -543,6 +550,7 @@ func (w *Watcher) loop() error {
 		case len(pending) == 0:
 		case !wasPending:
 			retryEvery = pendingFirstRetry
+			fastUntil = time.Now().Add(pendingFastFor)
 			if err := w.armRetry(retryEvery); err != nil {
 				return err
 			}
@@ -551,7 +559,9 @@ func (w *Watcher) loop() error {
 				w.pollFromLoop(e, pending)
 			}
 			if len(pending) > 0 {
-				retryEvery = min(2*retryEvery, pendingMaxRetry)
+				if !time.Now().Before(fastUntil) {
+					retryEvery = min(2*retryEvery, pendingMaxRetry)
+				}
 				if err := w.armRetry(retryEvery); err != nil {
 					return err
 				}

@@ -376,21 +376,16 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration)
 	return out, nil
 }
 
-// withConns opens n ttrpc connections to the shim pid serving b (its socket
-// from the address file in its working directory), calls Wait for b's task
+// withConns opens n ttrpc connections to the shim pid serving b (the unix
+// socket it listens on), calls Wait for b's task
 // on each, as containerd does once per task, and reads the shim's memory
 // once the calls have had settle to arrive. The calls are cancelled and the
 // connections closed before it returns.
 func (e *Env) withConns(ctx context.Context, b *box, pid, n int, settle time.Duration) (Mem, error) {
-	dir, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	socket, err := listeningSocket(pid)
 	if err != nil {
-		return Mem{}, err
+		return Mem{}, fmt.Errorf("socket of the shim of %s: %w", b.id, err)
 	}
-	addr, err := os.ReadFile(filepath.Join(dir, "address"))
-	if err != nil {
-		return Mem{}, fmt.Errorf("address of the shim of %s: %w", b.id, err)
-	}
-	socket := strings.TrimPrefix(strings.TrimSpace(string(addr)), "unix://")
 	wctx, cancel := context.WithCancel(e.nsCtx(ctx))
 	var clients []*ttrpc.Client
 	var wg sync.WaitGroup
@@ -425,6 +420,39 @@ func (e *Env) withConns(ctx context.Context, b *box, pid, n int, settle time.Dur
 	default:
 	}
 	return readMem(pid)
+}
+
+// listeningSocket returns the path of the one unix socket pid listens on:
+// the inodes of its socket descriptors looked up in /proc/net/unix, where
+// a listening socket has the flag __SO_ACCEPTCON (00010000).
+func listeningSocket(pid int) (string, error) {
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return "", err
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if ino, ok := strings.CutPrefix(l, "socket:["); ok && err == nil {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/unix", pid))
+	if err != nil {
+		return "", err
+	}
+	var found []string
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		// Num RefCount Protocol Flags Type St Inode Path
+		f := strings.Fields(line)
+		if len(f) == 8 && f[3] == "00010000" && inodes[f[6]] && !strings.HasPrefix(f[7], "@") {
+			found = append(found, f[7])
+		}
+	}
+	if len(found) != 1 {
+		return "", fmt.Errorf("process %d listens on %d unix sockets: %q", pid, len(found), found)
+	}
+	return found[0], nil
 }
 
 // goroutinesOf makes the mine shim daemon pid write its stacks file

@@ -4,11 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
+	apievents "github.com/containerd/containerd/api/events"
+	ttrpcevents "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	apitypes "github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // oomLimit is the memory limit of the OOM container; its process asks for
@@ -36,6 +43,52 @@ type OOMResult struct {
 	// counterPoll): the floor of any shim that reports kills only. It is
 	// measured in the runs of both runtimes.
 	KillToCounter Comparison `json:"kill_to_counter_ms"`
+	// Forward is the time from a TaskOOM forwarded over containerd's ttrpc
+	// events service, as a shim publishes one, to its arrival on the event
+	// stream: containerd's part of every /tasks/oom latency, whatever the
+	// shim (the same in both runtimes' runs, so reported once).
+	Forward Summary `json:"forward_to_stream_ms"`
+}
+
+// forwardRounds is how many TaskOOM events the OOM step forwards itself.
+const forwardRounds = 50
+
+// forward times forwardRounds TaskOOM events of a container that does not
+// exist, each forwarded as a shim does (Events.Forward on containerd's ttrpc
+// socket), from the call to the arrival on the event stream.
+func (e *Env) forward(ctx context.Context) (Summary, error) {
+	conn, err := net.DialTimeout("unix", e.d.Config.TTRPCAddress(), 2*time.Second)
+	if err != nil {
+		return Summary{}, err
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	svc := ttrpcevents.NewTTRPCEventsClient(c)
+	var took []float64
+	for i := range forwardRounds {
+		id := fmt.Sprintf("forward-%s-%d", e.tag, i)
+		ev, err := typeurl.MarshalAnyToProto(&apievents.TaskOOM{ContainerID: id})
+		if err != nil {
+			return Summary{}, err
+		}
+		key := eventKey{topic: topicOOM, container: id}
+		ch := e.events.expect(key)
+		sent := monotonic()
+		_, err = svc.Forward(e.nsCtx(ctx), &ttrpcevents.ForwardRequest{Envelope: &apitypes.Envelope{
+			Timestamp: timestamppb.Now(), Namespace: Namespace, Topic: topicOOM, Event: ev,
+		}})
+		if err != nil {
+			e.events.forget(key)
+			return Summary{}, fmt.Errorf("forward: %w", err)
+		}
+		at, err := e.events.await(ch, key, exitTimeout)
+		if err != nil {
+			return Summary{}, err
+		}
+		took = append(took, (at-sent)*1000)
+		time.Sleep(10 * time.Millisecond) // one at a time, as OOMs come
+	}
+	return Summarize(took), nil
 }
 
 // oomOnce runs one container into its memory limit and returns the two
@@ -136,6 +189,9 @@ func (e *Env) OOM(ctx context.Context, n int) (*OOMResult, error) {
 	}
 	res.OOMEvent, res.ExitEvent = oom.Compare("ms"), exit.Compare("ms")
 	res.KillToCounter = counter.Compare("ms")
+	if res.Forward, err = e.forward(ctx); err != nil {
+		return nil, err
+	}
 	return res, nil
 }
 

@@ -116,6 +116,9 @@ func (r *Report) rows() []row {
 		if o.KillToCounter.Mine.N > 0 {
 			rows = append(rows, cmpRow("OOM kill -> oom_kill counter seen moving, by the harness (ms)", o.KillToCounter, ""))
 		}
+		if o.Forward.N > 0 {
+			rows = append(rows, row{name: "TaskOOM forwarded over containerd's ttrpc -> on the stream, containerd alone (ms)", mine: o.Forward, single: true})
+		}
 	}
 	if p := r.Pods; p != nil {
 		// The mine column is the pod without a pause container; the
