@@ -224,22 +224,40 @@ func newOutputCopy(src *os.File) (*outputCopy, error) {
 
 // run copies until the pipe reaches EOF or is closed. A target that fails
 // is dropped and the pipe is still read, so the process never blocks on it.
-func (o *outputCopy) run(dst io.Writer, buf []byte) {
+// The copy holds a buffer only while the pipe has something to read: it
+// takes one from the pool when the pipe is readable and gives it back when
+// the pipe is empty again, so that the output of an idle process (most
+// processes, most of the time) costs no buffer.
+func (o *outputCopy) run(dst io.Writer) {
 	defer close(o.done)
+	var buf *[]byte
+	defer func() {
+		if buf != nil {
+			putBuf(buf)
+		}
+	}()
 	for {
 		var n int
 		var rerr error
 		err := o.raw.Read(func(fd uintptr) bool {
+			if buf == nil {
+				buf = getBuf()
+			}
 			o.mu.Lock()
-			n, rerr = unix.Read(int(fd), buf)
+			n, rerr = unix.Read(int(fd), *buf)
 			if n > 0 {
 				o.inflight = true
 			}
 			o.mu.Unlock()
-			return rerr != unix.EAGAIN
+			if rerr == unix.EAGAIN {
+				putBuf(buf)
+				buf = nil
+				return false // wait for the pipe to be readable
+			}
+			return true
 		})
 		if n > 0 && dst != nil {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if _, werr := dst.Write((*buf)[:n]); werr != nil {
 				dst = nil
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -261,12 +262,10 @@ func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) error {
 	i.outputs.Add(1)
 	go func() {
 		defer i.outputs.Done()
-		buf := getBuf()
-		defer putBuf(buf)
 		if oc != nil {
-			oc.run(dst, *buf)
+			oc.run(dst)
 		} else {
-			_, _ = io.CopyBuffer(dst, src, *buf)
+			copyStream(dst, src, false)
 		}
 		if closeDst {
 			dst.Close()
@@ -281,23 +280,10 @@ func (i *IO) startStdin() {
 	i.stdinDone = done
 	go func() {
 		defer close(done)
-		buf := getBuf()
-		defer putBuf(buf)
-		for {
-			n, rerr := src.Read(*buf)
-			if n > 0 && dst != nil {
-				if _, werr := dst.Write((*buf)[:n]); werr != nil {
-					// The process and everything that shared its stdin
-					// are gone (EPIPE), or stdin was cut off: what
-					// clients still write is read and dropped, so that
-					// they never block on a FIFO nobody reads.
-					dst = nil
-				}
-			}
-			if rerr != nil {
-				break
-			}
-		}
+		// The process and everything that shared its stdin may be gone
+		// (EPIPE), or stdin cut off: what clients still write is read and
+		// dropped, so that they never block on a FIFO nobody reads.
+		copyStream(dst, src, true)
 		// The FIFO reaches EOF only after CloseStdin dropped the shim's
 		// write side and every client closed theirs: EOF for the process.
 		// A terminal stays open (closing it would hang the process up);
@@ -681,7 +667,61 @@ func (i *IO) Close(bound time.Duration) error {
 	return err
 }
 
+// smallBufSize is what a stream copy reads into while its source trickles
+// or is idle; a read that fills it starts a burst, read with a pooled
+// bufSize buffer until a read comes back short.
+const smallBufSize = 512
+
+// copyStream copies src to dst until src ends or fails. A copy blocked on
+// an idle source (a stdin nobody writes, a quiet terminal) holds
+// smallBufSize bytes, not a 32 KiB buffer. When dst fails, the copy ends,
+// or with keepReading goes on reading and dropping what it reads.
+func copyStream(dst io.Writer, src io.Reader, keepReading bool) {
+	small := make([]byte, smallBufSize)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			putBuf(big)
+		}
+	}()
+	for {
+		b := small
+		if big != nil {
+			b = *big
+		}
+		n, rerr := src.Read(b)
+		if n > 0 && dst != nil {
+			if _, werr := dst.Write(b[:n]); werr != nil {
+				if !keepReading {
+					return
+				}
+				dst = nil
+			}
+		}
+		switch {
+		case big == nil && n == len(small):
+			big = getBuf()
+		case big != nil && n < len(b):
+			putBuf(big)
+			big = nil
+		}
+		if rerr != nil {
+			return
+		}
+	}
+}
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
-func putBuf(b *[]byte) { bufPool.Put(b) }
+// buffersOut counts the copy buffers taken from the pool and not given back.
+var buffersOut atomic.Int64
+
+func getBuf() *[]byte {
+	buffersOut.Add(1)
+	return bufPool.Get().(*[]byte)
+}
+
+func putBuf(b *[]byte) {
+	buffersOut.Add(-1)
+	bufPool.Put(b)
+}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -382,5 +383,125 @@ func TestStdinSurvivesDetach(t *testing.T) {
 	got, _ := io.ReadAll(outR)
 	if string(got) != "first second\n" {
 		t.Fatalf("process read %q", got)
+	}
+}
+
+// gateWriter blocks each Write until release is signalled, and reports
+// what it got.
+type gateWriter struct {
+	entered chan struct{}
+	release chan struct{}
+	got     chan string
+}
+
+func (g *gateWriter) Write(p []byte) (int, error) {
+	g.entered <- struct{}{}
+	<-g.release
+	g.got <- string(p)
+	return len(p), nil
+}
+
+// An output copy holds a buffer only while its pipe has something to read:
+// one while a write is under way, none once the pipe is empty again, so an
+// idle process's output costs no 32 KiB buffer.
+func TestIdleOutputHoldsNoBuffer(t *testing.T) {
+	waitOut := func(want int64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for buffersOut.Load() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d copy buffers out, want %d", buffersOut.Load(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	base := buffersOut.Load()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	oc, err := newOutputCopy(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gateWriter{entered: make(chan struct{}), release: make(chan struct{}), got: make(chan string, 1)}
+	go oc.run(g)
+	waitOut(base) // waiting on an empty pipe
+	if _, err := w.Write([]byte("line\n")); err != nil {
+		t.Fatal(err)
+	}
+	<-g.entered
+	if n := buffersOut.Load(); n != base+1 {
+		t.Errorf("%d copy buffers out while writing, want %d", n, base+1)
+	}
+	g.release <- struct{}{}
+	if s := <-g.got; s != "line\n" {
+		t.Errorf("copied %q", s)
+	}
+	waitOut(base) // the pipe is empty again
+	w.Close()
+	select {
+	case <-oc.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("copy did not end at EOF")
+	}
+	waitOut(base)
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer and a reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Len()
+}
+
+// A stream copy (stdin, terminals) blocked on an idle source holds no
+// pooled buffer; a burst is read with one, given back once the source has
+// caught up.
+func TestStreamCopyIdleHoldsNoBuffer(t *testing.T) {
+	base := buffersOut.Load()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dst lockedBuffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		copyStream(&dst, r, true)
+	}()
+	burst := bytes.Repeat([]byte("x"), 100<<10)
+	if _, err := w.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for dst.Len() < len(burst) || buffersOut.Load() != base {
+		if time.Now().After(deadline) {
+			t.Fatalf("copied %d of %d bytes, %d copy buffers out (want %d) while the source is idle",
+				dst.Len(), len(burst), buffersOut.Load(), base)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	w.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("copy did not end at EOF")
+	}
+	r.Close()
+	if n := buffersOut.Load(); n != base {
+		t.Errorf("%d copy buffers out after the copy ended, want %d", n, base)
 	}
 }
