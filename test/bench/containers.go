@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"syscall"
 	"time"
@@ -29,6 +30,10 @@ type box struct {
 	c     client.Container
 	t     client.Task
 	exitC <-chan client.ExitStatus
+	// output gives the task stdout and stderr FIFOs, read and dropped by
+	// the client, as CRI gives every container of a pod; without it the
+	// task has no stdio.
+	output bool
 }
 
 // newBox creates the container (metadata and snapshot) of args, without a
@@ -55,7 +60,11 @@ func (e *Env) newBox(ctx context.Context, rt Runtime, id string, args []string, 
 func (b *box) createTask(ctx context.Context, e *Env) error {
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
-	t, err := b.c.NewTask(ctx, cio.NullIO)
+	creator := cio.NullIO
+	if b.output {
+		creator = cio.NewCreator(cio.WithStreams(nil, io.Discard, io.Discard))
+	}
+	t, err := b.c.NewTask(ctx, creator)
 	if err != nil {
 		return fmt.Errorf("create task %s (%s): %w", b.id, b.rt.Short(), err)
 	}

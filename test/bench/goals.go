@@ -59,6 +59,12 @@ func (r *Report) Goals() []Goal {
 				Ratio(b.Mine.Rss-a.Mine.Rss, b.Runc.Rss-a.Runc.Rss), 0.5),
 			goal("goroutines per extra container in one group shim", "goroutines", float64(b.MineGoroutines-a.MineGoroutines)/extra, 3))
 	}
+	if n := len(r.GroupOutput); n >= 2 {
+		a, b := r.GroupOutput[0], r.GroupOutput[n-1]
+		g = append(g,
+			goal(fmt.Sprintf("Pss_Anon per extra container in one group shim, with stdout and stderr as under CRI (%d to %d)", a.Containers, b.Containers), "ratio",
+				Ratio(b.Mine.PssAnon-a.Mine.PssAnon, b.Runc.PssAnon-a.Runc.PssAnon), 0.5))
+	}
 	if s := r.StartAlone; s != nil && s.Mine.N > 0 {
 		g = append(g, goal("start alone (bootstrap of containerd >= 2.3)", "ratio", s.Ratio, 0.8))
 	}

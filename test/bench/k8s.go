@@ -296,7 +296,9 @@ const groupAnnotation = "io.containerd.runc.v2.group"
 
 // GroupShim grows a group of sleeping containers per runtime to each count
 // in turn and reads the group shim's memory (and mine's goroutines) at each.
-func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration) (_ []GroupPoint, err error) {
+// With output, each container has stdout and stderr FIFOs, as a pod's
+// containers have under CRI; without, no stdio.
+func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration, output bool) (_ []GroupPoint, err error) {
 	boxes := map[Runtime][]*box{}
 	defer func() {
 		for _, bs := range boxes {
@@ -311,6 +313,9 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration)
 				continue
 			}
 			group := fmt.Sprintf("grp-%s-%s", rt.Short(), e.tag)
+			if output {
+				group = fmt.Sprintf("grpo-%s-%s", rt.Short(), e.tag)
+			}
 			e.logf("group shim: %d %s containers", n, rt.Short())
 			more := make([]*box, n-have)
 			// One at a time: runc-v2's start, racing with another start of
@@ -322,6 +327,7 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration)
 					return err
 				}
 				more[i] = b
+				b.output = output
 				if err := b.createTask(ctx, e); err != nil {
 					return err
 				}

@@ -79,17 +79,22 @@ func (r *Report) rows() []row {
 			row{name: fmt.Sprintf("RSS after %d exec probes (MiB)", p.Execs), mine: one(p.Mine.Rss * mib), runc: one(p.Runc.Rss * mib), ratio: Ratio(p.Mine.Rss, p.Runc.Rss)},
 			row{name: fmt.Sprintf("Pss_Anon after %d exec probes (MiB)", p.Execs), mine: one(p.Mine.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(p.Mine.PssAnon, p.Runc.PssAnon)})
 	}
-	for _, p := range r.Group {
-		rows = append(rows,
-			row{name: fmt.Sprintf("group shim, %d containers: RSS (MiB)", p.Containers), mine: one(p.Mine.Rss * mib), runc: one(p.Runc.Rss * mib), ratio: Ratio(p.Mine.Rss, p.Runc.Rss)},
-			row{name: fmt.Sprintf("group shim, %d containers: Pss_Anon (MiB)", p.Containers), mine: one(p.Mine.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(p.Mine.PssAnon, p.Runc.PssAnon)},
-			row{name: fmt.Sprintf("group shim, %d containers: threads", p.Containers), mine: one(float64(p.Mine.Threads)), runc: one(float64(p.Runc.Threads)), ratio: Ratio(float64(p.Mine.Threads), float64(p.Runc.Threads))},
-			row{name: fmt.Sprintf("group shim, %d containers: goroutines (mine)", p.Containers), mine: one(float64(p.MineGoroutines)), single: true})
-		if p.Conns > 0 {
-			m := (p.MineConns.PssAnon - p.Mine.PssAnon) / float64(p.Conns)
-			c := (p.RuncConns.PssAnon - p.Runc.PssAnon) / float64(p.Conns)
-			rows = append(rows, row{name: fmt.Sprintf("group shim, %d containers: Pss_Anon per added connection with a Wait (KiB)", p.Containers),
-				mine: one(m), runc: one(c), ratio: Ratio(m, c)})
+	for _, g := range []struct {
+		what   string
+		points []GroupPoint
+	}{{"group shim", r.Group}, {"group shim with stdout and stderr", r.GroupOutput}} {
+		for _, p := range g.points {
+			rows = append(rows,
+				row{name: fmt.Sprintf("%s, %d containers: RSS (MiB)", g.what, p.Containers), mine: one(p.Mine.Rss * mib), runc: one(p.Runc.Rss * mib), ratio: Ratio(p.Mine.Rss, p.Runc.Rss)},
+				row{name: fmt.Sprintf("%s, %d containers: Pss_Anon (MiB)", g.what, p.Containers), mine: one(p.Mine.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(p.Mine.PssAnon, p.Runc.PssAnon)},
+				row{name: fmt.Sprintf("%s, %d containers: threads", g.what, p.Containers), mine: one(float64(p.Mine.Threads)), runc: one(float64(p.Runc.Threads)), ratio: Ratio(float64(p.Mine.Threads), float64(p.Runc.Threads))},
+				row{name: fmt.Sprintf("%s, %d containers: goroutines (mine)", g.what, p.Containers), mine: one(float64(p.MineGoroutines)), single: true})
+			if p.Conns > 0 {
+				m := (p.MineConns.PssAnon - p.Mine.PssAnon) / float64(p.Conns)
+				c := (p.RuncConns.PssAnon - p.Runc.PssAnon) / float64(p.Conns)
+				rows = append(rows, row{name: fmt.Sprintf("%s, %d containers: Pss_Anon per added connection with a Wait (KiB)", g.what, p.Containers),
+					mine: one(m), runc: one(c), ratio: Ratio(m, c)})
+			}
 		}
 	}
 	if b := r.Binaries; b != nil {

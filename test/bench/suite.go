@@ -109,6 +109,9 @@ type Report struct {
 	Poll        []PollPoint         `json:"stats_polling,omitempty"`
 	Probes      []ProbePoint        `json:"exec_probes,omitempty"`
 	Group       []GroupPoint        `json:"group_shim,omitempty"`
+	// GroupOutput is Group with stdout and stderr FIFOs for every
+	// container, as CRI starts a pod's containers.
+	GroupOutput []GroupPoint `json:"group_shim_output,omitempty"`
 }
 
 // StepLoad is the load average when a step began. It counts the
@@ -199,7 +202,10 @@ func Run(ctx context.Context, e *Env, o Options) (*Report, error) {
 			return err
 		}},
 		{"group shim", func() (err error) {
-			r.Group, err = e.GroupShim(ctx, o.GroupCounts, 2*time.Second)
+			if r.Group, err = e.GroupShim(ctx, o.GroupCounts, 2*time.Second, false); err != nil {
+				return err
+			}
+			r.GroupOutput, err = e.GroupShim(ctx, o.GroupCounts, 2*time.Second, true)
 			return err
 		}},
 		{"parallel exec", func() (err error) {
