@@ -1,10 +1,9 @@
 package sandbox
 
 import (
-	"context"
-
 	"github.com/containerd/ttrpc"
-	"google.golang.org/protobuf/proto"
+
+	"github.com/mineshim/mine/pkg/task"
 )
 
 // serviceName is the ttrpc service containerd's sandbox controller calls
@@ -21,29 +20,15 @@ func (s *Service) RegisterTTRPC(server *ttrpc.Server) {
 // methods are the service's methods by their names in containerd's API.
 func (s *Service) methods() map[string]ttrpc.Method {
 	return map[string]ttrpc.Method{
-		"CreateSandbox":   method(s.CreateSandbox),
-		"StartSandbox":    method(s.StartSandbox),
-		"Platform":        method(s.Platform),
-		"StopSandbox":     method(s.StopSandbox),
-		"WaitSandbox":     method(s.WaitSandbox),
-		"SandboxStatus":   method(s.SandboxStatus),
-		"PingSandbox":     method(s.PingSandbox),
-		"ShutdownSandbox": method(s.ShutdownSandbox),
-		"SandboxMetrics":  method(s.SandboxMetrics),
-		"UpdateSandbox":   method(s.UpdateSandbox),
-	}
-}
-
-// method decodes a request into Req and calls fn with it.
-func method[Req any, PReq interface {
-	*Req
-	proto.Message
-}, Resp proto.Message](fn func(context.Context, PReq) (Resp, error)) ttrpc.Method {
-	return func(ctx context.Context, unmarshal func(any) error) (any, error) {
-		req := PReq(new(Req))
-		if err := unmarshal(req); err != nil {
-			return nil, err
-		}
-		return fn(ctx, req)
+		"CreateSandbox":   task.Method(s.CreateSandbox),
+		"StartSandbox":    task.Method(s.StartSandbox),
+		"Platform":        task.Method(s.Platform),
+		"StopSandbox":     task.Method(s.StopSandbox),
+		"WaitSandbox":     task.Method(s.WaitSandbox),
+		"SandboxStatus":   task.Method(s.SandboxStatus),
+		"PingSandbox":     task.Method(s.PingSandbox),
+		"ShutdownSandbox": task.Method(s.ShutdownSandbox),
+		"SandboxMetrics":  task.Method(s.SandboxMetrics),
+		"UpdateSandbox":   task.Method(s.UpdateSandbox),
 	}
 }

@@ -30,29 +30,31 @@ func (s *Service) RegisterTTRPCv2(server *ttrpc.Server) {
 func registerV3(server *ttrpc.Server, s v2.TTRPCTaskService) {
 	server.RegisterService(v3ServiceName, &ttrpc.ServiceDesc{
 		Methods: map[string]ttrpc.Method{
-			"State":      method(s.State),
-			"Create":     method(s.Create),
-			"Start":      method(s.Start),
-			"Delete":     method(s.Delete),
-			"Pids":       method(s.Pids),
-			"Pause":      method(s.Pause),
-			"Resume":     method(s.Resume),
-			"Checkpoint": method(s.Checkpoint),
-			"Kill":       method(s.Kill),
-			"Exec":       method(s.Exec),
-			"ResizePty":  method(s.ResizePty),
-			"CloseIO":    method(s.CloseIO),
-			"Update":     method(s.Update),
-			"Wait":       method(s.Wait),
-			"Stats":      method(s.Stats),
-			"Connect":    method(s.Connect),
-			"Shutdown":   method(s.Shutdown),
+			"State":      Method(s.State),
+			"Create":     Method(s.Create),
+			"Start":      Method(s.Start),
+			"Delete":     Method(s.Delete),
+			"Pids":       Method(s.Pids),
+			"Pause":      Method(s.Pause),
+			"Resume":     Method(s.Resume),
+			"Checkpoint": Method(s.Checkpoint),
+			"Kill":       Method(s.Kill),
+			"Exec":       Method(s.Exec),
+			"ResizePty":  Method(s.ResizePty),
+			"CloseIO":    Method(s.CloseIO),
+			"Update":     Method(s.Update),
+			"Wait":       Method(s.Wait),
+			"Stats":      Method(s.Stats),
+			"Connect":    Method(s.Connect),
+			"Shutdown":   Method(s.Shutdown),
 		},
 	})
 }
 
-// method decodes a request into Req and calls fn with it.
-func method[Req any, PReq interface {
+// Method is a ttrpc method that decodes a request into Req and calls fn
+// with it: for services registered by hand, with message types that are not
+// those of containerd's generated stubs.
+func Method[Req any, PReq interface {
 	*Req
 	proto.Message
 }, Resp proto.Message](fn func(context.Context, PReq) (Resp, error)) ttrpc.Method {
