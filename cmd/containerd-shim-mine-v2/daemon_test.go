@@ -304,14 +304,14 @@ func writeBusyboxBundle(t *testing.T, runcBin, busybox, dir string, args ...stri
 }
 
 // The daemon's own runtime settings hold: GOGC 25 when the environment sets
-// none, and one P even under the GOMAXPROCS=2 containerd puts in every
-// shim's environment (trim.go), read back from the memory dump it writes on
-// SIGUSR1 beside its stacks.
+// none, and the GOMAXPROCS of the environment (containerd puts one in every
+// shim's) obeyed, not replaced by the daemon's own cap (trim.go), read back
+// from the memory dump it writes on SIGUSR1 beside its stacks.
 func TestDaemonRuntimeSettings(t *testing.T) {
 	if _, ok := os.LookupEnv("GOGC"); ok {
 		t.Skip("GOGC is set in the environment, which the daemon inherits and obeys")
 	}
-	t.Setenv("GOMAXPROCS", "2") // as containerd starts a shim
+	t.Setenv("GOMAXPROCS", "3")
 	bundle := t.TempDir()
 	s := startTestShim(t, bundle, filepath.Join(shortTempDir(t), "s"), "c1", nil)
 	defer s.shutdown(t, "c1")
@@ -338,7 +338,7 @@ func TestDaemonRuntimeSettings(t *testing.T) {
 		got[k] = v
 	}
 	for k, want := range map[string]string{
-		"/sched/gomaxprocs:threads": "1",
+		"/sched/gomaxprocs:threads": "3",
 		"/gc/gogc:percent":          "25",
 	} {
 		if got[k] != want {

@@ -43,17 +43,16 @@ type trimmer struct {
 // docs/BENCHMARKS.md ("GC settings").
 const gcPercent = 25
 
-// daemonProcs is the daemon's GOMAXPROCS. Every P keeps its own cache of
-// spans (one per size class) and of stacks, and threads to run it: memory
-// that a shim, whose work is waiting (for runc, for exits, for calls) and
-// short bursts of decoding, does not need twice. containerd starts every
-// shim with GOMAXPROCS=2 in its environment (which the daemon inherits
-// through start; containerd's runc shim raises it to 4 for its daemon), and
-// without it the Go default is one P per CPU of the node. The daemon sets
-// its own, whatever the environment says; runc, which the daemon runs,
-// still gets the environment as it was. Measured in docs/BENCHMARKS.md
-// ("GOMAXPROCS").
-const daemonProcs = 1
+// daemonProcs caps the daemon's GOMAXPROCS when the environment sets none
+// (containerd starts every shim with GOMAXPROCS=2; a shim started by
+// anything else would get one P per CPU of the node, each with its own span
+// and stack caches and threads). Not lower: with one P, the OOM loop,
+// woken from epoll_wait, waits behind whatever goroutine holds the P, up to
+// the scheduler's 10 ms time slice, and under systemd a container's scope
+// can be removed, with its kill counter, before the loop reads it (seen as a
+// lost OOMKilled in the cgroup v2 VM under load). Measured in
+// docs/BENCHMARKS.md ("GOMAXPROCS").
+const daemonProcs = 2
 
 // newTrimmer sets the daemon's memory policy (GC target, processors, idle
 // trim) and returns the trimmer, whose interceptor must see every call.
@@ -61,7 +60,9 @@ func newTrimmer() *trimmer {
 	if _, ok := os.LookupEnv("GOGC"); !ok {
 		debug.SetGCPercent(gcPercent)
 	}
-	runtime.GOMAXPROCS(daemonProcs)
+	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
+		runtime.GOMAXPROCS(min(daemonProcs, runtime.NumCPU()))
+	}
 	t := &trimmer{lastCall: time.Now()}
 	t.timer = time.AfterFunc(idleTrimDelay, t.trim)
 	return t
