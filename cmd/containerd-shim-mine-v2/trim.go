@@ -49,9 +49,9 @@ const gcPercent = 25
 // and stack caches and threads). Not lower: with one P, the OOM loop,
 // woken from epoll_wait, waits behind whatever goroutine holds the P, up to
 // the scheduler's 10 ms time slice, and under systemd a container's scope
-// can be removed, with its kill counter, before the loop reads it (seen as a
-// lost OOMKilled in the cgroup v2 VM under load). Measured in
-// docs/BENCHMARKS.md ("GOMAXPROCS").
+// can be removed, with its kill counter, before the loop reads it (a lost
+// OOMKilled was seen in the cgroup v2 VM under load). Measured in
+// docs/BENCHMARKS.md ("8. Processors of the daemon").
 const daemonProcs = 2
 
 // newTrimmer sets the daemon's memory policy (GC target, processors, idle
