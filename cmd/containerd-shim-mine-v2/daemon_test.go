@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -347,5 +348,31 @@ func TestDaemonRuntimeSettings(t *testing.T) {
 	}
 	if got["/memory/classes/total:bytes"] == "" {
 		t.Errorf("no /memory/classes/total:bytes in %s:\n%s", memoryFile, data)
+	}
+}
+
+// The daemon takes the OOM score of whoever started it plus one, read from
+// what it inherited: start, its parent, has exited by then (or soon).
+func TestDaemonOOMScore(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to lower and restore oom_score_adj")
+	}
+	const self = "/proc/self/oom_score_adj"
+	old, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.WriteFile(self, old, 0)
+	if err := os.WriteFile(self, []byte("100"), 0); err != nil {
+		t.Fatal(err)
+	}
+	s := startTestShim(t, t.TempDir(), filepath.Join(shortTempDir(t), "s"), "c1", nil)
+	defer s.shutdown(t, "c1")
+	got, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", s.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := strings.TrimSpace(string(got)); v != "101" {
+		t.Errorf("daemon oom_score_adj %s, want 101 (its starter's 100 + 1)", v)
 	}
 }

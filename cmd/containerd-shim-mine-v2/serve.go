@@ -323,16 +323,20 @@ func dumpMemory(path string) error {
 	return os.WriteFile(path, out, 0o600)
 }
 
-// adjustOOMScore makes the shim a slightly better OOM victim than its parent
-// (containerd), so that containerd survives: parent's score + 1, capped.
+// adjustOOMScore makes the shim a slightly better OOM victim than the
+// process that started it (containerd, minimgr), so that that one survives:
+// its score + 1, capped. The score is read from the daemon itself, which
+// inherited it through start: start, the daemon's parent, answers and exits
+// at once, so its /proc entry may be gone by now (reading it failed the
+// daemon's setup when start had already been reaped).
 func adjustOOMScore() error {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", os.Getppid()))
+	data, err := os.ReadFile("/proc/self/oom_score_adj")
 	if err != nil {
-		return fmt.Errorf("read parent oom_score_adj: %w", err)
+		return fmt.Errorf("read oom_score_adj: %w", err)
 	}
 	score, err := strconv.Atoi(strings.TrimSpace(string(data)))
 	if err != nil {
-		return fmt.Errorf("parse parent oom_score_adj: %w", err)
+		return fmt.Errorf("parse oom_score_adj: %w", err)
 	}
 	score = min(score+1, 1000)
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(score)), 0); err != nil {
