@@ -69,6 +69,7 @@ declare -A pkg=(
 declare -A required=(
 	[oom.test]='TestRealOOM/v2
 TestRealNoOOM/v2
+TestRealRemovedBeforeRead/v2
 TestManyAddRemove/v2_real_and_v2_fake'
 	[cgroup.test]='TestCompareV2Real'
 	[cgv2.test]='TestShimOOM

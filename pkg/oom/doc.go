@@ -69,10 +69,29 @@
 // the TaskExit it caused. This rule lives in Check; the task service only
 // calls it at that point.
 //
+// # Cgroups removed before they are read
+//
+// A cgroup can go with its counter before anyone read it: systemd removes a
+// container's scope as soon as its last process has exited, and the kernel
+// notifies a change of memory.events at most once per 10 ms, so the
+// notification of a kill can come after the removal, and the init's exit
+// can reach Check after it too. For a cgroup watched with Add (which knows
+// the container's init), Check then looks in the kernel log (/dev/kmsg) for
+// the OOM killer's record of that PID ("Killed process PID (comm)", printed
+// for every victim, before the victim can exit) written since Add, and
+// reports one kill if it is there and none was reported for the cgroup.
+// Nothing else is taken as a kill: not a SIGKILL, not an exit status 137.
+// A victim other than the init in a cgroup removed unread is not seen, nor
+// is a kill whose record was overwritten before Check (the log is read only
+// then, and at Add). The log is read from where it ended when the Watcher
+// started, only at Add and in this case, and only by a process in the
+// initial PID namespace (where the log's PIDs are its own).
+//
 // # Ownership
 //
-// The Watcher owns its epoll fd, its inotify fd, its wake-up eventfd and one
-// eventfd per v1 cgroup. The loop goroutine closes all of them when it ends;
+// The Watcher owns its epoll fd, its inotify fd, its wake-up eventfd, its
+// timerfd, its /dev/kmsg fd (when it could open it) and one eventfd per v1
+// cgroup. The loop goroutine closes all of them when it ends;
 // [Watcher.Remove] closes the eventfd of a v1 cgroup and the inotify watch
 // of a v2 cgroup (once no other id watches the same file). The Watcher never
 // creates, changes or removes a cgroup, and keeps no fd of one: counters are
@@ -108,4 +127,7 @@
 // kernels built without CONFIG_MEMCG_V1); oom_kill in memory.oom_control
 // needs kernel >= 4.13. Writing cgroup.event_control needs read access to
 // memory.oom_control; reading the counters needs read access to the files.
+// Reading /dev/kmsg needs CAP_SYSLOG where kernel.dmesg_restrict is set;
+// without it the Watcher works, but does not see the kills of cgroups
+// removed before they were read.
 package oom

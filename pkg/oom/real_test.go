@@ -443,3 +443,81 @@ func TestRealNoOOM(t *testing.T) {
 		})
 	}
 }
+
+// TestRealRemovedBeforeRead is the systemd cgroup driver's race: a
+// container's init is OOM-killed, and systemd removes the container's scope
+// as soon as it is empty, before the shim has read its kill counter (the
+// kernel delays the notification of memory.events by up to 10 ms after an
+// earlier one). The loop is held until the cgroup is gone; Check at the
+// init's exit must still report the kill, and a plain SIGKILL must still
+// report none.
+func TestRealRemovedBeforeRead(t *testing.T) {
+	for _, version := range []int{1, 2} {
+		t.Run(fmt.Sprintf("v%d", version), func(t *testing.T) {
+			h := requireHierarchy(t, version)
+			tests := []struct {
+				name  string
+				mode  string // allocator mode
+				kill  bool   // the test kills the allocator with SIGKILL
+				wantN int
+			}{
+				{name: "oom kill", mode: "oom", wantN: 1},
+				{name: "sigkill", mode: "small", kill: true, wantN: 0},
+			}
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					rec := newRecorder()
+					hold := make(chan struct{})
+					w, err := newWatcher(rec.notify, hooks{beforePoll: func(string) { <-hold }})
+					if err != nil {
+						t.Fatal(err)
+					}
+					released := false
+					release := func() {
+						if !released {
+							released = true
+							close(hold)
+						}
+					}
+					defer func() {
+						release()
+						w.Close()
+					}()
+
+					cg := newRealCgroup(t, h, 16<<20)
+					a := startAllocator(t, tt.mode, cg)
+					if err := w.Add("ctr", a.pid); err != nil {
+						t.Fatal(err)
+					}
+					if tt.kill {
+						a.cmd.Process.Kill()
+					} else {
+						a.start(t)
+					}
+					st := a.wait(t)
+					if sig, ok := killedBy(st); !ok || sig != syscall.SIGKILL {
+						t.Fatalf("allocator: %v, want killed by SIGKILL; output:\n%s", st, a.out)
+					}
+					if err := os.Remove(cg.Dir); err != nil {
+						t.Fatal(err)
+					}
+					w.Check("ctr")
+					if n := rec.count("ctr"); n != tt.wantN {
+						t.Fatalf("%d events when Check returned, want %d", n, tt.wantN)
+					}
+					w.Check("ctr")
+					release()
+					if err := w.Remove("ctr"); err != nil {
+						t.Fatal(err)
+					}
+					if err := closeWithin(t, w, 5*time.Second); err != nil {
+						t.Fatal(err)
+					}
+					if n := rec.total(); n != tt.wantN {
+						t.Fatalf("%d events after Close, want %d", n, tt.wantN)
+					}
+				})
+			}
+		})
+	}
+}

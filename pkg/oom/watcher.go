@@ -53,6 +53,11 @@ type Watcher struct {
 	inofd   int // one inotify instance for every v2 cgroup
 	timerfd int // times the loop's re-reads of pending v1 counters
 
+	// kmsg witnesses the kills of a cgroup removed before its counter was
+	// read; nil where the kernel log cannot be read. Closed by the loop
+	// when it ends.
+	kmsg *kmsgLog
+
 	done chan struct{} // closed when the loop has ended and closed every fd
 	err  error         // the loop's error; written before done is closed
 
@@ -71,6 +76,8 @@ type entry struct {
 	cg     CgroupPath
 	ino    uint64 // inode of cg.Dir when armed: another inode at that path is another cgroup
 	legacy bool   // v1 without an oom_kill counter (kernel < 4.13): each eventfd signal is one kill
+	pid    int    // the container's init, given to Add; 0 from AddPath
+	mark   uint64 // the kernel log's last record before the baseline (see Check)
 
 	efd   int    // v1 eventfd registered in cgroup.event_control and in epoll, -1 once closed; guarded by Watcher.mu
 	token uint64 // v1 epoll token of efd; guarded by Watcher.mu
@@ -78,8 +85,9 @@ type entry struct {
 
 	removed atomic.Bool // Remove or the end of the loop took the entry out; set under Watcher.mu
 
-	pollMu sync.Mutex   // serialises the readings of the counter and the notify calls they cause
-	state  counterState // guarded by pollMu
+	pollMu   sync.Mutex   // serialises the readings of the counter and the notify calls they cause
+	state    counterState // guarded by pollMu
+	reported uint64       // kills reported so far; guarded by pollMu
 }
 
 // hooks let tests observe the loop. They are nil outside tests.
@@ -148,6 +156,11 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 	if err := epollAdd(w.epfd, w.inofd, tokenInotify); err != nil {
 		return nil, err
 	}
+	if k, err := openKmsg(); err != nil {
+		log.G(w.ctx).WithError(err).Debug("oom kills of cgroups removed before they are read will not be seen")
+	} else {
+		w.kmsg = k
+	}
 	go w.run()
 	return w, nil
 }
@@ -163,23 +176,33 @@ func (w *Watcher) Add(id string, pid int) error {
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", id, err)
 	}
-	return w.AddPath(id, cg)
+	return w.add(id, cg, pid)
 }
 
 // AddPath watches the cgroup cg under id. The kill counter's value now is
-// the baseline: only later kills are reported.
+// the baseline: only later kills are reported. Without a process to follow,
+// the kills of a cgroup removed before its counter is read are not seen
+// (see Check).
 func (w *Watcher) AddPath(id string, cg CgroupPath) error {
 	if err := w.precheck(id); err != nil {
 		return err
 	}
+	return w.add(id, cg, 0)
+}
+
+func (w *Watcher) add(id string, cg CgroupPath, pid int) error {
 	if err := cg.validate(); err != nil {
 		return fmt.Errorf("watch %s: %w", id, err)
 	}
+	e := &entry{id: id, cg: cg, pid: pid, efd: -1, wd: -1}
+	if pid > 0 && w.kmsg != nil {
+		e.mark = w.kmsg.mark()
+	}
 	var err error
 	if cg.Version == 1 {
-		err = w.addV1(id, cg)
+		err = w.addV1(e)
 	} else {
-		err = w.addV2(id, cg)
+		err = w.addV2(e)
 	}
 	if err != nil {
 		return fmt.Errorf("watch %s (%s): %w", id, cg, err)
@@ -209,8 +232,7 @@ func (w *Watcher) canAddLocked(id string) error {
 
 // addV1 registers an eventfd for the OOM notifications of a v1 memory cgroup
 // (cgroup.event_control) and adds it to the epoll set.
-func (w *Watcher) addV1(id string, cg CgroupPath) (retErr error) {
-	e := &entry{id: id, cg: cg, efd: -1, wd: -1}
+func (w *Watcher) addV1(e *entry) (retErr error) {
 	if err := e.baseline(); err != nil {
 		return err
 	}
@@ -224,13 +246,13 @@ func (w *Watcher) addV1(id string, cg CgroupPath) (retErr error) {
 			unix.Close(efd)
 		}
 	}()
-	if err := registerOOMEventfd(cg.Dir, efd); err != nil {
+	if err := registerOOMEventfd(e.cg.Dir, efd); err != nil {
 		return err
 	}
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.canAddLocked(id); err != nil {
+	if err := w.canAddLocked(e.id); err != nil {
 		return err
 	}
 	token := w.nextToken
@@ -239,7 +261,7 @@ func (w *Watcher) addV1(id string, cg CgroupPath) (retErr error) {
 	}
 	w.nextToken++
 	e.efd, e.token = efd, token
-	w.entries[id] = e
+	w.entries[e.id] = e
 	w.byToken[token] = e
 	return nil
 }
@@ -265,8 +287,7 @@ func registerOOMEventfd(dir string, efd int) error {
 }
 
 // addV2 adds an inotify watch on memory.events of a v2 cgroup.
-func (w *Watcher) addV2(id string, cg CgroupPath) error {
-	e := &entry{id: id, cg: cg, efd: -1, wd: -1}
+func (w *Watcher) addV2(e *entry) error {
 	if err := e.baseline(); err != nil {
 		return err
 	}
@@ -276,17 +297,17 @@ func (w *Watcher) addV2(id string, cg CgroupPath) error {
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.canAddLocked(id); err != nil {
+	if err := w.canAddLocked(e.id); err != nil {
 		return err
 	}
 	// The same file watched twice gets the same watch descriptor: byWD
 	// keeps every entry on it and the watch lives until the last one goes.
-	wd, err := unix.InotifyAddWatch(w.inofd, filepath.Join(cg.Dir, eventsFile), unix.IN_MODIFY)
+	wd, err := unix.InotifyAddWatch(w.inofd, filepath.Join(e.cg.Dir, eventsFile), unix.IN_MODIFY)
 	if err != nil {
 		return classify("inotify_add_watch "+eventsFile, err)
 	}
 	e.wd = int32(wd)
-	w.entries[id] = e
+	w.entries[e.id] = e
 	w.byWD[e.wd] = append(w.byWD[e.wd], e)
 	return nil
 }
@@ -485,6 +506,11 @@ func (w *Watcher) run() {
 			errs = append(errs, fmt.Errorf("close fd %d: %w", fd, err))
 		}
 	}
+	if w.kmsg != nil {
+		if err := w.kmsg.close(); err != nil {
+			errs = append(errs, fmt.Errorf("close /dev/kmsg: %w", err))
+		}
+	}
 	w.err = errors.Join(errs...)
 	close(w.done)
 }
@@ -625,10 +651,26 @@ func (w *Watcher) poll(e *entry, fromLoop bool) (kills uint64, isPending, gone b
 	}
 	now := time.Now()
 	kills, e.state = advance(e.state, r, signals, e.legacy, now)
+	if r.gone && !fromLoop && e.reported == 0 && w.killedInit(e) {
+		log.G(w.ctx).WithField("id", e.id).WithField("pid", e.pid).Info("oom kill of a removed cgroup's init found in the kernel log")
+		kills = 1
+	}
+	e.reported += kills
 	for range kills {
 		w.notify(Event{ID: e.id, Time: now})
 	}
 	return kills, e.state.pending(), r.gone
+}
+
+// killedInit reports whether the kernel log shows the OOM killer killing
+// e's init since e was added. Check asks it only when e's cgroup is gone
+// and nothing was reported for it: the kernel counts a kill before it sends
+// SIGKILL, but a systemd scope can be removed, with its counter, before the
+// kernel notifies memory.events (at most once per 10 ms) or before the
+// init's exit reaches Check. A victim other than the init, in a cgroup
+// removed unread, is not seen.
+func (w *Watcher) killedInit(e *entry) bool {
+	return e.pid > 0 && w.kmsg != nil && w.kmsg.killedSince(e.pid, e.mark)
 }
 
 // drainEventfd returns and resets the count of e's eventfd, 0 when closed.
