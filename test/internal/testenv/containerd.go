@@ -184,8 +184,7 @@ type Containerd struct {
 	Config Config
 	binary string
 	cmd    *exec.Cmd
-	exited chan struct{} // closed once cmd.Wait returned
-	err    error         // cmd.Wait's result, set before exited is closed
+	proc   *daemon
 }
 
 // StartContainerd writes cfg's config and starts the containerd binary with
@@ -224,19 +223,13 @@ func (d *Containerd) launch() error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = Env(cfg.PathDirs)
 	// Own process group: a ^C to the test does not reach containerd before
-	// the test stops it. Pdeathsig: a test binary killed by its timeout does
-	// not leave containerd running.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// the test stops it. Killed if the test binary dies by its timeout.
+	proc, err := startDaemon(cmd)
+	if err != nil {
 		return fmt.Errorf("start %s: %w", d.binary, err)
 	}
-	d.cmd, d.exited, d.err = cmd, make(chan struct{}), nil
-	exited := d.exited
-	go func() {
-		d.err = cmd.Wait()
-		close(exited)
-	}()
-	if err := waitSocket(cfg.Address(), StartTimeout, exited, func() error { return d.err }); err != nil {
+	d.cmd, d.proc = cmd, proc
+	if err := waitSocket(cfg.Address(), StartTimeout, proc.exited, func() error { return proc.err }); err != nil {
 		return errors.Join(err, d.Stop(), fmt.Errorf("containerd log tail:\n%s", d.LogTail(40)))
 	}
 	return nil
@@ -252,15 +245,15 @@ func (d *Containerd) Address() string { return d.Config.Address() }
 // and waits for it to exit. Its shims keep running.
 func (d *Containerd) Crash() error {
 	select {
-	case <-d.exited:
-		return fmt.Errorf("containerd (pid %d) had already exited: %v", d.cmd.Process.Pid, d.err)
+	case <-d.proc.exited:
+		return fmt.Errorf("containerd (pid %d) had already exited: %v", d.cmd.Process.Pid, d.proc.err)
 	default:
 	}
 	if err := d.cmd.Process.Kill(); err != nil {
 		return err
 	}
 	select {
-	case <-d.exited:
+	case <-d.proc.exited:
 		return nil
 	case <-time.After(StopTimeout):
 		return fmt.Errorf("containerd (pid %d) did not exit after SIGKILL", d.cmd.Process.Pid)
@@ -271,7 +264,7 @@ func (d *Containerd) Crash() error {
 // has exited (after Crash or Stop), and waits until it serves.
 func (d *Containerd) Restart() error {
 	select {
-	case <-d.exited:
+	case <-d.proc.exited:
 	default:
 		return fmt.Errorf("containerd (pid %d) is still running", d.cmd.Process.Pid)
 	}
@@ -281,7 +274,7 @@ func (d *Containerd) Restart() error {
 // Stop sends SIGTERM, then SIGKILL if containerd is still running after
 // StopTimeout, and waits for it to exit.
 func (d *Containerd) Stop() error {
-	return stopProcess("containerd", d.cmd, d.exited)
+	return stopProcess("containerd", d.cmd, d.proc.exited)
 }
 
 // LogTail returns the last n lines of containerd's log.

@@ -70,8 +70,7 @@ type Kubelet struct {
 	Config       KubeletConfig
 	ReadOnlyPort int
 	cmd          *exec.Cmd
-	exited       chan struct{}
-	err          error
+	proc         *daemon
 	sysctls      map[string]string // what kernelTunables were before
 	madeDirs     []string          // kubeletFixedDirs that did not exist before
 	cgroupDirs   []string          // CgroupRoot in each hierarchy, made here
@@ -242,17 +241,13 @@ func StartKubelet(binary string, cfg KubeletConfig) (_ *Kubelet, err error) {
 	cmd.Dir = cfg.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = Env(nil)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	proc, err := startDaemon(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", binary, err)
 	}
-	k.cmd, k.exited = cmd, make(chan struct{})
-	go func() {
-		k.err = cmd.Wait()
-		close(k.exited)
-	}()
+	k.cmd, k.proc = cmd, proc
 	if err := k.waitHealthy(healthz, StartTimeout*3); err != nil {
-		return nil, errors.Join(err, stopProcess("kubelet", cmd, k.exited), fmt.Errorf("kubelet log tail:\n%s", k.LogTail(40)))
+		return nil, errors.Join(err, stopProcess("kubelet", cmd, k.proc.exited), fmt.Errorf("kubelet log tail:\n%s", k.LogTail(40)))
 	}
 	return k, nil
 }
@@ -272,8 +267,8 @@ func (k *Kubelet) waitHealthy(port int, timeout time.Duration) error {
 			}
 		}
 		select {
-		case <-k.exited:
-			return fmt.Errorf("kubelet exited before it was healthy: %v", k.err)
+		case <-k.proc.exited:
+			return fmt.Errorf("kubelet exited before it was healthy: %v", k.proc.err)
 		case <-deadline.C:
 			return fmt.Errorf("kubelet not healthy at %s within %v", url, timeout)
 		case <-tick.C:
@@ -311,7 +306,7 @@ func (k *Kubelet) Pid() int { return k.cmd.Process.Pid }
 // directories it made. Pods it
 // started keep running in the container runtime: remove them first.
 func (k *Kubelet) Stop() error {
-	return errors.Join(stopProcess("kubelet", k.cmd, k.exited), k.cleanupHost())
+	return errors.Join(stopProcess("kubelet", k.cmd, k.proc.exited), k.cleanupHost())
 }
 
 func (k *Kubelet) cleanupHost() error {
