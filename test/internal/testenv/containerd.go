@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -212,7 +213,13 @@ func (d *Containerd) launch() error {
 	if err != nil {
 		return err
 	}
-	defer logf.Close() // the child has its own copy
+	fi, err := logf.Stat()
+	if err != nil {
+		logf.Close()
+		return err
+	}
+	logStart := fi.Size() // this run's lines begin here (the log is kept across restarts)
+	defer logf.Close()    // the child has its own copy
 	if err := CloseOnExecAll(); err != nil {
 		return fmt.Errorf("mark inherited fds close-on-exec: %w", err)
 	}
@@ -229,7 +236,15 @@ func (d *Containerd) launch() error {
 		return fmt.Errorf("start %s: %w", d.binary, err)
 	}
 	d.cmd, d.proc = cmd, proc
-	if err := waitSocket(cfg.Address(), StartTimeout, proc.exited, func() error { return proc.err }); err != nil {
+	// The socket can accept before containerd serves (a listener made
+	// while plugins still load); the line containerd logs once every
+	// plugin is loaded and its services are served is the signal, in
+	// every release from 1.6 on.
+	err = waitLogLine(cfg.LogPath(), logStart, bootedLine, StartTimeout, proc.exited, func() error { return proc.err })
+	if err == nil {
+		err = waitSocket(cfg.Address(), StartTimeout, proc.exited, func() error { return proc.err })
+	}
+	if err != nil {
 		return errors.Join(err, d.Stop(), fmt.Errorf("containerd log tail:\n%s", d.LogTail(40)))
 	}
 	return nil
@@ -323,6 +338,43 @@ func waitSocket(path string, timeout time.Duration, exited <-chan struct{}, wait
 			return fmt.Errorf("exited before serving %s: %v", path, waitErr())
 		case <-deadline.C:
 			return fmt.Errorf("did not serve %s within %v", path, timeout)
+		case <-tick.C:
+		}
+	}
+}
+
+// bootedLine is what containerd logs when it has started.
+const bootedLine = "containerd successfully booted in"
+
+// waitLogLine polls the file path, from offset on, until it holds line, the
+// process exits (exited is closed; waitErr then tells why), or timeout.
+func waitLogLine(path string, offset int64, line string, timeout time.Duration, exited <-chan struct{}, waitErr func() error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return err
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var seen []byte // this run's lines so far
+	for {
+		more, err := io.ReadAll(f)
+		if err != nil {
+			return err
+		}
+		if seen = append(seen, more...); bytes.Contains(seen, []byte(line)) {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("exited before logging %q: %v", line, waitErr())
+		case <-deadline.C:
+			return fmt.Errorf("did not log %q within %v", line, timeout)
 		case <-tick.C:
 		}
 	}
