@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"testing"
 	"time"
@@ -580,4 +581,32 @@ func mapsEqual(a, b map[string]int) bool {
 		}
 	}
 	return true
+}
+
+// TestLoopKeepsGoroutineStacksSmall: the loop's buffers must not sit on its
+// stack in a size that raises the runtime's starting stack size of every
+// goroutine (the average of the stacks it scans). A 64 KiB inotify buffer
+// on the loop's stack once made every goroutine of the shim start at 8 KiB
+// instead of 2 KiB.
+func TestLoopKeepsGoroutineStacksSmall(t *testing.T) {
+	w, err := New(func(Event) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	f := newFakeV2(t, t.TempDir())
+	if err := w.AddPath("ctr", f.cg); err != nil {
+		t.Fatal(err)
+	}
+	f.bump(1, fakeMax) // the loop reads inotify at least once
+	sample := []metrics.Sample{{Name: "/gc/stack/starting-size:bytes"}}
+	var size uint64
+	for range 3 {
+		runtime.GC()
+		metrics.Read(sample)
+		size = sample[0].Value.Uint64()
+	}
+	if size > 4096 {
+		t.Fatalf("goroutines start with %d-byte stacks while the loop runs, want at most 4096", size)
+	}
 }
