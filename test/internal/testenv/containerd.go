@@ -240,9 +240,9 @@ func (d *Containerd) launch() error {
 	// while plugins still load); the line containerd logs once every
 	// plugin is loaded and its services are served is the signal, in
 	// every release from 1.6 on.
-	err = waitLogLine(cfg.LogPath(), logStart, bootedLine, StartTimeout, proc.exited, func() error { return proc.err })
+	err = proc.waitLogLine(cfg.LogPath(), logStart, bootedLine, StartTimeout)
 	if err == nil {
-		err = waitSocket(cfg.Address(), StartTimeout, proc.exited, func() error { return proc.err })
+		err = proc.waitSocket(cfg.Address(), StartTimeout)
 	}
 	if err != nil {
 		return errors.Join(err, d.Stop(), fmt.Errorf("containerd log tail:\n%s", d.LogTail(40)))
@@ -323,32 +323,23 @@ func stopProcess(name string, cmd *exec.Cmd, exited <-chan struct{}) error {
 }
 
 // waitSocket polls a unix socket until it accepts a connection, the
-// process exits (exited is closed; waitErr then tells why), or timeout.
-func waitSocket(path string, timeout time.Duration, exited <-chan struct{}, waitErr func() error) error {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			return conn.Close()
+// daemon exits, or timeout.
+func (d *daemon) waitSocket(path string, timeout time.Duration) error {
+	return d.pollUntil("serving "+path, timeout, func() (bool, error) {
+		conn, err := net.DialTimeout("unix", path, time.Second)
+		if err != nil {
+			return false, nil
 		}
-		select {
-		case <-exited:
-			return fmt.Errorf("exited before serving %s: %v", path, waitErr())
-		case <-deadline.C:
-			return fmt.Errorf("did not serve %s within %v", path, timeout)
-		case <-tick.C:
-		}
-	}
+		return true, conn.Close()
+	})
 }
 
 // bootedLine is what containerd logs when it has started.
 const bootedLine = "containerd successfully booted in"
 
 // waitLogLine polls the file path, from offset on, until it holds line, the
-// process exits (exited is closed; waitErr then tells why), or timeout.
-func waitLogLine(path string, offset int64, line string, timeout time.Duration, exited <-chan struct{}, waitErr func() error) error {
+// daemon exits, or timeout.
+func (d *daemon) waitLogLine(path string, offset int64, line string, timeout time.Duration) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -357,27 +348,12 @@ func waitLogLine(path string, offset int64, line string, timeout time.Duration, 
 	if _, err := f.Seek(offset, io.SeekStart); err != nil {
 		return err
 	}
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
 	var seen []byte // this run's lines so far
-	for {
+	return d.pollUntil(fmt.Sprintf("logging %q", line), timeout, func() (bool, error) {
 		more, err := io.ReadAll(f)
-		if err != nil {
-			return err
-		}
-		if seen = append(seen, more...); bytes.Contains(seen, []byte(line)) {
-			return nil
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("exited before logging %q: %v", line, waitErr())
-		case <-deadline.C:
-			return fmt.Errorf("did not log %q within %v", line, timeout)
-		case <-tick.C:
-		}
-	}
+		seen = append(seen, more...)
+		return bytes.Contains(seen, []byte(line)), err
+	})
 }
 
 // fileTail returns the last n lines of a file.

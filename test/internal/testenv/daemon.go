@@ -1,9 +1,11 @@
 package testenv
 
 import (
+	"fmt"
 	"os/exec"
 	"runtime"
 	"syscall"
+	"time"
 )
 
 // daemon is a process the tests start and that must not outlive them:
@@ -46,4 +48,25 @@ func startDaemon(cmd *exec.Cmd) (*daemon, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// pollUntil calls done every 20 ms until it reports true or an error, the
+// daemon exits, or timeout. what names the awaited state in errors.
+func (d *daemon) pollUntil(what string, timeout time.Duration, done func() (bool, error)) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if ok, err := done(); ok || err != nil {
+			return err
+		}
+		select {
+		case <-d.exited:
+			return fmt.Errorf("exited before %s: %v", what, d.err)
+		case <-deadline.C:
+			return fmt.Errorf("not %s within %v", what, timeout)
+		case <-tick.C:
+		}
+	}
 }

@@ -253,27 +253,16 @@ func StartKubelet(binary string, cfg KubeletConfig) (_ *Kubelet, err error) {
 }
 
 func (k *Kubelet) waitHealthy(port int, timeout time.Duration) error {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
 	c := http.Client{Timeout: time.Second}
 	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", port)
-	for {
-		if resp, err := c.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+	return k.proc.pollUntil("healthy at "+url, timeout, func() (bool, error) {
+		resp, err := c.Get(url)
+		if err != nil {
+			return false, nil
 		}
-		select {
-		case <-k.proc.exited:
-			return fmt.Errorf("kubelet exited before it was healthy: %v", k.proc.err)
-		case <-deadline.C:
-			return fmt.Errorf("kubelet not healthy at %s within %v", url, timeout)
-		case <-tick.C:
-		}
-	}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
 }
 
 // Get reads path (for example "/pods" or "/stats/summary") from the
