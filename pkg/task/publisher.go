@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	eventstypes "github.com/containerd/containerd/api/events"
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
 	apitypes "github.com/containerd/containerd/api/types"
 	"github.com/containerd/log"
@@ -148,6 +149,7 @@ func (p *Publisher) run() {
 			p.client.Close()
 		}
 	}()
+	warmed := false
 	for {
 		req := p.next()
 		if req == nil {
@@ -159,12 +161,29 @@ func (p *Publisher) run() {
 		// Held events go first; while they cannot, the service is down
 		// and this one is not tried either.
 		if p.sendHeld() && p.send(req, !p.closing.Load()) {
+			if !warmed {
+				warmed = true
+				warmCritical()
+			}
 			continue
 		}
 		p.undelivered(req)
 	}
 	if len(p.held) > 0 && p.address != "" && !p.sendHeld() {
 		log.L.WithField("events", len(p.held)).Warn("exit events not delivered at shutdown")
+	}
+}
+
+// warmCritical encodes one exit and one OOM event, once, after the shim's
+// first event was sent: the protobuf runtime sets up the encoding of a
+// message type on its first use, and the first TaskOOM of a shim spent
+// about 150 µs there, between the kill and its publication (docs/
+// BENCHMARKS.md, "OOM: where the time goes").
+func warmCritical() {
+	for _, ev := range []proto.Message{&eventstypes.TaskOOM{}, &eventstypes.TaskExit{}} {
+		if _, err := typeurl.MarshalAnyToProto(ev); err != nil {
+			log.L.WithError(err).Debug("encode event")
+		}
 	}
 }
 
