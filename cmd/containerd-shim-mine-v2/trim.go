@@ -48,9 +48,10 @@ const gcPercent = 25
 // anything else would get one P per CPU of the node, each with its own span
 // and stack caches and threads). Not lower: with one P, the OOM loop,
 // woken from epoll_wait, waits behind whatever goroutine holds the P, up to
-// the scheduler's 10 ms time slice, and under systemd a container's scope
-// can be removed, with its kill counter, before the loop reads it (a lost
-// OOMKilled was seen in the cgroup v2 VM under load). Measured in
+// the scheduler's 10 ms time slice. (The full test run with one P lost an
+// OOMKilled in the systemd VM; the cause was a scope removed with its kill
+// counter before the shim read it, which any P count can meet and which
+// pkg/oom now covers through the kernel log.) Measured in
 // docs/BENCHMARKS.md ("8. Processors of the daemon").
 const daemonProcs = 2
 
