@@ -26,6 +26,12 @@
 // parses it in place and closes it, in the calling goroutine. What a reading
 // allocates is the returned message.
 //
+// [MarshalAny] encodes a reading into the Any a Stats call answers with,
+// writing the protobuf wire format from the messages' field tags: the
+// protobuf runtime's own encoder keeps reflection tables and full
+// descriptors of the metrics messages for the life of the process on first
+// use (about 140 KiB of live heap for the v1 message), in every shim.
+//
 // # Concurrency
 //
 // A Stats may be used by several goroutines; its readings are serialised by

@@ -192,6 +192,7 @@ func TestCompareV1Real(t *testing.T) {
 	}
 	m := sameMetrics(t, byPid.Read, manager(cgroup1.PidPath(pid))).(*v1.Metrics)
 	sameMetrics(t, byPath.Read, manager(cgroup1.StaticPath(path)))
+	sameWire(t, m) // what Stats answers with, as proto.Marshal would encode it
 
 	// The comparison holds only if the fields are read at all.
 	if got := m.GetMemory().GetUsage().GetLimit(); got != 256<<20 {
@@ -308,6 +309,7 @@ func TestCompareV2Real(t *testing.T) {
 	}
 	m := sameMetrics(t, byPid.Read, manager).(*v2.Metrics)
 	sameMetrics(t, byPath.Read, manager)
+	sameWire(t, m)
 	if got := m.GetMemory().GetUsageLimit(); got != 256<<20 {
 		t.Errorf("memory.max %d, want %d", got, 256<<20)
 	}

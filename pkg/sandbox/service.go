@@ -16,9 +16,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
-	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mineshim/mine/pkg/cgroup"
 	"github.com/mineshim/mine/pkg/process"
 )
 
@@ -426,7 +426,7 @@ func (s *Service) SandboxMetrics(ctx context.Context, r *SandboxMetricsRequest) 
 	if err != nil {
 		return nil, wire(err)
 	}
-	data, err := typeurl.MarshalAnyToProto(stats)
+	data, err := cgroup.MarshalAny(stats)
 	if err != nil {
 		return nil, wire(err)
 	}

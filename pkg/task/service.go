@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mineshim/mine/pkg/cgroup"
 	"github.com/mineshim/mine/pkg/oom"
 	"github.com/mineshim/mine/pkg/process"
 	"github.com/mineshim/mine/pkg/stdio"
@@ -559,7 +560,7 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, wire(err)
 	}
-	body, err := typeurl.MarshalAnyToProto(m)
+	body, err := cgroup.MarshalAny(m)
 	if err != nil {
 		return nil, wire(err)
 	}
