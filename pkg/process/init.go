@@ -32,7 +32,8 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	if cfg.Reaper == nil || cfg.Emit == nil {
 		return nil, fmt.Errorf("process.Create: reaper and emit are required: %w", errdefs.ErrInvalidArgument)
 	}
-	if err := ValidateBundle(cfg.Bundle); err != nil {
+	spec, err := loadSpec(cfg.Bundle)
+	if err != nil {
 		return nil, err
 	}
 	if err := cfg.Runtime.Check(); err != nil {
@@ -61,10 +62,6 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 			_ = mount.UnmountRecursive(rootfs, 0)
 		}
 	}()
-	spec, err := loadSpec(cfg.Bundle)
-	if err != nil {
-		return nil, err
-	}
 	if err := checkRoot(cfg.Bundle, spec); err != nil {
 		return nil, err
 	}
