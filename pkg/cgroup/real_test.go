@@ -358,3 +358,25 @@ func TestConcurrentReads(t *testing.T) {
 		}
 	}
 }
+
+// TestStatsKeepsNoSetupBuffer checks that resolving a cgroup leaves no
+// buffer behind: /proc/self/mountinfo, read to find the v1 hierarchies,
+// grows with the mounts of the host, and the buffer of a Stats lives as
+// long as its container.
+func TestStatsKeepsNoSetupBuffer(t *testing.T) {
+	s, err := ForPid(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cap(s.r.buf); c != 0 {
+		t.Fatalf("after ForPid the Stats holds a %d-byte buffer, want none before its first reading", c)
+	}
+	if !Unified() {
+		if s, err = ForPath("/"); err != nil {
+			t.Fatal(err)
+		}
+		if c := cap(s.r.buf); c != 0 {
+			t.Fatalf("after ForPath the Stats holds a %d-byte buffer, want none before its first reading", c)
+		}
+	}
+}

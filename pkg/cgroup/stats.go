@@ -12,6 +12,13 @@ import (
 )
 
 // Stats reads the metrics of one cgroup.
+//
+// Its directories are resolved with a reader that is dropped once they are
+// known, not with r: /proc/self/mountinfo grows with every mount of the
+// host (a few hundred bytes per container's rootfs and volumes), and r
+// keeps a buffer the size of the largest file it has read for the life of
+// the Stats, for cgroup files of one or two KiB. Through r, a heap profile
+// of a group shim of 25 containers showed 38 KiB kept per container.
 type Stats struct {
 	v1 *v1Stats // set on legacy and hybrid hosts
 	v2 *v2Stats // set on unified hosts
@@ -27,14 +34,15 @@ func Unified() bool { return cgroups.Mode() == cgroups.Unified }
 // controller's directory, from /proc/<pid>/cgroup and the mounts.
 func ForPid(pid int) (*Stats, error) {
 	s := &Stats{}
+	var setup fileReader // discarded once the directories are known (see Stats)
 	var err error
 	if Unified() {
 		var g string
-		if g, err = v2GroupOf(&s.r, pid); err == nil {
+		if g, err = v2GroupOf(&setup, pid); err == nil {
 			s.v2, err = newV2(g)
 		}
 	} else {
-		s.v1, err = newV1ForPid(&s.r, pid)
+		s.v1, err = newV1ForPid(&setup, pid)
 	}
 	if err != nil {
 		return nil, err
@@ -53,7 +61,8 @@ func ForPath(path string) (*Stats, error) {
 	if Unified() {
 		s.v2, err = newV2(path)
 	} else {
-		s.v1, err = newV1ForPath(&s.r, path)
+		var setup fileReader // discarded once the directories are known (see Stats)
+		s.v1, err = newV1ForPath(&setup, path)
 	}
 	if err != nil {
 		return nil, err
