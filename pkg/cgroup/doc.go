@@ -30,7 +30,7 @@
 // writing the protobuf wire format from the messages' field tags: the
 // protobuf runtime's own encoder keeps reflection tables and full
 // descriptors of the metrics messages for the life of the process on first
-// use (about 140 KiB of live heap for the v1 message), in every shim.
+// use (about 140 KB of live heap for the v1 message), in every shim.
 //
 // # Concurrency
 //
