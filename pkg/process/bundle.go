@@ -165,7 +165,9 @@ func ValidateBundle(bundle string) error {
 // runtime spec would leave encoding/json's field tables of every type it
 // names in the daemon's heap for good (about 150 KiB of live heap per shim
 // by a heap profile), for fields the shim never reads. The whole document
-// is still parsed: a config.json that is not JSON is refused here.
+// is still parsed: a config.json that is not JSON is refused here; one that
+// is JSON but not a runtime spec is refused by the runtime, and that
+// failure is classified by specRefused.
 type bundleSpec struct {
 	Root *struct {
 		Path string `json:"path"`
@@ -189,6 +191,23 @@ func loadSpec(bundle string) (*bundleSpec, error) {
 		return nil, fmt.Errorf("bundle %s: config.json: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
 	}
 	return &spec, nil
+}
+
+// specRefused classifies a failed runtime create of bundle: when its
+// config.json does not decode as a runtime spec, the failure is bad input
+// (errdefs.ErrInvalidArgument), reported with the decoder's words and the
+// runtime's. The whole spec is decoded here, on the failure path only:
+// loadSpec reads just the fields the shim needs (see bundleSpec).
+func specRefused(bundle string, err error) error {
+	data, rerr := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if rerr != nil {
+		return err
+	}
+	var spec specs.Spec
+	if derr := json.Unmarshal(data, &spec); derr != nil {
+		return fmt.Errorf("bundle %s: config.json: %v: %w: %w", bundle, derr, errdefs.ErrInvalidArgument, err)
+	}
+	return err
 }
 
 // checkRoot checks that the root filesystem the spec names exists, once the

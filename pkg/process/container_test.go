@@ -270,6 +270,40 @@ func TestCreateFailureKeepsRuntimeError(t *testing.T) {
 	}
 }
 
+// A config.json that is JSON but not a runtime spec reaches the runtime
+// (the shim decodes only the fields it needs), and the runtime's refusal is
+// then classified as bad input; a valid spec the runtime refuses is not.
+func TestCreateClassifiesSpecTheRuntimeRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name, config string
+		invalid      bool
+	}{
+		{"args not a list", `{"process":{"args":"sh"},"linux":{"namespaces":[{"type":"pid"}]}}`, true},
+		{"valid spec", `{"process":{"args":["sh"]},"linux":{"namespaces":[{"type":"pid"}]}}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake(t)
+			t.Setenv("FAKE_RUNTIME_FAIL", "create")
+			if err := os.WriteFile(filepath.Join(f.bundle, "config.json"), []byte(tc.config), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Create(context.Background(), Config{
+				ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+				Reaper: testReaper, Emit: func(Event) {},
+			})
+			if err == nil {
+				t.Fatal("create succeeded")
+			}
+			if got := errors.Is(err, errdefs.ErrInvalidArgument); got != tc.invalid {
+				t.Fatalf("create: %v; invalid argument %v, want %v", err, got, tc.invalid)
+			}
+			if !strings.Contains(err.Error(), "fake create failed on purpose") {
+				t.Fatalf("error %q lacks the runtime's log text", err)
+			}
+		})
+	}
+}
+
 func TestCreateRejectsBadInput(t *testing.T) {
 	f := newFake(t)
 	for _, tc := range []struct {

@@ -96,7 +96,9 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		NoPivot:       cfg.Runtime.NoPivotRoot,
 		NoNewKeyring:  cfg.Runtime.NoNewKeyring,
 	})
-	if err == nil {
+	if err != nil {
+		err = specRefused(cfg.Bundle, err)
+	} else {
 		err = pio.Started(ctx)
 	}
 	var pid int
