@@ -11,7 +11,7 @@
 #                            reader against the cgroup2 manager, field by
 #                            field, on a real cgroup v2 cgroup
 #   cgv2.test                go test -c ./test/cgv2: the shim with runc, a
-#                            container OOM-killed at its 16 MiB limit, and
+#                            container OOM-killed at its 32 MiB limit, and
 #                            /tasks/oom forwarded before /tasks/exit; and
 #                            the whole stack (TestStack): containerd v2.4
 #                            with the mine shim and its runc shim, through

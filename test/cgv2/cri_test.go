@@ -24,7 +24,7 @@ const oomFromKernelLog = "oom kill of a removed cgroup's init found in the kerne
 
 // criPod runs a host-network pod through CRI with runtime handler h: a
 // long-running container (ExecSync, ContainerStats) and one OOM-killed at
-// its 16 MiB limit (reason OOMKilled). parent is the pod's cgroup parent: a
+// its 32 MiB limit (reason OOMKilled). parent is the pod's cgroup parent: a
 // path under the cgroupfs driver, a slice under the systemd one. After the
 // pod is removed, no shim of it is left and its containers' cgroups are
 // gone.

@@ -16,7 +16,7 @@
 // stdin, reads the BootstrapResult with the shim's ttrpc address from stdout,
 // and serves the ttrpc Events service at TTRPC_ADDRESS, recording every event
 // the shim forwards. Through the Task API v3 it creates and starts a busybox
-// container with a 16 MiB memory limit whose shell fills its memory, then
+// container with a 32 MiB memory limit whose shell fills its memory, then
 // checks that:
 //
 //   - Wait reports exit status 137 (SIGKILL) and the kernel counted an

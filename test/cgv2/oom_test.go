@@ -38,8 +38,12 @@ import (
 
 const (
 	namespace = "mine-cgv2"
-	// memoryLimit is the container's memory.max.
-	memoryLimit = 16 << 20
+	// memoryLimit is the container's memory.max. Not lower: runc's own
+	// init runs in the container's cgroup before the container's process
+	// (a Go program, and with runc 1.1 a copy of the runc binary in a
+	// memfd), and at 16 MiB it was itself OOM-killed during runc create
+	// once in the systemd VM ("container init was OOM-killed").
+	memoryLimit = 32 << 20
 	// allocator is the container's shell command: a command substitution
 	// keeps all it reads in the shell's memory, 200 MB here, far beyond
 	// the limit. If the shell survives it says so and exits 0.
