@@ -342,7 +342,7 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration,
 				return out, err
 			}
 		}
-		time.Sleep(settle) // let the calls of the last starts finish
+		time.Sleep(settle) // the last starts' calls finish, the shims go idle
 		p := GroupPoint{Containers: n}
 		for _, rt := range Runtimes {
 			mems, procs, err := e.memOfShims(boxes[rt], 1)

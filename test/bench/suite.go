@@ -202,10 +202,14 @@ func Run(ctx context.Context, e *Env, o Options) (*Report, error) {
 			return err
 		}},
 		{"group shim", func() (err error) {
-			if r.Group, err = e.GroupShim(ctx, o.GroupCounts, 2*time.Second, false); err != nil {
+			// Read after the same idle time as the idle memory: past mine's
+			// trim at every count, so that one reading is not taken
+			// trimmed and another not (the order of the two runtimes'
+			// starts alternates with the count).
+			if r.Group, err = e.GroupShim(ctx, o.GroupCounts, o.Settle, false); err != nil {
 				return err
 			}
-			r.GroupOutput, err = e.GroupShim(ctx, o.GroupCounts, 2*time.Second, true)
+			r.GroupOutput, err = e.GroupShim(ctx, o.GroupCounts, o.Settle, true)
 			return err
 		}},
 		{"parallel exec", func() (err error) {
