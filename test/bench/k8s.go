@@ -301,8 +301,15 @@ const groupAnnotation = "io.containerd.runc.v2.group"
 func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration, output bool) (_ []GroupPoint, err error) {
 	boxes := map[Runtime][]*box{}
 	defer func() {
+		// One at a time, as they were started: runc-v2's group shim
+		// exits on the Shutdown that containerd sends after each task's
+		// delete once its last container is gone from its table, which
+		// can be while the delete of another of its tasks still waits
+		// for its answer ("ttrpc: closed", seen with parallel removal).
 		for _, bs := range boxes {
-			err = errors.Join(err, e.removeAll(ctx, bs))
+			for _, b := range bs {
+				err = errors.Join(err, b.remove(ctx, e))
+			}
 		}
 	}()
 	var out []GroupPoint
