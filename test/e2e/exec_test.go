@@ -497,12 +497,7 @@ func BenchmarkParallelExec50(b *testing.B) {
 	const width = 50
 	for _, rt := range []string{runtimeMine, runtimeRunc} {
 		b.Run(rt, func(b *testing.B) {
-			if h.shimPath(rt) == "" {
-				if rt == runtimeRunc {
-					b.Skip(runcShimBinary + " not found in MINE_CONTAINERD_BIN or PATH")
-				}
-				b.Skip("the mine shim is built only when it is under test or MINE_SHIM is set")
-			}
+			h.requireShim(b, rt)
 			c := h.startHost(b, rt, newID(b), discardIO(), oci.WithProcessArgs(sleeper...))
 			if err := c.execBatch("warm", width); err != nil {
 				b.Fatal(err)

@@ -27,12 +27,7 @@ func TestGroupParallelDelete(t *testing.T) {
 	const tasks, rounds = 6, 4
 	for _, rt := range []string{runtimeMine, runtimeRunc} {
 		t.Run(rt, func(t *testing.T) {
-			if h.shimPath(rt) == "" {
-				if rt == runtimeRunc {
-					t.Skip(runcShimBinary + " not found in MINE_CONTAINERD_BIN or PATH")
-				}
-				t.Skip("the mine shim is built only when it is under test or MINE_SHIM is set")
-			}
+			h.requireShim(t, rt)
 			var failed []string
 			for round := range rounds {
 				group := newID(t)

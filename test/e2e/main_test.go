@@ -261,6 +261,19 @@ func (h *harness) shimPath(rt string) string {
 	return p
 }
 
+// requireShim skips tb when the shim of runtime rt (mine or containerd's
+// runc shim) is not there to run.
+func (h *harness) requireShim(tb testing.TB, rt string) {
+	tb.Helper()
+	if h.shimPath(rt) != "" {
+		return
+	}
+	if rt == runtimeRunc {
+		tb.Skip(runcShimBinary + " not found in MINE_CONTAINERD_BIN or PATH")
+	}
+	tb.Skip("the mine shim is built only when it is under test or MINE_SHIM is set")
+}
+
 // checkSnapshotter makes sure containerd loaded the chosen snapshotter.
 func (h *harness) checkSnapshotter() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -28,12 +28,7 @@ func TestSocketAtContainerdAddress(t *testing.T) {
 	h := requireHarness(t)
 	for _, rt := range []string{runtimeMine, runtimeRunc} {
 		t.Run(rt, func(t *testing.T) {
-			if h.shimPath(rt) == "" {
-				if rt == runtimeRunc {
-					t.Skip(runcShimBinary + " not found in MINE_CONTAINERD_BIN or PATH")
-				}
-				t.Skip("the mine shim is built only when it is under test or MINE_SHIM is set")
-			}
+			h.requireShim(t, rt)
 			t.Run("container", func(t *testing.T) {
 				id := newID(t)
 				c := h.startHost(t, rt, id, discardIO(), oci.WithProcessArgs(sleeper...))
