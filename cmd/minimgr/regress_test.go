@@ -159,8 +159,21 @@ func TestExecIDReuse(t *testing.T) {
 		t.Errorf("wait --exec e1: exit %d, stdout %q, stderr %q: want 7", r.code, r.stdout, r.stderr)
 	}
 	e.mustRun("exec", "-d", "--exec-id", "e1", "c", "true")
+	// The ID is free once that exec has exited, not while it may still run.
+	if r := e.run(nil, "wait", "--exec", "e1", "c"); r.code != 0 {
+		t.Errorf("wait --exec e1: exit %d, stderr %q: want 0", r.code, r.stderr)
+	}
 	if r := e.run(nil, "exec", "--exec-id", "e1", "c", "sh", "-c", "exit 4"); r.code != 4 {
 		t.Errorf("attached exec with a used ID: exit %d (%s)", r.code, r.stderr)
+	}
+	// The ID of an exec that runs is refused, and that exec is left alone.
+	e.mustRun("exec", "-d", "--exec-id", "e3", "c", "sleep", "1000")
+	if r := e.run(nil, "exec", "--exec-id", "e3", "c", "true"); r.code != exitOwnError || !strings.Contains(r.stderr, "already exists") {
+		t.Errorf("exec with the ID of a running exec: exit %d, stderr %q: want %d and 'already exists'", r.code, r.stderr, exitOwnError)
+	}
+	e.mustRun("kill", "-s", "KILL", "--exec", "e3", "c")
+	if r := e.run(nil, "wait", "--exec", "e3", "c"); r.code != 137 {
+		t.Errorf("wait --exec e3 after SIGKILL: exit %d (%s), want 137", r.code, r.stderr)
 	}
 
 	// An attached exec whose client is killed.
