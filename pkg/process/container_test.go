@@ -1,6 +1,7 @@
 package process
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -106,6 +107,7 @@ func newFake(t *testing.T) fakeEnv {
 	t.Setenv("FAKE_RUNTIME_FAIL", "")
 	t.Setenv("FAKE_RUNTIME_EXIT_ON_START", "")
 	t.Setenv("FAKE_RUNTIME_EXEC_BLOCK", "")
+	t.Setenv("FAKE_RUNTIME_EXEC_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_DELETE_KEEPS", "")
 	return fakeEnv{bundle: bundle, argv: argv, rt: Runtime{Binary: script, Root: filepath.Join(dir, "root")}}
 }
@@ -849,4 +851,64 @@ func pidAliveUnreaped(pid int) bool {
 	}
 	i := strings.LastIndexByte(string(data), ')')
 	return i > 0 && !strings.HasPrefix(strings.TrimSpace(string(data[i+1:])), "Z")
+}
+
+// A caller that goes away while the runtime starts its exec (the call's
+// context canceled once the process runs, before runc exec has returned),
+// as a killed attached client does, leaves no untracked process: the start
+// completes, and the exec can be signalled and waited for.
+func TestExecStartOutlivesCanceledCaller(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	hold := filepath.Join(t.TempDir(), "hold")
+	if err := unix.Mkfifo(hold, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FAKE_RUNTIME_EXEC_HOLD", hold)
+	if err := c.AddExec(ctx, ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"sleep", "1000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	started := make(chan error, 1)
+	go func() { _, err := c.Start(cctx, "e1"); started <- err }()
+	execs := filepath.Join(f.rt.Root, "c1", "execs")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if data, _ := os.ReadFile(execs); len(bytes.TrimSpace(data)) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the runtime never started the exec's process")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	time.Sleep(100 * time.Millisecond) // a runtime killed for the cancellation is gone by now
+	if w, err := os.OpenFile(hold, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+		w.Close() // the runtime, still there, returns
+	}
+	select {
+	case err := <-started:
+		t.Logf("start returned %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("start did not return")
+	}
+	st, err := c.State("e1")
+	if err != nil || st.Status != Running || st.Pid <= 0 {
+		t.Fatalf("exec after its caller went away: %+v, %v: want running with its pid", st, err)
+	}
+	if err := c.Kill(ctx, "e1", int(unix.SIGKILL), false); err != nil {
+		t.Fatalf("kill exec: %v", err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	exit, err := c.Wait(wctx, "e1")
+	if err != nil || exit.Status != 137 {
+		t.Fatalf("wait exec: %+v, %v: want status 137", exit, err)
+	}
 }

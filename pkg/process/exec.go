@@ -86,13 +86,15 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	}
 	pidFile := filepath.Join(c.cfg.Bundle, p.execID+".pid")
 	mark := c.cfg.Reaper.Mark()
-	err = c.rt.exec(ctx, *p.spec, &runc.ExecOpts{
+	rctx, cancel := startContext(ctx)
+	defer cancel()
+	err = c.rt.exec(rctx, *p.spec, &runc.ExecOpts{
 		PidFile: pidFile, IO: pio.Runc(), ConsoleSocket: pio.ConsoleSocket(), Detach: true,
 	})
 	if err != nil {
 		return fail(pio, err)
 	}
-	if err := pio.Started(ctx); err != nil {
+	if err := pio.Started(rctx); err != nil {
 		return fail(pio, err)
 	}
 	pid, err := readPidFile(pidFile)

@@ -148,7 +148,9 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 	if c.cfg.Checkpoint != "" {
 		return c.restore(ctx, p)
 	}
-	err = c.rt.start(ctx)
+	sctx, cancel := startContext(ctx)
+	err = c.rt.start(sctx)
+	cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err == nil {

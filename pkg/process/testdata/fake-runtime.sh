@@ -2,7 +2,9 @@
 # A stand-in OCI runtime for unit tests: records its argv in $FAKE_RUNTIME_LOG,
 # runs `sleep` as the container's process, and fails the command named in
 # $FAKE_RUNTIME_FAIL with a runc-style log.json error. $FAKE_RUNTIME_EXEC_BLOCK
-# names a FIFO that exec reads before it starts its process;
+# names a FIFO that exec reads before it starts its process,
+# $FAKE_RUNTIME_EXEC_HOLD one it reads after (the process runs, the runtime
+# has not returned);
 # $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive.
 echo "$*" >> "$FAKE_RUNTIME_LOG"
 root=/tmp/fake-runtime
@@ -42,7 +44,9 @@ exec)
 	[ -d "$root/$id" ] || exit 1
 	[ -n "$FAKE_RUNTIME_EXEC_BLOCK" ] && read _ < "$FAKE_RUNTIME_EXEC_BLOCK"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"; echo $! >> "$root/$id/execs" ;;
+	echo $! > "$pidfile"; echo $! >> "$root/$id/execs"
+	[ -n "$FAKE_RUNTIME_EXEC_HOLD" ] && read _ < "$FAKE_RUNTIME_EXEC_HOLD"
+	true ;;
 kill)
 	[ -f "$root/$id/pid" ] || exit 1
 	kill -"$sig" "$(cat "$root/$id/pid")" 2>/dev/null || exit 1 ;;
