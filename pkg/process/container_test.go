@@ -121,6 +121,20 @@ func (f fakeEnv) calls(t *testing.T) []string {
 	return strings.Split(strings.TrimSpace(string(data)), "\n")
 }
 
+// startedFake is a container of the fake runtime, created and started,
+// with its recorder and a context for the calls.
+func startedFake(t *testing.T) (fakeEnv, *recorder, *Container, context.Context) {
+	t.Helper()
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	return f, rec, c, ctx
+}
+
 func (f fakeEnv) create(t *testing.T, rec *recorder) *Container {
 	t.Helper()
 	c, err := Create(context.Background(), Config{
@@ -188,13 +202,7 @@ func TestLifecycle(t *testing.T) {
 }
 
 func TestIllegalTransitions(t *testing.T) {
-	f := newFake(t)
-	rec := newRecorder()
-	c := f.create(t, rec)
-	ctx := context.Background()
-	if _, err := c.Start(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
+	_, _, c, ctx := startedFake(t)
 	if _, err := c.Start(ctx, ""); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("second start: %v, want failed precondition", err)
 	}
@@ -352,13 +360,7 @@ func TestExitDuringStartComesAfterStart(t *testing.T) {
 // The init's exit is published after the exit of every exec process, and an
 // exec cannot start once the init has exited.
 func TestInitExitAfterExecExits(t *testing.T) {
-	f := newFake(t)
-	rec := newRecorder()
-	c := f.create(t, rec)
-	ctx := context.Background()
-	if _, err := c.Start(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
+	_, rec, c, ctx := startedFake(t)
 	for _, id := range []string{"e1", "e2"} {
 		if err := c.AddExec(ctx, ExecConfig{ID: id, Spec: &specs.Process{Args: []string{"sleep", "1000"}}}); err != nil {
 			t.Fatal(err)
@@ -607,13 +609,7 @@ func plantPid(t *testing.T, pid int) *exec.Cmd {
 // A kill of an exec whose exit has been reaped never reaches the process
 // that got its pid afterwards: it reports not found.
 func TestExecKillNeverReachesRecycledPid(t *testing.T) {
-	f := newFake(t)
-	rec := newRecorder()
-	c := f.create(t, rec)
-	ctx := context.Background()
-	if _, err := c.Start(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
+	_, _, c, ctx := startedFake(t)
 	if err := c.AddExec(ctx, ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"sleep", "1000"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -757,13 +753,7 @@ func TestExecWhileInitExitPending(t *testing.T) {
 
 // Execs left undeleted release their I/O when the container is deleted.
 func TestUndeletedExecsReleasedWithContainer(t *testing.T) {
-	f := newFake(t)
-	rec := newRecorder()
-	c := f.create(t, rec)
-	ctx := context.Background()
-	if _, err := c.Start(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
+	_, _, c, ctx := startedFake(t)
 	before := countFDs(t)
 	logs := t.TempDir()
 	for i := 0; i < 5; i++ {
@@ -858,13 +848,7 @@ func pidAliveUnreaped(pid int) bool {
 // as a killed attached client does, leaves no untracked process: the start
 // completes, and the exec can be signalled and waited for.
 func TestExecStartOutlivesCanceledCaller(t *testing.T) {
-	f := newFake(t)
-	rec := newRecorder()
-	c := f.create(t, rec)
-	ctx := context.Background()
-	if _, err := c.Start(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
+	f, _, c, ctx := startedFake(t)
 	hold := filepath.Join(t.TempDir(), "hold")
 	if err := unix.Mkfifo(hold, 0o600); err != nil {
 		t.Fatal(err)
