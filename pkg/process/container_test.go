@@ -108,6 +108,7 @@ func newFake(t *testing.T) fakeEnv {
 	t.Setenv("FAKE_RUNTIME_EXIT_ON_START", "")
 	t.Setenv("FAKE_RUNTIME_EXEC_BLOCK", "")
 	t.Setenv("FAKE_RUNTIME_EXEC_HOLD", "")
+	t.Setenv("FAKE_RUNTIME_START_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_DELETE_KEEPS", "")
 	return fakeEnv{bundle: bundle, argv: argv, rt: Runtime{Binary: script, Root: filepath.Join(dir, "root")}}
 }
@@ -872,10 +873,7 @@ func TestExecStartOutlivesCanceledCaller(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()
-	time.Sleep(100 * time.Millisecond) // a runtime killed for the cancellation is gone by now
-	if w, err := os.OpenFile(hold, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
-		w.Close() // the runtime, still there, returns
-	}
+	releaseHold(hold)
 	select {
 	case err := <-started:
 		t.Logf("start returned %v", err)
@@ -894,5 +892,55 @@ func TestExecStartOutlivesCanceledCaller(t *testing.T) {
 	exit, err := c.Wait(wctx, "e1")
 	if err != nil || exit.Status != 137 {
 		t.Fatalf("wait exec: %+v, %v: want status 137", exit, err)
+	}
+}
+
+// releaseHold lets a fake runtime blocked on the FIFO hold go on, once it
+// has opened it; a runtime killed meanwhile (or that never came) is waited
+// for two seconds at most.
+func releaseHold(hold string) {
+	time.Sleep(100 * time.Millisecond) // a runtime killed for a cancellation is gone by now
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if w, err := os.OpenFile(hold, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+			w.Close() // its reader, the runtime, returns
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The init's start outlives its caller too: the caller going away while
+// runc start runs leaves the container running, not "created".
+func TestInitStartOutlivesCanceledCaller(t *testing.T) {
+	f := newFake(t)
+	c := f.create(t, newRecorder())
+	hold := filepath.Join(t.TempDir(), "hold")
+	if err := unix.Mkfifo(hold, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FAKE_RUNTIME_START_HOLD", hold)
+	cctx, cancel := context.WithCancel(context.Background())
+	started := make(chan error, 1)
+	go func() { _, err := c.Start(cctx, ""); started <- err }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(strings.Join(f.calls(t), "\n"), " start ") {
+		if time.Now().After(deadline) {
+			t.Fatal("start never called")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	releaseHold(hold)
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Errorf("start after its caller went away: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("start did not return")
+	}
+	if st, err := c.State(""); err != nil || st.Status != Running {
+		t.Fatalf("init after its caller went away: %+v, %v: want running", st, err)
 	}
 }

@@ -4,7 +4,7 @@
 # $FAKE_RUNTIME_FAIL with a runc-style log.json error. $FAKE_RUNTIME_EXEC_BLOCK
 # names a FIFO that exec reads before it starts its process,
 # $FAKE_RUNTIME_EXEC_HOLD one it reads after (the process runs, the runtime
-# has not returned);
+# has not returned), $FAKE_RUNTIME_START_HOLD one that start reads last;
 # $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive.
 echo "$*" >> "$FAKE_RUNTIME_LOG"
 root=/tmp/fake-runtime
@@ -39,7 +39,9 @@ create)
 	echo $! > "$pidfile"; echo $! > "$root/$id/pid" ;;
 start)
 	[ -d "$root/$id" ] || exit 1
-	if [ -n "$FAKE_RUNTIME_EXIT_ON_START" ]; then kill -9 "$(cat "$root/$id/pid")"; sleep 0.2; fi ;;
+	if [ -n "$FAKE_RUNTIME_EXIT_ON_START" ]; then kill -9 "$(cat "$root/$id/pid")"; sleep 0.2; fi
+	[ -n "$FAKE_RUNTIME_START_HOLD" ] && read _ < "$FAKE_RUNTIME_START_HOLD"
+	true ;;
 exec)
 	[ -d "$root/$id" ] || exit 1
 	[ -n "$FAKE_RUNTIME_EXEC_BLOCK" ] && read _ < "$FAKE_RUNTIME_EXEC_BLOCK"
