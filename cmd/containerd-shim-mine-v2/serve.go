@@ -48,7 +48,7 @@ type daemon struct {
 	svc    *task.Service
 	sb     *sandbox.Service
 	pub    *task.Publisher
-	server *ttrpc.Server
+	server *server
 	trim   *trimmer
 	state  *stateWatch
 	// socket and address are the socket start bound and the address file it
@@ -189,17 +189,14 @@ func setup(f flags) (_ *daemon, retErr error) {
 	d.closers = append(d.closers, func() { d.svc.Close() })
 	d.trim = newTrimmer()
 	d.closers = append(d.closers, d.trim.stop)
-	d.server, err = ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(d.sb.Handshaker(ttrpc.UnixSocketRequireSameUser())),
-		ttrpc.WithChainUnaryServerInterceptor(d.trim.interceptor, d.state.interceptor),
-	)
+	d.server, err = newServer(l, ttrpc.WithChainUnaryServerInterceptor(d.trim.interceptor, d.state.interceptor))
 	if err != nil {
 		return nil, err
 	}
-	d.svc.RegisterTTRPC(d.server)
-	d.svc.RegisterTTRPCv2(d.server)
-	d.sb.RegisterTTRPC(d.server)
-	go func() { d.serveErr <- d.server.Serve(ctx, l) }()
+	d.svc.RegisterTTRPC(d.server.Server)
+	d.svc.RegisterTTRPCv2(d.server.Server)
+	d.sb.RegisterTTRPC(d.server.Server)
+	go func() { d.serveErr <- d.server.serve(ctx) }()
 	return d, nil
 }
 
@@ -246,14 +243,20 @@ func (d *daemon) run() {
 	}
 }
 
-// teardown answers the Shutdown call in flight, stops the server, drains
-// the events, removes the socket and address file if they are still ours,
-// and releases the rest.
+// teardown stops accepting, lets the clients hang up (so that every call in
+// flight, the Shutdown that ended the shim among them, is answered), stops
+// the server, drains the events, removes the socket and address file if
+// they are still ours, and releases the rest.
 func (d *daemon) teardown() error {
 	defer d.release()
 	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer scancel()
-	serr := d.server.Shutdown(sctx)
+	// A container that joins the group from now on gets a shim of its own:
+	// start replaces a socket that refuses connections.
+	open, serr := d.server.stop(sctx, drainGrace)
+	if open > 0 {
+		log.G(d.ctx).WithField("connections", open).Warnf("clients still connected after %v; closing their connections", drainGrace)
+	}
 	perr := d.pub.Close(sctx)
 	// A new shim for the same container may have bound the same path by
 	// now: only what this shim created is removed.
@@ -262,9 +265,6 @@ func (d *daemon) teardown() error {
 	}
 	if err := d.address.remove(); err != nil {
 		log.G(d.ctx).WithError(err).Warn("remove address file")
-	}
-	if errors.Is(serr, ttrpc.ErrServerClosed) {
-		serr = nil
 	}
 	return errors.Join(serr, perr)
 }

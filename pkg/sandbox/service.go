@@ -74,10 +74,10 @@ type Config struct {
 	Self string
 	// Members returns how many containers the shim still serves.
 	Members func() int
-	// Shutdown is called once the sandbox is shut down, no member remains
-	// and the clients have hung up (or exitGrace passed). It must not
-	// block. (After the last member's Task.Shutdown, the task service ends
-	// the shim itself.)
+	// Shutdown is called once the sandbox is shut down and no member
+	// remains. It must not block, and the shim must answer the call in
+	// flight before it exits. (After the last member's Task.Shutdown, the
+	// task service ends the shim itself.)
 	Shutdown func()
 }
 
@@ -96,10 +96,6 @@ type Service struct {
 	cgroup    string        // guarded by mu; the holder's cgroup, "" if none
 	stopped   chan struct{} // closed on entering phaseStopped; made at Create
 	exit      process.Exit  // guarded by mu; valid once stopped is closed
-
-	connMu   sync.Mutex
-	conns    int           // guarded by connMu; open ttrpc connections
-	connGone chan struct{} // a connection closed (buffered, one pending)
 }
 
 // New returns the Service of a shim.
@@ -110,7 +106,7 @@ func New(cfg Config) *Service {
 	if cfg.Members == nil {
 		cfg.Members = func() int { return 0 }
 	}
-	return &Service{cfg: cfg, connGone: make(chan struct{}, 1)}
+	return &Service{cfg: cfg}
 }
 
 // Alive reports whether the shim holds a sandbox that is not shut down:
@@ -372,8 +368,8 @@ func (s *Service) ShutdownSandbox(ctx context.Context, r *ShutdownSandboxRequest
 	if err := s.release(ctx); err != nil {
 		return nil, wire(err)
 	}
-	if s.cfg.Members() == 0 {
-		s.exitWhenDisconnected()
+	if s.cfg.Members() == 0 && s.cfg.Shutdown != nil {
+		s.cfg.Shutdown()
 	}
 	return &ShutdownSandboxResponse{}, nil
 }

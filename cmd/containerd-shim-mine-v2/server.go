@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/containerd/ttrpc"
+)
+
+// drainGrace bounds how long an ending daemon waits for its clients to hang
+// up before it closes their connections itself.
+const drainGrace = 3 * time.Second
+
+// server is the daemon's ttrpc server: it accepts on the socket start
+// handed over, from clients of the daemon's own user, and counts the
+// connections it serves so that stop can wait for them to close.
+//
+// ttrpc's Server.Shutdown is not enough on its own: it closes every
+// connection it last saw idle, and a connection's state is brought up to
+// date only when the connection's loop wakes to send a response. A request
+// that came on an idle connection is therefore still "idle" while its
+// handler runs, and Shutdown closes the connection under it: the reply is
+// lost. containerd sends a group's shim a Shutdown after each task's
+// Delete, each on that task's connection; when a pod's containers are
+// removed in parallel, the Shutdown that finds no container left can come
+// while another task's Delete is still being answered, which containerd
+// then reports as "ttrpc: closed". containerd closes a task's connection
+// right after that task's Shutdown is answered, so waiting for the clients
+// to hang up is waiting for every reply to have been written.
+type server struct {
+	*ttrpc.Server
+	listener *closeOnceListener
+	conns    *connections
+}
+
+func newServer(l net.Listener, opts ...ttrpc.ServerOpt) (*server, error) {
+	conns := newConnections()
+	opts = append([]ttrpc.ServerOpt{ttrpc.WithServerHandshaker(conns.handshaker(ttrpc.UnixSocketRequireSameUser()))}, opts...)
+	srv, err := ttrpc.NewServer(opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &server{Server: srv, listener: &closeOnceListener{Listener: l}, conns: conns}, nil
+}
+
+// serve serves until stop.
+func (s *server) serve(ctx context.Context) error {
+	return s.Server.Serve(ctx, s.listener)
+}
+
+// stop stops accepting, waits up to grace for the clients to close their
+// connections, then shuts the server down (which closes what is still
+// open), bounded by ctx. It returns how many connections were still open
+// after grace.
+func (s *server) stop(ctx context.Context, grace time.Duration) (int, error) {
+	lerr := s.listener.Close()
+	open := s.conns.waitClosed(grace)
+	err := s.Server.Shutdown(ctx)
+	if errors.Is(err, ttrpc.ErrServerClosed) {
+		err = nil
+	}
+	return open, errors.Join(lerr, err)
+}
+
+// connections counts the connections a server serves.
+type connections struct {
+	mu      sync.Mutex
+	open    int           // guarded by mu
+	changed chan struct{} // a connection closed (buffered, one pending)
+}
+
+func newConnections() *connections {
+	return &connections{changed: make(chan struct{}, 1)}
+}
+
+// handshaker wraps a handshaker: every connection it approves is counted
+// until it is closed.
+func (c *connections) handshaker(inner ttrpc.Handshaker) ttrpc.Handshaker {
+	return countingHandshaker{inner: inner, c: c}
+}
+
+// waitClosed waits up to grace for every connection to close; it returns
+// how many are still open.
+func (c *connections) waitClosed(grace time.Duration) int {
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	for {
+		c.mu.Lock()
+		n := c.open
+		c.mu.Unlock()
+		if n == 0 {
+			return 0
+		}
+		select {
+		case <-c.changed:
+		case <-timer.C:
+			return n
+		}
+	}
+}
+
+func (c *connections) closed() {
+	c.mu.Lock()
+	c.open--
+	c.mu.Unlock()
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+type countingHandshaker struct {
+	inner ttrpc.Handshaker
+	c     *connections
+}
+
+func (h countingHandshaker) Handshake(ctx context.Context, conn net.Conn) (net.Conn, any, error) {
+	approved, info, err := h.inner.Handshake(ctx, conn)
+	if err != nil {
+		return approved, info, err
+	}
+	h.c.mu.Lock()
+	h.c.open++
+	h.c.mu.Unlock()
+	return &countedConn{Conn: approved, c: h.c}, info, nil
+}
+
+type countedConn struct {
+	net.Conn
+	once sync.Once
+	c    *connections
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.c.closed)
+	return err
+}
+
+// closeOnceListener lets stop close the listener before the server's
+// Shutdown closes it again.
+type closeOnceListener struct {
+	net.Listener
+	once sync.Once
+	err  error
+}
+
+func (l *closeOnceListener) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
+}

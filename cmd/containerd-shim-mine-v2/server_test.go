@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// heldServer is a server with one method, test.Hold/Hold, whose calls wait
+// for release; entered receives once per call that has begun.
+type heldServer struct {
+	*server
+	path    string
+	entered chan struct{}
+	release chan struct{}
+}
+
+func startHeldServer(t *testing.T) *heldServer {
+	t.Helper()
+	path := filepath.Join(shortTempDir(t), "s")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := newServer(l)
+	if err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
+	h := &heldServer{server: srv, path: path, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	srv.RegisterService("test.Hold", &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
+		"Hold": func(ctx context.Context, unmarshal func(any) error) (any, error) {
+			var req emptypb.Empty
+			if err := unmarshal(&req); err != nil {
+				return nil, err
+			}
+			h.entered <- struct{}{}
+			<-h.release
+			return &emptypb.Empty{}, nil
+		},
+	}})
+	served := make(chan error, 1)
+	go func() { served <- srv.serve(context.Background()) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), shimCallTimeout)
+		defer cancel()
+		_ = srv.Server.Shutdown(ctx)
+		<-served
+	})
+	return h
+}
+
+// call begins a Hold call on a new connection, once it is under way.
+func (h *heldServer) call(t *testing.T) (*ttrpc.Client, <-chan error) {
+	t.Helper()
+	conn, err := net.DialTimeout("unix", h.path, shimCallTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	t.Cleanup(func() { client.Close() })
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), shimCallTimeout)
+		defer cancel()
+		done <- client.Call(ctx, "test.Hold", "Hold", &emptypb.Empty{}, &emptypb.Empty{})
+	}()
+	select {
+	case <-h.entered:
+	case err := <-done:
+		t.Fatalf("call ended before its handler ran: %v", err)
+	case <-time.After(shimCallTimeout):
+		t.Fatal("handler not entered")
+	}
+	return client, done
+}
+
+type stopResult struct {
+	open int
+	err  error
+}
+
+func (h *heldServer) stopAsync(grace time.Duration) <-chan stopResult {
+	stopped := make(chan stopResult, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		open, err := h.stop(ctx, grace)
+		stopped <- stopResult{open, err}
+	}()
+	return stopped
+}
+
+// A call that came on an idle connection is answered although the server
+// stops while it runs, and stop returns once the client has hung up. (ttrpc's
+// own Shutdown closes such a connection under the handler, its loop still
+// holding it idle: containerd met that as "ttrpc: closed" on the Delete of a
+// group's task removed in parallel with the others.)
+func TestStopAnswersCallInFlight(t *testing.T) {
+	h := startHeldServer(t)
+	client, done := h.call(t)
+	stopped := h.stopAsync(drainGrace)
+
+	// Long enough for a Shutdown that closes the connection to have done so.
+	select {
+	case err := <-done:
+		t.Fatalf("the call in flight ended when the server stopped: %v", err)
+	case r := <-stopped:
+		t.Fatalf("stop returned (%d open, %v) while a client was connected", r.open, r.err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	// No new connection while stopping.
+	if c, err := net.DialTimeout("unix", h.path, time.Second); err == nil {
+		c.Close()
+		t.Error("a stopping server accepted a new connection")
+	}
+
+	close(h.release)
+	if err := <-done; err != nil {
+		t.Fatalf("the call in flight got no answer: %v", err)
+	}
+	start := time.Now()
+	client.Close()
+	select {
+	case r := <-stopped:
+		if r.err != nil || r.open != 0 {
+			t.Fatalf("stop: %d connections left open, %v", r.open, r.err)
+		}
+		t.Logf("stop returned %v after the client hung up", time.Since(start))
+	case <-time.After(drainGrace / 2):
+		t.Fatalf("stop still waits %v after the last client hung up", drainGrace/2)
+	}
+}
+
+// A client that does not hang up holds the server's end for grace only; its
+// connection is then closed.
+func TestStopClosesLingeringConnections(t *testing.T) {
+	h := startHeldServer(t)
+	client, done := h.call(t)
+	close(h.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	const grace = 200 * time.Millisecond
+	select {
+	case r := <-h.stopAsync(grace):
+		if r.err != nil || r.open != 1 {
+			t.Fatalf("stop: %d connections left open after grace (want 1), %v", r.open, r.err)
+		}
+	case <-time.After(shutdownTimeout + time.Second):
+		t.Fatal("stop did not return")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shimCallTimeout)
+	defer cancel()
+	err := client.Call(ctx, "test.Hold", "Hold", &emptypb.Empty{}, &emptypb.Empty{})
+	if !errors.Is(err, ttrpc.ErrClosed) {
+		t.Fatalf("call on a connection of a stopped server: %v, want %v", err, ttrpc.ErrClosed)
+	}
+}
