@@ -109,13 +109,19 @@ func newFake(t *testing.T) fakeEnv {
 	t.Setenv("FAKE_RUNTIME_EXEC_BLOCK", "")
 	t.Setenv("FAKE_RUNTIME_EXEC_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_START_HOLD", "")
+	t.Setenv("FAKE_RUNTIME_RESTORE_HOLD", "")
+	t.Setenv("FAKE_RUNTIME_CREATE_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_DELETE_KEEPS", "")
 	return fakeEnv{bundle: bundle, argv: argv, rt: Runtime{Binary: script, Root: filepath.Join(dir, "root")}}
 }
 
+// calls returns the argv of every runtime call so far.
 func (f fakeEnv) calls(t *testing.T) []string {
 	t.Helper()
 	data, err := os.ReadFile(f.argv)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -850,11 +856,7 @@ func pidAliveUnreaped(pid int) bool {
 // completes, and the exec can be signalled and waited for.
 func TestExecStartOutlivesCanceledCaller(t *testing.T) {
 	f, _, c, ctx := startedFake(t)
-	hold := filepath.Join(t.TempDir(), "hold")
-	if err := unix.Mkfifo(hold, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("FAKE_RUNTIME_EXEC_HOLD", hold)
+	hold := newHold(t, "FAKE_RUNTIME_EXEC_HOLD")
 	if err := c.AddExec(ctx, ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"sleep", "1000"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -915,18 +917,104 @@ func releaseHold(hold string) {
 func TestInitStartOutlivesCanceledCaller(t *testing.T) {
 	f := newFake(t)
 	c := f.create(t, newRecorder())
+	startCanceledWhileHeld(t, f, c, "FAKE_RUNTIME_START_HOLD", " start ")
+}
+
+// So does a restore: its process runs before runc restore returns.
+func TestRestoreOutlivesCanceledCaller(t *testing.T) {
+	f := newFake(t)
+	c, err := Create(context.Background(), Config{
+		ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+		Reaper: testReaper, Emit: newRecorder().emit, Checkpoint: t.TempDir(),
+	})
+	if err != nil {
+		t.Fatalf("create from checkpoint: %v", err)
+	}
+	startCanceledWhileHeld(t, f, c, "FAKE_RUNTIME_RESTORE_HOLD", " restore ")
+	ctx := context.Background()
+	if err := c.Kill(ctx, "", int(unix.SIGKILL), false); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if exit, err := c.Wait(wctx, ""); err != nil || exit.Status != 137 {
+		t.Fatalf("wait: %+v, %v: want status 137", exit, err)
+	}
+}
+
+// A create whose caller goes away is abandoned, unlike a start: nothing of
+// the container runs yet, and the cleanup of the failed create removes what
+// the runtime had made (its process and its state).
+func TestCreateCanceledLeavesNothing(t *testing.T) {
+	f := newFake(t)
+	hold := newHold(t, "FAKE_RUNTIME_CREATE_HOLD")
+	cctx, cancel := context.WithCancel(context.Background())
+	created := make(chan error, 1)
+	go func() {
+		_, err := Create(cctx, Config{
+			ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+			Reaper: testReaper, Emit: newRecorder().emit,
+		})
+		created <- err
+	}()
+	pidFile := filepath.Join(f.rt.Root, "c1", "pid")
+	var pid int
+	deadline := time.Now().Add(10 * time.Second)
+	for pid <= 0 {
+		if data, err := os.ReadFile(pidFile); err == nil {
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the runtime never made the container's process")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	releaseHold(hold)
+	select {
+	case err := <-created:
+		if err == nil {
+			t.Fatal("create succeeded after its caller went away")
+		}
+		t.Logf("create: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("create did not return")
+	}
+	if _, err := os.Stat(filepath.Dir(pidFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the runtime's state of the abandoned create is left (%v)", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); pidAliveUnreaped(pid); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the abandoned create's process %d still runs", pid)
+		}
+	}
+}
+
+// newHold makes a FIFO for the fake runtime to hold on and names it in env.
+func newHold(t *testing.T, env string) string {
+	t.Helper()
 	hold := filepath.Join(t.TempDir(), "hold")
 	if err := unix.Mkfifo(hold, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("FAKE_RUNTIME_START_HOLD", hold)
+	t.Setenv(env, hold)
+	return hold
+}
+
+// startCanceledWhileHeld starts c's init with the fake runtime held on a
+// FIFO named in holdEnv, cancels the Start's context once the runtime's
+// call (a substring of its argv) has begun, releases the runtime, and
+// requires the Start to succeed and the init to run.
+func startCanceledWhileHeld(t *testing.T, f fakeEnv, c *Container, holdEnv, call string) {
+	t.Helper()
+	hold := newHold(t, holdEnv)
 	cctx, cancel := context.WithCancel(context.Background())
 	started := make(chan error, 1)
 	go func() { _, err := c.Start(cctx, ""); started <- err }()
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(strings.Join(f.calls(t), "\n"), " start ") {
+	for !strings.Contains(strings.Join(f.calls(t), "\n"), call) {
 		if time.Now().After(deadline) {
-			t.Fatal("start never called")
+			t.Fatalf("%q never called", call)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -940,7 +1028,7 @@ func TestInitStartOutlivesCanceledCaller(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("start did not return")
 	}
-	if st, err := c.State(""); err != nil || st.Status != Running {
-		t.Fatalf("init after its caller went away: %+v, %v: want running", st, err)
+	if st, err := c.State(""); err != nil || st.Status != Running || st.Pid <= 0 {
+		t.Fatalf("init after its caller went away: %+v, %v: want running with its pid", st, err)
 	}
 }

@@ -86,7 +86,7 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	}
 	pidFile := filepath.Join(c.cfg.Bundle, p.execID+".pid")
 	mark := c.cfg.Reaper.Mark()
-	rctx, cancel := startContext(ctx)
+	rctx, cancel := startContext(ctx, startBound)
 	defer cancel()
 	err = c.rt.exec(rctx, *p.spec, &runc.ExecOpts{
 		PidFile: pidFile, IO: pio.Runc(), ConsoleSocket: pio.ConsoleSocket(), Detach: true,

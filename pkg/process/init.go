@@ -89,6 +89,9 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		return c, nil
 	}
 	mark := cfg.Reaper.Mark()
+	// Under the caller's context, unlike start (startContext): nothing of
+	// the container runs before Start, so a caller that goes away abandons
+	// the create, and the cleanup below removes what the runtime had made.
 	err = c.rt.create(ctx, cfg.Bundle, &runc.CreateOpts{
 		PidFile:       filepath.Join(cfg.Bundle, initPidFile),
 		IO:            pio.Runc(),
@@ -148,7 +151,7 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 	if c.cfg.Checkpoint != "" {
 		return c.restore(ctx, p)
 	}
-	sctx, cancel := startContext(ctx)
+	sctx, cancel := startContext(ctx, startBound)
 	err = c.rt.start(sctx)
 	cancel()
 	c.mu.Lock()
@@ -167,7 +170,9 @@ func (c *Container) restore(ctx context.Context, p *proc) (int, error) {
 	pio := p.io
 	c.mu.Unlock()
 	mark := c.cfg.Reaper.Mark()
-	err := c.rt.restore(ctx, c.cfg.Bundle, &runc.RestoreOpts{
+	rctx, cancel := startContext(ctx, restoreBound)
+	defer cancel()
+	err := c.rt.restore(rctx, c.cfg.Bundle, &runc.RestoreOpts{
 		CheckpointOpts: runc.CheckpointOpts{
 			ImagePath: c.cfg.Checkpoint,
 			WorkDir:   c.cfg.Runtime.CriuWorkPath,
@@ -180,7 +185,7 @@ func (c *Container) restore(ctx context.Context, p *proc) (int, error) {
 	})
 	var pid int
 	if err == nil {
-		if err = pio.Started(ctx); err == nil {
+		if err = pio.Started(rctx); err == nil {
 			if pid, err = ReadInitPid(c.cfg.Bundle); err != nil {
 				err = fmt.Errorf("read init pid: %w", err)
 			}

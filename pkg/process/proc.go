@@ -50,17 +50,21 @@ func (p *proc) finish() { p.doneOnce.Do(func() { close(p.done) }) }
 const killBound = 10 * time.Second
 
 // startBound bounds `runc start` and `runc exec` (both return once the
-// process runs).
-const startBound = time.Minute
+// process runs); restoreBound bounds `runc restore`, whose CRIU restores
+// the container's memory before it returns.
+const (
+	startBound   = time.Minute
+	restoreBound = 10 * time.Minute
+)
 
 // startContext is the context of a runtime call that starts a process.
 // The process may run before the runtime returns, so the caller going away
 // meanwhile (a client killed during its Start, whose call's context ttrpc
 // then cancels) must not kill the runtime midway: that would leave a
 // running process the shim does not track, whose exit nobody waits for.
-// The call is bounded by startBound instead.
-func startContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), startBound)
+// The call is bounded by bound instead.
+func startContext(ctx context.Context, bound time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), bound)
 }
 
 // initExitBound bounds how long the init's exit waits for the exits of exec

@@ -4,7 +4,9 @@
 # $FAKE_RUNTIME_FAIL with a runc-style log.json error. $FAKE_RUNTIME_EXEC_BLOCK
 # names a FIFO that exec reads before it starts its process,
 # $FAKE_RUNTIME_EXEC_HOLD one it reads after (the process runs, the runtime
-# has not returned), $FAKE_RUNTIME_START_HOLD one that start reads last;
+# has not returned), $FAKE_RUNTIME_START_HOLD one that start reads last,
+# $FAKE_RUNTIME_CREATE_HOLD and $FAKE_RUNTIME_RESTORE_HOLD ones that create
+# and restore read once the process exists;
 # $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive.
 echo "$*" >> "$FAKE_RUNTIME_LOG"
 root=/tmp/fake-runtime
@@ -36,7 +38,9 @@ case "$cmd" in
 create)
 	mkdir -p "$root/$id"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"; echo $! > "$root/$id/pid" ;;
+	echo $! > "$pidfile"; echo $! > "$root/$id/pid"
+	[ -n "$FAKE_RUNTIME_CREATE_HOLD" ] && read _ < "$FAKE_RUNTIME_CREATE_HOLD"
+	true ;;
 start)
 	[ -d "$root/$id" ] || exit 1
 	if [ -n "$FAKE_RUNTIME_EXIT_ON_START" ]; then kill -9 "$(cat "$root/$id/pid")"; sleep 0.2; fi
@@ -61,7 +65,9 @@ checkpoint)
 restore)
 	mkdir -p "$root/$id"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"; echo $! > "$root/$id/pid" ;;
+	echo $! > "$pidfile"; echo $! > "$root/$id/pid"
+	[ -n "$FAKE_RUNTIME_RESTORE_HOLD" ] && read _ < "$FAKE_RUNTIME_RESTORE_HOLD"
+	true ;;
 state)
 	[ -d "$root/$id" ] || exit 1
 	st=stopped
