@@ -761,8 +761,28 @@ func TestExecWhileInitExitPending(t *testing.T) {
 // Execs left undeleted release their I/O when the container is deleted.
 func TestUndeletedExecsReleasedWithContainer(t *testing.T) {
 	_, _, c, ctx := startedFake(t)
-	before := countFDs(t)
 	logs := t.TempDir()
+	// What the process keeps once made (pkg/stdio's idle poller) is made
+	// by an exec with output, deleted before the count.
+	out := "file://" + filepath.Join(logs, "first")
+	if err := c.AddExec(ctx, ExecConfig{ID: "first", Spec: &specs.Process{Args: []string{"sleep", "1000"}}, Stdio: stdio.Config{Stdout: out}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Start(ctx, "first"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kill(ctx, "first", 9, false); err != nil {
+		t.Fatal(err)
+	}
+	fctx, fcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer fcancel()
+	if _, err := c.Wait(fctx, "first"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Delete(fctx, "first"); err != nil {
+		t.Fatal(err)
+	}
+	before := countFDs(t)
 	for i := 0; i < 5; i++ {
 		id := fmt.Sprintf("e%d", i)
 		out := "file://" + filepath.Join(logs, id)

@@ -9,10 +9,14 @@
 // writer EPIPE rather than a full pipe that blocks for good; what clients
 // still write to the stdin FIFO is then read and dropped.
 //
-// Ownership: Open starts one goroutine per stream; they are owned by the IO.
-// Whoever calls Open calls Close once the process is deleted; Close closes
-// every descriptor IO opened and returns within its bound whatever the
-// process, its children or the clients do.
+// Ownership: the copy of each stream is owned by the IO. A pipe's output copy
+// runs in a goroutine only while the pipe has something to read; an empty
+// pipe waits in one epoll instance shared by every copy of the process
+// (the idle poller, itself watched by the Go runtime's poller), so a quiet
+// stream costs neither a goroutine nor a buffer. Stdin and terminal copies
+// keep a goroutine each. Whoever calls Open calls Close once the process is
+// deleted; Close closes every descriptor IO opened and returns within its
+// bound whatever the process, its children or the clients do.
 //
 // Exit and output: Flush, called when the process has exited, returns once
 // what the process wrote has been copied (the pipe is empty and nothing is

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	runc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 )
 
@@ -206,12 +207,23 @@ var (
 // child that inherited the pipe may keep it open long after the process
 // exited. The read happens under mu together with the in-flight mark, so
 // drained never sees bytes that have left the pipe but are not yet written.
+//
+// The copy runs in a goroutine only while the pipe has something to read;
+// an empty pipe is handed to the idle poller, which starts a goroutine
+// again once it is readable.
 type outputCopy struct {
-	raw syscall.RawConn
+	raw    syscall.RawConn
+	dst    io.Writer   // nil once it failed: what is read is dropped
+	end    func()      // called once, when the copy ends
+	poller *idlePoller // nil: the copy waits in its goroutine
+	token  int32       // the poller's name for it
 
-	mu       sync.Mutex
-	inflight bool // guarded by mu: bytes read from the pipe and not yet written
-	done     chan struct{}
+	mu         sync.Mutex
+	inflight   bool // guarded by mu: bytes read from the pipe and not yet written
+	parked     bool // guarded by mu: waiting in the idle poller, no goroutine
+	stopping   bool // guarded by mu: the pipe is about to close; never parks again
+	registered bool // guarded by mu: the pipe is in the idle poller's epoll
+	done       chan struct{}
 }
 
 func newOutputCopy(src *os.File) (*outputCopy, error) {
@@ -219,17 +231,29 @@ func newOutputCopy(src *os.File) (*outputCopy, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &outputCopy{raw: raw, done: make(chan struct{})}, nil
+	o := &outputCopy{raw: raw, done: make(chan struct{}), poller: idle()}
+	if o.poller != nil {
+		o.token = o.poller.token()
+	}
+	return o, nil
 }
 
-// run copies until the pipe reaches EOF or is closed. A target that fails
-// is dropped and the pipe is still read, so the process never blocks on it.
-// The copy holds a buffer only while the pipe has something to read: it
-// takes one from the pool when the pipe is readable and gives it back when
-// the pipe is empty again, so that the output of an idle process (most
-// processes, most of the time) costs no buffer.
-func (o *outputCopy) run(dst io.Writer) {
-	defer close(o.done)
+// start copies into dst until the pipe reaches EOF or is closed, then calls
+// end. A target that fails is dropped and the pipe is still read, so the
+// process never blocks on it.
+func (o *outputCopy) start(dst io.Writer, end func()) {
+	o.dst, o.end = dst, end
+	go o.run()
+}
+
+// run copies while the pipe has something to read. It holds a buffer only
+// meanwhile: it takes one from the pool when the pipe is readable and gives
+// it back when the pipe is empty again, so that the output of an idle
+// process (most processes, most of the time) costs no buffer, and then
+// parks the copy in the idle poller and returns, so that it costs no
+// goroutine either. Without the idle poller (or once stopping), it waits for
+// the pipe in the runtime's poller instead.
+func (o *outputCopy) run() {
 	var buf *[]byte
 	defer func() {
 		if buf != nil {
@@ -237,36 +261,100 @@ func (o *outputCopy) run(dst io.Writer) {
 		}
 	}()
 	for {
-		var n int
-		var rerr error
+		var (
+			n      int
+			rerr   error
+			parked bool
+		)
 		err := o.raw.Read(func(fd uintptr) bool {
 			if buf == nil {
 				buf = getBuf()
 			}
 			o.mu.Lock()
+			defer o.mu.Unlock()
 			n, rerr = unix.Read(int(fd), *buf)
 			if n > 0 {
 				o.inflight = true
 			}
-			o.mu.Unlock()
-			if rerr == unix.EAGAIN {
-				putBuf(buf)
-				buf = nil
-				return false // wait for the pipe to be readable
+			if rerr != unix.EAGAIN {
+				return true
 			}
-			return true
+			putBuf(buf)
+			buf = nil
+			parked = o.parkLocked(int(fd))
+			return parked // else wait for the pipe to be readable
 		})
-		if n > 0 && dst != nil {
-			if _, werr := dst.Write((*buf)[:n]); werr != nil {
-				dst = nil
+		if parked {
+			return
+		}
+		if n > 0 && o.dst != nil {
+			if _, werr := o.dst.Write((*buf)[:n]); werr != nil {
+				o.dst = nil
 			}
 		}
 		o.mu.Lock()
 		o.inflight = false
 		o.mu.Unlock()
 		if err != nil || rerr != nil || n <= 0 {
+			if buf != nil {
+				putBuf(buf) // before done: an ended copy holds nothing
+				buf = nil
+			}
+			o.finish()
 			return
 		}
+	}
+}
+
+// parkLocked hands the empty pipe fd to the idle poller; false when the
+// copy must wait in its goroutine. The caller holds o.mu.
+func (o *outputCopy) parkLocked(fd int) bool {
+	if o.poller == nil || o.stopping {
+		return false
+	}
+	if err := o.poller.arm(o, fd); err != nil {
+		log.L.WithError(err).Warn("output copy waits in its goroutine")
+		return false
+	}
+	o.parked = true
+	return true
+}
+
+// resume is the idle poller's: the pipe is readable again.
+func (o *outputCopy) resume() {
+	o.mu.Lock()
+	if !o.parked {
+		o.mu.Unlock()
+		return
+	}
+	o.parked = false
+	o.mu.Unlock()
+	go o.run()
+}
+
+// stop is called before the pipe is closed: a parked copy ends now, one
+// under way ends when the close ends its read.
+func (o *outputCopy) stop() {
+	o.mu.Lock()
+	o.stopping = true
+	wasParked := o.parked
+	o.parked = false
+	o.mu.Unlock()
+	if wasParked {
+		o.finish()
+	}
+}
+
+// finish ends the copy, once.
+func (o *outputCopy) finish() {
+	o.mu.Lock()
+	if o.poller != nil {
+		_ = o.raw.Control(func(fd uintptr) { o.poller.forget(o, int(fd)) })
+	}
+	o.mu.Unlock()
+	close(o.done)
+	if o.end != nil {
+		o.end()
 	}
 }
 

@@ -260,16 +260,19 @@ func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) error {
 		i.copies = append(i.copies, oc)
 	}
 	i.outputs.Add(1)
-	go func() {
-		defer i.outputs.Done()
-		if oc != nil {
-			oc.run(dst)
-		} else {
-			copyStream(dst, src, false)
-		}
+	end := func() {
 		if closeDst {
 			dst.Close()
 		}
+		i.outputs.Done()
+	}
+	if oc != nil {
+		oc.start(dst, end)
+		return nil
+	}
+	go func() {
+		copyStream(dst, src, false)
+		end()
 	}()
 	return nil
 }
@@ -595,6 +598,9 @@ func (i *IO) copiesDrained() bool {
 func (i *IO) closeProcessSide() error {
 	var err error
 	if i.pipe != nil {
+		for _, oc := range i.copies {
+			oc.stop()
+		}
 		err = i.pipe.Close()
 	}
 	i.conMu.Lock()
@@ -614,7 +620,11 @@ func (i *IO) closeTargets() error {
 	i.mu.Unlock()
 	var err error
 	for _, c := range cs {
-		err = errors.Join(err, c.Close())
+		// The copy loops close their targets when they end: one found
+		// closed is done with.
+		if cerr := c.Close(); cerr != nil && !errors.Is(cerr, os.ErrClosed) {
+			err = errors.Join(err, cerr)
+		}
 	}
 	return err
 }

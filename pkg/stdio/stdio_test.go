@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -426,7 +428,7 @@ func TestIdleOutputHoldsNoBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := &gateWriter{entered: make(chan struct{}), release: make(chan struct{}), got: make(chan string, 1)}
-	go oc.run(g)
+	oc.start(g, nil)
 	waitOut(base) // waiting on an empty pipe
 	if _, err := w.Write([]byte("line\n")); err != nil {
 		t.Fatal(err)
@@ -449,6 +451,84 @@ func TestIdleOutputHoldsNoBuffer(t *testing.T) {
 	waitOut(base)
 }
 
+// Idle output copies hold no goroutine: they wait in the idle poller, wake
+// when their pipe has something, end at EOF, and end when stopped (before
+// their pipe is closed) while idle.
+func TestIdleOutputHoldsNoGoroutine(t *testing.T) {
+	const n = 50
+	type stream struct {
+		w   *os.File
+		oc  *outputCopy
+		out *lockedBuffer
+	}
+	settle := func(want func(int) bool) int {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			g := runtime.NumGoroutine()
+			if want(g) || time.Now().After(deadline) {
+				return g
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	base := runtime.NumGoroutine()
+	streams := make([]stream, n)
+	for i := range streams {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close(); w.Close() })
+		oc, err := newOutputCopy(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := &lockedBuffer{}
+		oc.start(out, nil)
+		streams[i] = stream{w, oc, out}
+	}
+	// The poller's own goroutine may be new to this test.
+	if g := settle(func(g int) bool { return g <= base+1 }); g > base+1 {
+		t.Fatalf("%d goroutines with %d idle copies, %d before", g, n, base)
+	}
+	for i, s := range streams {
+		if _, err := fmt.Fprintf(s.w, "line %d\n", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range streams {
+		want := fmt.Sprintf("line %d\n", i)
+		deadline := time.Now().Add(5 * time.Second)
+		for s.out.String() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("copy %d: %q, want %q", i, s.out.String(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if g := settle(func(g int) bool { return g <= base+1 }); g > base+1 {
+		t.Fatalf("%d goroutines once the copies are idle again, %d before", g, base)
+	}
+	for i, s := range streams {
+		if i%2 == 0 {
+			s.oc.stop()
+		} else {
+			s.w.Close()
+		}
+	}
+	for i, s := range streams {
+		select {
+		case <-s.oc.done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("copy %d did not end (stopped: %v)", i, i%2 == 0)
+		}
+		if !s.oc.drained() {
+			t.Errorf("copy %d ended but is not drained", i)
+		}
+	}
+}
+
 // lockedBuffer is a bytes.Buffer safe for a writer and a reader.
 type lockedBuffer struct {
 	mu sync.Mutex
@@ -465,6 +545,12 @@ func (l *lockedBuffer) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Len()
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // A stream copy (stdin, terminals) blocked on an idle source holds no
