@@ -17,9 +17,10 @@
 //     FIFO, serves the Task API until Shutdown and exits. It also exits
 //     when it has no container and no caller for a while, and when every
 //     state directory it serves (its bundle, its containers' bundles) has
-//     been removed. At its end it stops accepting and lets its clients
-//     hang up (up to 3 s) before it closes their connections, so that
-//     every call in flight is answered. It removes its socket and address
+//     been removed. At its end it stops accepting; after a Shutdown call
+//     it lets its clients hang up (up to 3 s) before it closes their
+//     connections, so that the calls in flight are answered. It refuses
+//     creates from that Shutdown on. It removes its socket and address
 //     file only while the paths still name the files it created: a new
 //     shim for the same container may have put its own there.
 //   - -v prints the version; -info prints RuntimeInfo.

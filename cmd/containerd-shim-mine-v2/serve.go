@@ -79,8 +79,11 @@ func serve(f flags) error {
 	}
 	fmt.Fprintln(ready, "ok")
 	ready.Close()
-	d.run()
-	return d.teardown()
+	grace := time.Duration(0)
+	if d.run() {
+		grace = drainGrace
+	}
+	return d.teardown(grace)
 }
 
 // setup makes the daemon: subreaper, OOM score, log, listener, runtime,
@@ -202,8 +205,9 @@ func setup(f flags) (_ *daemon, retErr error) {
 
 // run serves until Shutdown, a signal, the server's failure, or until the
 // shim is forgotten: no container and no call for orphanTimeout, or every
-// state directory it serves removed.
-func (d *daemon) run() {
+// state directory it serves removed. It reports whether a Shutdown call
+// ended it, whose caller waits for the answer.
+func (d *daemon) run() (shutdownCall bool) {
 	ctx := d.ctx
 	idle := time.NewTicker(idleCheckInterval)
 	defer idle.Stop()
@@ -215,23 +219,23 @@ func (d *daemon) run() {
 			// the bundle. Without this it would live forever.
 			if d.svc.Count() == 0 && !d.sb.Alive() && d.trim.idleFor() > orphanTimeout {
 				log.G(ctx).WithField("idle", d.trim.idleFor().String()).Warn("no container and no caller; exiting")
-				return
+				return false
 			}
 			// Nobody can reach a shim whose state is gone: its manager
 			// deleted the container, or gave up on this shim.
 			if d.state.gone() {
 				log.G(ctx).WithField("containers", d.svc.Count()).Warn("state directory removed; exiting")
-				return
+				return false
 			}
 		case <-d.done:
 			log.G(ctx).Info("shutdown requested")
-			return
+			return true
 		case s := <-d.sigs:
 			log.G(ctx).WithField("signal", s.String()).Info("shutting down on signal")
-			return
+			return false
 		case err := <-d.serveErr:
 			log.G(ctx).WithError(err).Error("ttrpc server failed")
-			return
+			return false
 		case <-d.dump:
 			if err := dumpMemory(filepath.Join(d.bundle, memoryFile)); err != nil {
 				log.G(ctx).WithError(err).Warn("dump memory")
@@ -243,21 +247,23 @@ func (d *daemon) run() {
 	}
 }
 
-// teardown stops accepting, lets the clients hang up (so that every call in
-// flight, the Shutdown that ended the shim among them, is answered), stops
-// the server, drains the events, removes the socket and address file if
-// they are still ours, and releases the rest.
-func (d *daemon) teardown() error {
+// teardown stops accepting, lets the clients hang up for up to grace (after
+// a Shutdown call, so that the calls in flight, that Shutdown among them,
+// are answered), stops the server, drains the events, removes the socket
+// and address file if they are still ours, and releases the rest.
+func (d *daemon) teardown(grace time.Duration) error {
 	defer d.release()
 	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer scancel()
 	// A container that joins the group from now on gets a shim of its own:
 	// start replaces a socket that refuses connections.
-	open, serr := d.server.stop(sctx, drainGrace)
-	if open > 0 {
-		log.G(d.ctx).WithField("connections", open).Warnf("clients still connected after %v; closing their connections", drainGrace)
+	open, serr := d.server.stop(sctx, grace)
+	if open > 0 && grace > 0 {
+		log.G(d.ctx).WithField("connections", open).Warnf("clients still connected after %v; closing their connections", grace)
 	}
-	perr := d.pub.Close(sctx)
+	pctx, pcancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer pcancel()
+	perr := d.pub.Close(pctx)
 	// A new shim for the same container may have bound the same path by
 	// now: only what this shim created is removed.
 	if err := d.socket.remove(); err != nil {

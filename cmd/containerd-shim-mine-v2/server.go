@@ -29,7 +29,8 @@ const drainGrace = 3 * time.Second
 // while another task's Delete is still being answered, which containerd
 // then reports as "ttrpc: closed". containerd closes a task's connection
 // right after that task's Shutdown is answered, so waiting for the clients
-// to hang up is waiting for every reply to have been written.
+// to hang up (for a bounded grace) is waiting for the replies to have been
+// written.
 type server struct {
 	*ttrpc.Server
 	listener *closeOnceListener

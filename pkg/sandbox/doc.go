@@ -25,8 +25,8 @@
 // The shim stays up while the sandbox lives: Task.Shutdown, which
 // containerd sends after every member's Delete, is ignored (the task
 // service's KeepAlive is Alive). After ShutdownSandbox the shim exits once
-// no member remains; like every ending of the shim, it lets containerd
-// hang up first, so that the reply is never cut.
+// no member remains; as after the Task API's Shutdown, it first lets
+// containerd hang up (for up to 3 s), so that the reply is not cut.
 //
 // Needs: root; a kernel with PID, UTS, IPC and network namespaces; cgroup v1
 // or v2 for the holder's placement under the pod's cgroup parent

@@ -77,6 +77,7 @@ type Service struct {
 	mu         sync.Mutex
 	containers map[string]*process.Container // guarded by mu
 	creating   map[string]struct{}           // guarded by mu; IDs reserved by a Create in progress
+	ending     bool                          // guarded by mu; Shutdown has ended the shim
 	shutdown   sync.Once
 }
 
@@ -212,6 +213,12 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 		return nil, err
 	}
 	s.mu.Lock()
+	if s.ending {
+		// The shim is letting its clients hang up before it exits: a
+		// container created now would be lost with it.
+		s.mu.Unlock()
+		return nil, fmt.Errorf("container %q: the shim is shutting down: %w", r.ID, errdefs.ErrUnavailable)
+	}
 	if _, ok := s.containers[r.ID]; ok {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("container %q: %w", r.ID, errdefs.ErrAlreadyExists)
@@ -469,9 +476,16 @@ func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 
 // Shutdown ends the shim once it serves no container (or at once with now).
 func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
-	if !r.Now && (s.Count() > 0 || (s.cfg.KeepAlive != nil && s.cfg.KeepAlive())) {
+	if !r.Now && s.cfg.KeepAlive != nil && s.cfg.KeepAlive() {
 		return &emptypb.Empty{}, nil
 	}
+	s.mu.Lock()
+	if !r.Now && len(s.containers)+len(s.creating) > 0 {
+		s.mu.Unlock()
+		return &emptypb.Empty{}, nil
+	}
+	s.ending = true
+	s.mu.Unlock()
 	if s.cfg.Shutdown != nil {
 		s.shutdown.Do(s.cfg.Shutdown)
 	}

@@ -234,6 +234,46 @@ func TestServiceErrorsAreClassified(t *testing.T) {
 	}
 }
 
+// A Shutdown that ends the shim refuses the creates that come after it
+// (Unavailable): the shim waits for its clients to hang up before it exits,
+// and a container created meanwhile would be lost with it. A Shutdown while
+// a container remains ends nothing.
+func TestCreateAfterShutdownIsRefused(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "c1", Bundle: f.bundle}); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if _, err := f.v3.Shutdown(ctx, &v3.ShutdownRequest{ID: "c1"}); err != nil {
+		t.Fatalf("shutdown with a container: %v", err)
+	}
+	if _, err := f.v3.Kill(ctx, &v3.KillRequest{ID: "c1", Signal: 9}); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := f.v3.Wait(wctx, &v3.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	if _, err := f.v3.Delete(ctx, &v3.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	// The first Shutdown ended nothing: a create still succeeds.
+	if _, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "c2", Bundle: f.bundle}); err != nil {
+		t.Fatalf("create after a shutdown that ended nothing: %v", err)
+	}
+	if _, err := f.v3.Delete(ctx, &v3.DeleteRequest{ID: "c2"}); err != nil {
+		t.Fatalf("delete c2: %v", err)
+	}
+	if _, err := f.v3.Shutdown(ctx, &v3.ShutdownRequest{ID: "c2"}); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	_, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "c3", Bundle: f.bundle})
+	if err := errgrpc.ToNative(err); !errdefs.IsUnavailable(err) {
+		t.Fatalf("create after the shim's shutdown: %v, want unavailable", err)
+	}
+}
+
 // Bad input gets a classified error, loses nothing, and the shim goes on
 // serving the containers it has.
 func TestBadInputKeepsServing(t *testing.T) {
