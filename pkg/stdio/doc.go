@@ -11,7 +11,7 @@
 //
 // Ownership: the copy of each stream is owned by the IO. A pipe's output copy
 // runs in a goroutine only while the pipe has something to read; an empty
-// pipe waits in one epoll instance shared by every copy of the process
+// pipe waits in one epoll instance shared by all the copies in the process
 // (the idle poller, itself watched by the Go runtime's poller), so a quiet
 // stream costs neither a goroutine nor a buffer. Stdin and terminal copies
 // keep a goroutine each. Whoever calls Open calls Close once the process is

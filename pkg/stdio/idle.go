@@ -26,6 +26,7 @@ type idlePoller struct {
 	mu     sync.Mutex
 	next   int32                 // guarded by mu: the last token given
 	parked map[int32]*outputCopy // guarded by mu: by token
+	dead   bool                  // guarded by mu: run has ended; nothing parks any more
 }
 
 var (
@@ -80,6 +81,10 @@ func (p *idlePoller) token() int32 {
 func (p *idlePoller) arm(o *outputCopy, fd int) error {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: o.token}
 	p.mu.Lock()
+	if p.dead {
+		p.mu.Unlock()
+		return errors.New("idle poller ended")
+	}
 	p.parked[o.token] = o
 	p.mu.Unlock()
 	op := unix.EPOLL_CTL_MOD
@@ -131,7 +136,8 @@ func (p *idlePoller) run() {
 			err = werr
 		}
 		if err != nil {
-			log.L.WithError(err).Error("idle poller of output copies ended")
+			log.L.WithError(err).Error("idle poller of output copies ended; each copy waits in its goroutine")
+			p.end()
 			return
 		}
 		for _, ev := range events[:n] {
@@ -143,5 +149,18 @@ func (p *idlePoller) run() {
 				o.resume()
 			}
 		}
+	}
+}
+
+// end hands every parked copy back to a goroutine of its own, which waits
+// in the runtime's poller from then on (arm refuses).
+func (p *idlePoller) end() {
+	p.mu.Lock()
+	p.dead = true
+	parked := p.parked
+	p.parked = map[int32]*outputCopy{}
+	p.mu.Unlock()
+	for _, o := range parked {
+		o.resume()
 	}
 }

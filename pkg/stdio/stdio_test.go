@@ -529,6 +529,63 @@ func TestIdleOutputHoldsNoGoroutine(t *testing.T) {
 	}
 }
 
+// A poller that ends (its epoll failed) hands its parked copies back to
+// goroutines of their own: their output still flows, their EOF still ends
+// them, and they never park again.
+func TestIdlePollerEndResumesParked(t *testing.T) {
+	p, err := newIdlePoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	oc, err := newOutputCopy(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc.poller, oc.token = p, p.token()
+	out := &lockedBuffer{}
+	oc.start(out, nil)
+	parked := func() bool {
+		oc.mu.Lock()
+		defer oc.mu.Unlock()
+		return oc.parked
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !parked() {
+		if time.Now().After(deadline) {
+			t.Fatal("the copy of an empty pipe never parked")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	p.end() // as run does when its epoll fails; p.run never ran
+	for i := range 3 {
+		want := fmt.Sprintf("line %d\n", i)
+		if _, err := w.Write([]byte(want)); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.HasSuffix(out.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("after the poller ended: copied %q, want it to end with %q", out.String(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if parked() {
+			t.Fatal("a copy parked in a poller that ended")
+		}
+	}
+	w.Close()
+	select {
+	case <-oc.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("copy did not end at EOF after the poller ended")
+	}
+}
+
 // lockedBuffer is a bytes.Buffer safe for a writer and a reader.
 type lockedBuffer struct {
 	mu sync.Mutex
