@@ -89,9 +89,12 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		return c, nil
 	}
 	mark := cfg.Reaper.Mark()
-	// Under the caller's context, unlike start (startContext): nothing of
-	// the container runs before Start, so a caller that goes away abandons
-	// the create, and the cleanup below removes what the runtime had made.
+	// Under the caller's context, unlike start (startContext), as
+	// containerd's runc shim does: the container's own process does not
+	// run before Start, so a caller that goes away abandons the create, and
+	// the cleanup below removes what the runtime recorded. (A runtime
+	// killed before it saved its state may leave its init waiting; the
+	// runtime's hooks may have run.)
 	err = c.rt.create(ctx, cfg.Bundle, &runc.CreateOpts{
 		PidFile:       filepath.Join(cfg.Bundle, initPidFile),
 		IO:            pio.Runc(),
