@@ -168,18 +168,7 @@ func TestLifecycle(t *testing.T) {
 	if st, _ := c.State(""); st.Status != Running {
 		t.Fatalf("state after start: %s", st.Status)
 	}
-	if err := c.Kill(ctx, "", int(unix.SIGKILL), false); err != nil {
-		t.Fatalf("kill: %v", err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	exit, err := c.Wait(wctx, "")
-	if err != nil {
-		t.Fatalf("wait: %v", err)
-	}
-	if exit.Status != 137 {
-		t.Fatalf("exit status %d, want 137", exit.Status)
-	}
+	killWait(t, c, "")
 	saved, err := ReadExit(f.bundle)
 	if err != nil || saved.Status != 137 {
 		t.Fatalf("saved exit %+v, %v", saved, err)
@@ -906,14 +895,21 @@ func TestExecStartOutlivesCanceledCaller(t *testing.T) {
 	if err != nil || st.Status != Running || st.Pid <= 0 {
 		t.Fatalf("exec after its caller went away: %+v, %v: want running with its pid", st, err)
 	}
-	if err := c.Kill(ctx, "e1", int(unix.SIGKILL), false); err != nil {
-		t.Fatalf("kill exec: %v", err)
+	killWait(t, c, "e1")
+}
+
+// killWait kills the process execID of c with SIGKILL and requires its
+// exit, status 137, within 10 s.
+func killWait(t *testing.T, c *Container, execID string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := c.Kill(ctx, execID, int(unix.SIGKILL), false); err != nil {
+		t.Fatalf("kill %q: %v", execID, err)
 	}
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	exit, err := c.Wait(wctx, "e1")
-	if err != nil || exit.Status != 137 {
-		t.Fatalf("wait exec: %+v, %v: want status 137", exit, err)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if exit, err := c.Wait(wctx, execID); err != nil || exit.Status != 137 {
+		t.Fatalf("wait %q: %+v, %v: want status 137", execID, exit, err)
 	}
 }
 
@@ -951,15 +947,7 @@ func TestRestoreOutlivesCanceledCaller(t *testing.T) {
 		t.Fatalf("create from checkpoint: %v", err)
 	}
 	startCanceledWhileHeld(t, f, c, "FAKE_RUNTIME_RESTORE_HOLD", " restore ")
-	ctx := context.Background()
-	if err := c.Kill(ctx, "", int(unix.SIGKILL), false); err != nil {
-		t.Fatalf("kill: %v", err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if exit, err := c.Wait(wctx, ""); err != nil || exit.Status != 137 {
-		t.Fatalf("wait: %+v, %v: want status 137", exit, err)
-	}
+	killWait(t, c, "")
 }
 
 // A create whose caller goes away is abandoned, unlike a start: nothing of

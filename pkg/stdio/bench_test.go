@@ -2,7 +2,6 @@ package stdio
 
 import (
 	"bytes"
-	"os"
 	"testing"
 	"time"
 )
@@ -28,15 +27,7 @@ func BenchmarkOutputLine(b *testing.B) {
 		parkAfter time.Duration
 	}{{"idle-poller", true, defaultParkAfter}, {"parked-every-line", true, 0}, {"goroutine", false, 0}} {
 		b.Run(bc.name, func(b *testing.B) {
-			r, w, err := os.Pipe()
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer r.Close()
-			oc, err := newOutputCopy(r)
-			if err != nil {
-				b.Fatal(err)
-			}
+			w, oc := pipeCopy(b)
 			if !bc.poller {
 				oc.poller = nil
 			}

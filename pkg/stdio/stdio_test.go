@@ -418,15 +418,7 @@ func TestIdleOutputHoldsNoBuffer(t *testing.T) {
 		}
 	}
 	base := buffersOut.Load()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	oc, err := newOutputCopy(r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, oc := pipeCopy(t)
 	g := &gateWriter{entered: make(chan struct{}), release: make(chan struct{}), got: make(chan string, 1)}
 	oc.start(g, nil)
 	waitOut(base) // waiting on an empty pipe
@@ -537,15 +529,7 @@ func TestIdlePollerEndResumesParked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	oc, err := newOutputCopy(r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, oc := pipeCopy(t)
 	oc.poller, oc.token = p, p.token()
 	out := &lockedBuffer{}
 	oc.start(out, nil)
@@ -584,6 +568,22 @@ func TestIdlePollerEndResumesParked(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("copy did not end at EOF after the poller ended")
 	}
+}
+
+// pipeCopy is a pipe and an output copy of its read end, not started; the
+// read end is closed at the end of the test.
+func pipeCopy(tb testing.TB) (*os.File, *outputCopy) {
+	tb.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { r.Close() })
+	oc, err := newOutputCopy(r)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return w, oc
 }
 
 // lockedBuffer is a bytes.Buffer safe for a writer and a reader.
