@@ -760,15 +760,8 @@ func TestUndeletedExecsReleasedWithContainer(t *testing.T) {
 	if _, err := c.Start(ctx, "first"); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Kill(ctx, "first", 9, false); err != nil {
-		t.Fatal(err)
-	}
-	fctx, fcancel := context.WithTimeout(ctx, 15*time.Second)
-	defer fcancel()
-	if _, err := c.Wait(fctx, "first"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Delete(fctx, "first"); err != nil {
+	killWait(t, c, "first")
+	if _, err := c.Delete(ctx, "first"); err != nil {
 		t.Fatal(err)
 	}
 	before := countFDs(t)
