@@ -865,17 +865,7 @@ func TestExecStartOutlivesCanceledCaller(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	started := make(chan error, 1)
 	go func() { _, err := c.Start(cctx, "e1"); started <- err }()
-	execs := filepath.Join(f.rt.Root, "c1", "execs")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if data, _ := os.ReadFile(execs); len(bytes.TrimSpace(data)) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the runtime never started the exec's process")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitWritten(t, filepath.Join(f.rt.Root, "c1", "execs"), "the exec's process")
 	cancel()
 	releaseHold(hold)
 	select {
@@ -903,6 +893,22 @@ func killWait(t *testing.T, c *Container, execID string) {
 	defer cancel()
 	if exit, err := c.Wait(wctx, execID); err != nil || exit.Status != 137 {
 		t.Fatalf("wait %q: %+v, %v: want status 137", execID, exit, err)
+	}
+}
+
+// waitWritten waits up to 10 s for the fake runtime to record the pid of
+// what in path, and returns the file's content, trimmed.
+func waitWritten(t *testing.T, path, what string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if data, _ := os.ReadFile(path); len(bytes.TrimSpace(data)) > 0 {
+			return string(bytes.TrimSpace(data))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the runtime never started %s (%s)", what, path)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -959,16 +965,9 @@ func TestCreateCanceledLeavesNothing(t *testing.T) {
 		created <- err
 	}()
 	pidFile := filepath.Join(f.rt.Root, "c1", "pid")
-	var pid int
-	deadline := time.Now().Add(10 * time.Second)
-	for pid <= 0 {
-		if data, err := os.ReadFile(pidFile); err == nil {
-			pid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the runtime never made the container's process")
-		}
-		time.Sleep(5 * time.Millisecond)
+	pid, err := strconv.Atoi(waitWritten(t, pidFile, "the container's process"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	cancel()
 	releaseHold(hold)
