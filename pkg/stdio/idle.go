@@ -12,14 +12,18 @@ import (
 
 // idlePoller waits, for every output copy whose pipe is empty, until the
 // pipe is readable again, so that an idle stream holds no goroutine. A
-// goroutine parked in a read keeps its stack and descriptor (about 4.5 KiB)
+// goroutine parked in a read keeps its stack (2 to 4 KiB) and descriptor
 // for as long as the stream is quiet, which for most containers' stdout and
 // stderr is most of their life; in a shim that serves a pod's containers,
 // those were two goroutines per container.
 //
 // It is one epoll instance, each pipe registered one-shot, whose own
 // readiness the Go runtime's poller watches: it takes no thread of its own
-// and one goroutine in all.
+// and one goroutine in all. (containerd/console's Epoller serves terminals
+// only, and blocks a thread in epoll_wait.) The poller and its goroutine
+// belong to the process: made on first use, never stopped; an idle one
+// costs a descriptor and a parked goroutine. If its loop ends, it hands its
+// copies back (end).
 type idlePoller struct {
 	raw syscall.RawConn
 
