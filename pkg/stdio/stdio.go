@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 )
 
 // Config names where a process's standard streams go, as containerd gives
@@ -323,14 +324,49 @@ func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
 	if err != nil {
 		return nil, classifyOpen(fmt.Errorf("open stdio fifo %s: %w", path, err))
 	}
-	// Hold a read side too, so the process never takes SIGPIPE while the
-	// reader (containerd) restarts; we never read from it.
-	r, err := fifo.OpenFifo(ctx, path, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	// Once open, only the descriptor is kept: the FIFO's handle holds a
+	// second (O_PATH) descriptor, three channels and its name for as long as
+	// it lives, about 0.8 KiB, paid per stream of every container of a
+	// group shim.
+	f, err := ownDescriptor(w, path)
 	if err != nil {
-		w.Close()
 		return nil, fmt.Errorf("open stdio fifo %s: %w", path, err)
 	}
-	return &keepaliveWriter{WriteCloser: w, keep: r}, nil
+	// Hold a read side too, so the process never takes SIGPIPE while the
+	// reader (containerd) restarts; it is never read. A non-blocking open
+	// for reading returns at once, reader or not.
+	keep, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open stdio fifo %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	return &fifoWriter{File: f, keep: keep}, nil
+}
+
+// ownDescriptor returns a file of its own on w's open FIFO and closes w.
+// The file is non-blocking as w's is (they share the open file description),
+// so its writes wait in the runtime's poller.
+func ownDescriptor(w io.WriteCloser, path string) (*os.File, error) {
+	defer w.Close()
+	sc, ok := w.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("fifo %T has no descriptor: %w", w, errdefs.ErrNotImplemented)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("dup", derr)
+	}
+	return os.NewFile(uintptr(nfd), path), nil
 }
 
 // classifyOpen marks a target that cannot be opened because it is not there
@@ -346,16 +382,20 @@ func classifyOpen(err error) error {
 	return err
 }
 
-type keepaliveWriter struct {
-	io.WriteCloser
-	keep io.Closer
+// fifoWriter is an output FIFO's write side and the read side the shim keeps
+// open beside it.
+type fifoWriter struct {
+	*os.File
+	keep int
 	once sync.Once
 }
 
-func (k *keepaliveWriter) Close() error {
-	var err error
-	k.once.Do(func() {
-		err = errors.Join(k.WriteCloser.Close(), k.keep.Close())
+func (w *fifoWriter) Close() error {
+	err := w.File.Close()
+	w.once.Do(func() {
+		if cerr := unix.Close(w.keep); cerr != nil {
+			err = errors.Join(err, os.NewSyscallError("close", cerr))
+		}
 	})
 	return err
 }
