@@ -949,6 +949,53 @@ func TestRestoreOutlivesCanceledCaller(t *testing.T) {
 	killWait(t, c, "")
 }
 
+// A Delete of a container whose restore still runs ends the restore rather
+// than wait for it: the restore holds the init's operation lock until the
+// runtime returns, which a stuck CRIU makes up to its ten-minute bound.
+// What the runtime had restored is removed by the Delete.
+func TestDeleteEndsHeldRestore(t *testing.T) {
+	f := newFake(t)
+	c, err := Create(context.Background(), Config{
+		ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+		Reaper: testReaper, Emit: newRecorder().emit, Checkpoint: t.TempDir(),
+	})
+	if err != nil {
+		t.Fatalf("create from checkpoint: %v", err)
+	}
+	hold := newHold(t, "FAKE_RUNTIME_RESTORE_HOLD")
+	t.Cleanup(func() { releaseHold(hold) })
+	started := make(chan error, 1)
+	go func() { _, err := c.Start(context.Background(), ""); started <- err }()
+	pid, err := strconv.Atoi(waitWritten(t, filepath.Join(f.rt.Root, "c1", "pid"), "the restored process"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleted := make(chan error, 1)
+	go func() { _, err := c.Delete(context.Background(), ""); deleted <- err }()
+	select {
+	case err := <-deleted:
+		if err != nil {
+			t.Fatalf("delete during the restore: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("delete waited for the restore")
+	}
+	select {
+	case err := <-started:
+		if err == nil {
+			t.Error("the restore ended by the delete succeeded")
+		}
+		t.Logf("start: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("start did not return")
+	}
+	for deadline := time.Now().Add(5 * time.Second); pidAliveUnreaped(pid); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restored process %d still runs after the delete", pid)
+		}
+	}
+}
+
 // A create whose caller goes away is abandoned, unlike a start: nothing of
 // the container runs yet, and the cleanup of the failed create removes what
 // the runtime had made (its process and its state).

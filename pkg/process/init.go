@@ -154,9 +154,9 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 	if c.cfg.Checkpoint != "" {
 		return c.restore(ctx, p)
 	}
-	sctx, cancel := startContext(ctx, startBound)
+	sctx, end := c.beginStart(ctx, p, startBound)
 	err = c.rt.start(sctx)
-	cancel()
+	end()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err == nil {
@@ -173,8 +173,8 @@ func (c *Container) restore(ctx context.Context, p *proc) (int, error) {
 	pio := p.io
 	c.mu.Unlock()
 	mark := c.cfg.Reaper.Mark()
-	rctx, cancel := startContext(ctx, restoreBound)
-	defer cancel()
+	rctx, end := c.beginStart(ctx, p, restoreBound)
+	defer end()
 	err := c.rt.restore(rctx, c.cfg.Bundle, &runc.RestoreOpts{
 		CheckpointOpts: runc.CheckpointOpts{
 			ImagePath: c.cfg.Checkpoint,
@@ -341,6 +341,7 @@ func (c *Container) Delete(ctx context.Context, execID string) (ExitRecord, erro
 	if !p.isInit() {
 		return c.deleteExec(ctx, p)
 	}
+	c.abortStart(p)
 	p.opMu.Lock()
 	defer p.opMu.Unlock()
 	c.mu.Lock()

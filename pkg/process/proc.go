@@ -31,6 +31,7 @@ type proc struct {
 	io     *stdio.IO  // guarded by Container.mu; nil once released
 	exited bool       // guarded by Container.mu; reaped: no signal may target pid
 	exit   ExitRecord // guarded by Container.mu; valid when status >= Stopped
+	abort  func()     // guarded by Container.mu; ends the init's start or restore in flight
 
 	done     chan struct{} // closed once the exit is published, or the process deleted
 	doneOnce sync.Once
@@ -65,6 +66,35 @@ const (
 // The call is bounded by bound instead.
 func startContext(ctx context.Context, bound time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), bound)
+}
+
+// beginStart is startContext for the start or restore of the init p, which
+// a Delete of the container ends (abortStart): the call holds p's operation
+// lock until the runtime returns, and whoever deletes the container wants it
+// gone, not started; runc delete --force then removes what the runtime had
+// made. (An exec's start is waited for: nothing would remove a process that
+// an exec ended midway had started.) The returned end must be called
+// without c.mu held.
+func (c *Container) beginStart(ctx context.Context, p *proc, bound time.Duration) (context.Context, func()) {
+	sctx, cancel := startContext(ctx, bound)
+	c.mu.Lock()
+	p.abort = cancel
+	c.mu.Unlock()
+	return sctx, func() {
+		c.mu.Lock()
+		p.abort = nil
+		c.mu.Unlock()
+		cancel()
+	}
+}
+
+// abortStart ends p's start or restore still in flight, if any.
+func (c *Container) abortStart(p *proc) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.abort != nil {
+		p.abort()
+	}
 }
 
 // initExitBound bounds how long the init's exit waits for the exits of exec
