@@ -25,5 +25,9 @@
 // it flow DeleteBound more and then cuts it off.
 //
 // Output FIFOs are held open for reading too, so a process never receives
-// SIGPIPE while containerd restarts.
+// SIGPIPE while containerd restarts. Once containerd/fifo has opened an
+// output's write side (bounded by the caller's context), the shim keeps a
+// descriptor of its own and drops the library's handle: an output holds two
+// descriptors for the life of its process, and no more state than an
+// os.File.
 package stdio
