@@ -341,8 +341,7 @@ func (c *Container) Delete(ctx context.Context, execID string) (ExitRecord, erro
 	if !p.isInit() {
 		return c.deleteExec(ctx, p)
 	}
-	c.abortStart(p)
-	p.opMu.Lock()
+	c.lockForDelete(p)
 	defer p.opMu.Unlock()
 	c.mu.Lock()
 	st, pid := p.status, p.pid

@@ -32,6 +32,7 @@ type proc struct {
 	exited bool       // guarded by Container.mu; reaped: no signal may target pid
 	exit   ExitRecord // guarded by Container.mu; valid when status >= Stopped
 	abort  func()     // guarded by Container.mu; ends the init's start or restore in flight
+	doomed int        // guarded by Container.mu; Deletes of the init waiting for its operation lock
 
 	done     chan struct{} // closed once the exit is published, or the process deleted
 	doneOnce sync.Once
@@ -69,7 +70,7 @@ func startContext(ctx context.Context, bound time.Duration) (context.Context, co
 }
 
 // beginStart is startContext for the start or restore of the init p, which
-// a Delete of the container ends (abortStart): the call holds p's operation
+// a Delete of the container ends (lockForDelete): the call holds p's operation
 // lock until the runtime returns, and whoever deletes the container wants it
 // gone, not started; runc delete --force then removes what the runtime had
 // made. (An exec's start is waited for: nothing would remove a process that
@@ -79,6 +80,9 @@ func (c *Container) beginStart(ctx context.Context, p *proc, bound time.Duration
 	sctx, cancel := startContext(ctx, bound)
 	c.mu.Lock()
 	p.abort = cancel
+	if p.doomed > 0 {
+		cancel() // a Delete came between the lock and here
+	}
 	c.mu.Unlock()
 	return sctx, func() {
 		c.mu.Lock()
@@ -88,13 +92,19 @@ func (c *Container) beginStart(ctx context.Context, p *proc, bound time.Duration
 	}
 }
 
-// abortStart ends p's start or restore still in flight, if any.
-func (c *Container) abortStart(p *proc) {
+// lockForDelete takes p's operation lock for a Delete, ending the start or
+// restore that holds it, if any, instead of waiting for it.
+func (c *Container) lockForDelete(p *proc) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	p.doomed++
 	if p.abort != nil {
 		p.abort()
 	}
+	c.mu.Unlock()
+	p.opMu.Lock()
+	c.mu.Lock()
+	p.doomed--
+	c.mu.Unlock()
 }
 
 // initExitBound bounds how long the init's exit waits for the exits of exec

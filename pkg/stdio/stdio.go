@@ -328,45 +328,48 @@ func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
 	// second (O_PATH) descriptor, three channels and its name for as long as
 	// it lives, about 0.8 KiB, paid per stream of every container of a
 	// group shim.
-	f, err := ownDescriptor(w, path)
+	wfd, err := ownDescriptor(w)
 	if err != nil {
 		return nil, fmt.Errorf("open stdio fifo %s: %w", path, err)
 	}
 	// Hold a read side too, so the process never takes SIGPIPE while the
-	// reader (containerd) restarts; it is never read. A non-blocking open
-	// for reading returns at once, reader or not.
-	keep, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	// reader (containerd) restarts; it is never read. It is opened through
+	// the write side's descriptor, so it is the same FIFO whatever became of
+	// the path meanwhile, and without blocking: that returns at once.
+	keep, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", wfd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		f.Close()
+		unix.Close(wfd)
 		return nil, fmt.Errorf("open stdio fifo %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
 	}
-	return &fifoWriter{File: f, keep: keep}, nil
+	// The descriptor is non-blocking, as the library opened it (they share
+	// the open file description): the file's writes wait in the runtime's
+	// poller.
+	return &fifoWriter{File: os.NewFile(uintptr(wfd), path), keep: keep}, nil
 }
 
-// ownDescriptor returns a file of its own on w's open FIFO and closes w.
-// The file is non-blocking as w's is (they share the open file description),
-// so its writes wait in the runtime's poller.
-func ownDescriptor(w io.WriteCloser, path string) (*os.File, error) {
+// ownDescriptor returns a descriptor of its own (close-on-exec) on w's open
+// FIFO, and closes w.
+func ownDescriptor(w io.WriteCloser) (int, error) {
 	defer w.Close()
 	sc, ok := w.(syscall.Conn)
 	if !ok {
-		return nil, fmt.Errorf("fifo %T has no descriptor: %w", w, errdefs.ErrNotImplemented)
+		return -1, fmt.Errorf("fifo %T has no descriptor: %w", w, errdefs.ErrNotImplemented)
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return nil, err
+		return -1, err
 	}
 	nfd := -1
 	var derr error
 	if err := rc.Control(func(fd uintptr) {
 		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 	}); err != nil {
-		return nil, err
+		return -1, err
 	}
 	if derr != nil {
-		return nil, os.NewSyscallError("dup", derr)
+		return -1, os.NewSyscallError("dup", derr)
 	}
-	return os.NewFile(uintptr(nfd), path), nil
+	return nfd, nil
 }
 
 // classifyOpen marks a target that cannot be opened because it is not there
