@@ -449,9 +449,9 @@ func TestIdleOutputHoldsNoBuffer(t *testing.T) {
 func TestIdleOutputHoldsNoGoroutine(t *testing.T) {
 	const n = 50
 	type stream struct {
-		w   *os.File
-		oc  *outputCopy
-		out *lockedBuffer
+		r, w *os.File
+		oc   *outputCopy
+		out  *lockedBuffer
 	}
 	settle := func(want func(int) bool) int {
 		t.Helper()
@@ -478,7 +478,7 @@ func TestIdleOutputHoldsNoGoroutine(t *testing.T) {
 		}
 		out := &lockedBuffer{}
 		oc.start(out, nil)
-		streams[i] = stream{w, oc, out}
+		streams[i] = stream{r, w, oc, out}
 	}
 	// The poller's own goroutine may be new to this test.
 	if g := settle(func(g int) bool { return g <= base+1 }); g > base+1 {
@@ -502,9 +502,12 @@ func TestIdleOutputHoldsNoGoroutine(t *testing.T) {
 	if g := settle(func(g int) bool { return g <= base+1 }); g > base+1 {
 		t.Fatalf("%d goroutines once the copies are idle again, %d before", g, base)
 	}
+	// Half end as Close ends them (stop, then the pipe closed), whether
+	// parked or not; half at EOF.
 	for i, s := range streams {
 		if i%2 == 0 {
 			s.oc.stop()
+			s.r.Close()
 		} else {
 			s.w.Close()
 		}
