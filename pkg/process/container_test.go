@@ -935,9 +935,10 @@ func TestInitStartOutlivesCanceledCaller(t *testing.T) {
 	startCanceledWhileHeld(t, f, c, "FAKE_RUNTIME_START_HOLD", " start ")
 }
 
-// So does a restore: its process runs before runc restore returns.
-func TestRestoreOutlivesCanceledCaller(t *testing.T) {
-	f := newFake(t)
+// createFromCheckpoint creates c1 from an (empty) checkpoint: its Start is a
+// restore.
+func createFromCheckpoint(t *testing.T, f fakeEnv) *Container {
+	t.Helper()
 	c, err := Create(context.Background(), Config{
 		ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
 		Reaper: testReaper, Emit: newRecorder().emit, Checkpoint: t.TempDir(),
@@ -945,6 +946,13 @@ func TestRestoreOutlivesCanceledCaller(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create from checkpoint: %v", err)
 	}
+	return c
+}
+
+// So does a restore: its process runs before runc restore returns.
+func TestRestoreOutlivesCanceledCaller(t *testing.T) {
+	f := newFake(t)
+	c := createFromCheckpoint(t, f)
 	startCanceledWhileHeld(t, f, c, "FAKE_RUNTIME_RESTORE_HOLD", " restore ")
 	killWait(t, c, "")
 }
@@ -955,13 +963,7 @@ func TestRestoreOutlivesCanceledCaller(t *testing.T) {
 // What the runtime had restored is removed by the Delete.
 func TestDeleteEndsHeldRestore(t *testing.T) {
 	f := newFake(t)
-	c, err := Create(context.Background(), Config{
-		ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
-		Reaper: testReaper, Emit: newRecorder().emit, Checkpoint: t.TempDir(),
-	})
-	if err != nil {
-		t.Fatalf("create from checkpoint: %v", err)
-	}
+	c := createFromCheckpoint(t, f)
 	hold := newHold(t, "FAKE_RUNTIME_RESTORE_HOLD")
 	t.Cleanup(func() { releaseHold(hold) })
 	started := make(chan error, 1)
