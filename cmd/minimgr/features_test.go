@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mineshim/mine/pkg/minimgr"
 )
 
@@ -311,13 +313,19 @@ func TestRuntimeFoundAndRoot(t *testing.T) {
 }
 
 // TestCleanupEndsShimWithoutState: a shim whose state directory is gone is
-// found and ended by cleanup.
+// found and ended by cleanup. The shim is stopped first, as a wedged one
+// would be: a shim that runs notices on its own, within its 2 s check, that
+// its state is gone and exits, and a cleanup that came later (seen under
+// -race on a loaded machine) would find nothing to end.
 func TestCleanupEndsShimWithoutState(t *testing.T) {
 	e := newEnv(t, true)
 	e.mustRun("run", "-d", e.bundle, "lost", "true")
 	e.mustRun("wait", "lost")
 	info := e.state("lost")
 	shimFD := pidfd(t, info.ShimPid)
+	if err := unix.PidfdSendSignal(shimFD, unix.SIGSTOP, nil, 0); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.RemoveAll(filepath.Join(e.root, e.ns, "lost")); err != nil {
 		t.Fatal(err)
 	}
