@@ -305,7 +305,8 @@ func dumpStacks(path string) error {
 // file appearing means both are complete): the Go runtime's memory classes
 // and GC figures and its processors, one "name value" line each
 // (runtime/metrics names), to tell heap, stacks and runtime metadata apart
-// in the shim's private memory.
+// in the shim's private memory; then the replies replyAfterStore could not
+// hold back (each may have left a ttrpc stream recorded).
 const memoryFile = "shim-memory.txt"
 
 func dumpMemory(path string) error {
@@ -326,6 +327,7 @@ func dumpMemory(path string) error {
 			out = fmt.Appendf(out, "%s %g\n", s.Name, s.Value.Float64())
 		}
 	}
+	out = fmt.Appendf(out, "ttrpc-unheld-replies %d\n", unheldReplies.Load())
 	return os.WriteFile(path, out, 0o600)
 }
 

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,5 +164,189 @@ func TestStopClosesLingeringConnections(t *testing.T) {
 	err := client.Call(ctx, "test.Hold", "Hold", &emptypb.Empty{}, &emptypb.Empty{})
 	if !errors.Is(err, ttrpc.ErrClosed) {
 		t.Fatalf("call on a connection of a stopped server: %v, want %v", err, ttrpc.ErrClosed)
+	}
+}
+
+// ttrpc records a request's stream only after it has started the request's
+// handler, and forgets the stream when the reply is written: a reply written
+// first leaves the stream recorded until the connection closes
+// (containerd/ttrpc issue 236). The shim's server holds each reply back until
+// the stream is recorded. The same calls under the same pressure leave
+// streams behind on a plain ttrpc server, and none on the shim's but for
+// replies it could not hold back.
+func TestRepliesLeaveNoStreamRecorded(t *testing.T) {
+	rate := runtime.MemProfileRate
+	runtime.MemProfileRate = 1 // every stream entry is in the heap profile
+	defer func() { runtime.MemProfileRate = rate }()
+	defer gcPressure()()
+	const calls = 4000
+	before := recordedStreams() // servers of other tests still open
+	if before != 0 {
+		t.Logf("%d streams recorded before the calls", before)
+	}
+
+	unheld := unheldReplies.Load()
+	left := streamsLeftAfterCalls(t, calls, func(l net.Listener) (*ttrpc.Server, func() error) {
+		srv, err := newServer(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return srv.Server, func() error { return srv.serve(context.Background()) }
+	}, func(left int) bool { return left-before <= int(unheldReplies.Load()-unheld) })
+	unheld = unheldReplies.Load() - unheld
+	notHeld := int(unheld)
+	left -= before
+	t.Logf("the shim's server: %d streams left after %d calls, %d replies not held back", left, calls, notHeld)
+	if left > notHeld {
+		t.Errorf("the shim's server left %d streams recorded after %d calls (%d replies not held back)", left, calls, notHeld)
+	}
+
+	plainLeft := streamsLeftAfterCalls(t, calls, func(l net.Listener) (*ttrpc.Server, func() error) {
+		srv, err := ttrpc.NewServer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return srv, func() error { return srv.Serve(context.Background(), l) }
+	}, steady())
+	plainLeft -= before
+	t.Logf("plain ttrpc: %d streams left after %d calls", plainLeft, calls)
+	if plainLeft == 0 {
+		t.Skipf("plain ttrpc left no stream either in %d calls: the race did not happen here", calls)
+	}
+}
+
+// streamsLeftAfterCalls serves an echo method with the server newServer
+// makes, calls it calls times from 8 goroutines over one connection, and
+// returns how many streams are recorded once every reply is in and settled
+// accepts the count.
+func streamsLeftAfterCalls(t *testing.T, calls int, newServer func(net.Listener) (*ttrpc.Server, func() error), settled func(left int) bool) int {
+	t.Helper()
+	path := filepath.Join(shortTempDir(t), "s")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, serve := newServer(l)
+	srv.RegisterService("test.Echo", &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
+		"Echo": func(ctx context.Context, unmarshal func(any) error) (any, error) {
+			var req emptypb.Empty
+			return &req, unmarshal(&req)
+		},
+	}})
+	served := make(chan error, 1)
+	go func() { served <- serve() }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), shimCallTimeout)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-served
+	}()
+	conn, err := net.DialTimeout("unix", path, shimCallTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+
+	const callers = 8
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for range calls / callers {
+				ctx, cancel := context.WithTimeout(context.Background(), shimCallTimeout)
+				err := client.Call(ctx, "test.Echo", "Echo", &emptypb.Empty{}, &emptypb.Empty{})
+				cancel()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// A client has its reply before the server's loop forgets the stream:
+	// count again until settled says the count is final, for 2 s at most.
+	left := recordedStreams()
+	for deadline := time.Now().Add(2 * time.Second); !settled(left) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		left = recordedStreams()
+	}
+	return left
+}
+
+// steady accepts a count once it has read the same three times in a row.
+func steady() func(int) bool {
+	last, same := -1, 0
+	return func(n int) bool {
+		if n == last {
+			same++
+		} else {
+			last, same = n, 1
+		}
+		return same >= 3
+	}
+}
+
+// recordedStreams counts the live entries of ttrpc's maps of streams: the
+// heap profile's objects that a connection's loop stored in a sync.Map.
+// Only allocations made while MemProfileRate is 1 are all seen.
+func recordedStreams() int {
+	runtime.GC()
+	runtime.GC() // the profile is as of the last completed cycle
+	n, _ := runtime.MemProfile(nil, false)
+	records := make([]runtime.MemProfileRecord, n+64)
+	n, _ = runtime.MemProfile(records, false)
+	live := 0
+	for _, r := range records[:n] {
+		if r.InUseObjects() == 0 {
+			continue
+		}
+		var site, storer string
+		stored := false
+		frames := runtime.CallersFrames(r.Stack())
+		for {
+			f, more := frames.Next()
+			switch {
+			case site == "" && !strings.HasPrefix(f.Function, "runtime."):
+				site = f.Function
+			case stored && storer == "":
+				storer = f.Function
+			}
+			stored = stored || f.Function == "sync.(*Map).Store"
+			if !more {
+				break
+			}
+		}
+		// An entry, not the map's root node, stored by ttrpc's loop.
+		if strings.Contains(site, "sync.newEntry") && strings.Contains(storer, "ttrpc.(*serverConn).run") {
+			live += int(r.InUseObjects())
+		}
+	}
+	return live
+}
+
+// gcPressure keeps two goroutines allocating until the returned func is
+// called: collections and their assists then delay the goroutine that
+// reads requests, as a loaded node does, which opens ttrpc's window.
+func gcPressure() (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			var sink []byte
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				sink = make([]byte, 256<<10)
+				_ = sink
+			}
+		})
+	}
+	return func() {
+		close(done)
+		wg.Wait()
 	}
 }
