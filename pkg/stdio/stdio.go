@@ -165,12 +165,15 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 		// keeps the FIFO from reaching EOF until CloseStdin.
 		// O_RDWR opens a FIFO at once (a non-blocking write open would
 		// complete later, and a client detaching before it did would be
-		// EOF after all).
-		keep, err := fifo.OpenFifo(context.WithoutCancel(ctx), fifoPath(cfg.Stdin), syscall.O_RDWR, 0)
+		// EOF after all). It is never written, so it is a bare
+		// descriptor: the library's object would add an O_PATH
+		// descriptor, channels and a goroutine's open.
+		path := fifoPath(cfg.Stdin)
+		keep, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, err))
+			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, &os.PathError{Op: "open", Path: path, Err: err}))
 		}
-		i.stdinKeep = keep
+		i.stdinKeep = os.NewFile(uintptr(keep), path)
 	}
 	if cfg.Terminal {
 		if opts.Consoles == nil {

@@ -656,6 +656,66 @@ func TestStreamCopyIdleHoldsNoBuffer(t *testing.T) {
 // once per container and stream: what it holds is paid per container. It is
 // its write side and the kept read side, one descriptor each, and about half
 // a KiB of heap (1.9 KiB while the FIFO library's handles were kept).
+// fdsUnder counts the descriptors open on files under dir, whatever else
+// the package's other tests still close.
+func fdsUnder(t *testing.T, dir string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := 0
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.HasPrefix(l, dir+"/") {
+			c++
+		}
+	}
+	return c
+}
+
+// A stdin FIFO holds the library's read side (its descriptor and the
+// O_PATH one it keeps) and one descriptor of the write side the shim keeps,
+// not a second library object; closing the IO drops them all.
+func TestStdinFIFOHoldsThreeDescriptors(t *testing.T) {
+	const n = 50
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fd0 := fdsUnder(t, dir)
+	ios := make([]*IO, n)
+	for k := range ios {
+		i, err := Open(ctx, Config{Stdin: mkfifo(t, dir, fmt.Sprintf("in%d", k))}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ios[k] = i
+	}
+	// The library opens a non-blocking read side in the background: count
+	// once the count holds.
+	open := fdsUnder(t, dir)
+	for range 20 {
+		time.Sleep(50 * time.Millisecond)
+		now := fdsUnder(t, dir)
+		if now == open {
+			break
+		}
+		open = now
+	}
+	per := float64(open-fd0) / n
+	t.Logf("per stdin: %.1f descriptors", per)
+	if per != 3 {
+		t.Errorf("a stdin FIFO holds %.1f descriptors, want 3", per)
+	}
+	for _, i := range ios {
+		if err := i.Close(time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := fdsUnder(t, dir); got != fd0 {
+		t.Errorf("%d descriptors after closing every IO, want %d", got, fd0)
+	}
+}
+
 func TestOutputFIFOHoldsTwoDescriptors(t *testing.T) {
 	const n = 100
 	dir := t.TempDir()
@@ -672,22 +732,7 @@ func TestOutputFIFOHoldsTwoDescriptors(t *testing.T) {
 		readers[k] = r
 		defer r.Close()
 	}
-	// The descriptors open on the test's FIFOs, whatever else the
-	// package's other tests still close.
-	fds := func() int {
-		t.Helper()
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := 0
-		for _, e := range ents {
-			if l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.HasPrefix(l, dir+"/") {
-				c++
-			}
-		}
-		return c
-	}
+	fds := func() int { return fdsUnder(t, dir) }
 	heap := func() uint64 {
 		var ms runtime.MemStats
 		runtime.GC()
