@@ -22,6 +22,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
+	"github.com/mineshim/mine/internal/replyhold"
 	"github.com/mineshim/mine/pkg/process"
 	"github.com/mineshim/mine/pkg/sandbox"
 	"github.com/mineshim/mine/pkg/stdio"
@@ -305,7 +306,7 @@ func dumpStacks(path string) error {
 // file appearing means both are complete): the Go runtime's memory classes
 // and GC figures and its processors, one "name value" line each
 // (runtime/metrics names), to tell heap, stacks and runtime metadata apart
-// in the shim's private memory; then the replies replyAfterStore could not
+// in the shim's private memory; then the replies replyhold could not
 // hold back (each may have left a ttrpc stream recorded).
 const memoryFile = "shim-memory.txt"
 
@@ -327,7 +328,7 @@ func dumpMemory(path string) error {
 			out = fmt.Appendf(out, "%s %g\n", s.Name, s.Value.Float64())
 		}
 	}
-	out = fmt.Appendf(out, "ttrpc-unheld-replies %d\n", unheldReplies.Load())
+	out = fmt.Appendf(out, "ttrpc-unheld-replies %d\n", replyhold.Unheld())
 	return os.WriteFile(path, out, 0o600)
 }
 

@@ -5,10 +5,11 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/containerd/ttrpc"
+
+	"github.com/mineshim/mine/internal/replyhold"
 )
 
 // drainGrace bounds how long an ending daemon waits for its clients to hang
@@ -127,7 +128,7 @@ func (h countingHandshaker) Handshake(ctx context.Context, conn net.Conn) (net.C
 	h.c.mu.Lock()
 	h.c.open++
 	h.c.mu.Unlock()
-	return &countedConn{Conn: &replyAfterStore{Conn: approved}, c: h.c}, info, nil
+	return &countedConn{Conn: replyhold.Wrap(approved), c: h.c}, info, nil
 }
 
 type countedConn struct {
@@ -140,85 +141,6 @@ func (c *countedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.c.closed)
 	return err
-}
-
-// replyHold bounds how long replyAfterStore holds a reply back. Past it the
-// reply goes out, its stream may stay recorded, and unheldReplies counts it.
-const replyHold = 100 * time.Millisecond
-
-// unheldReplies counts the replies written after replyHold without the
-// connection having read again (the memory dump reports it).
-var unheldReplies atomic.Uint64
-
-// replyAfterStore holds a connection's replies back until ttrpc has
-// recorded the requests they answer.
-//
-// ttrpc's connection reads a request, starts its handler, and only then
-// records the request's stream in a map; writing the reply removes it. A
-// handler that answers before the stream is recorded leaves it recorded for
-// as long as the connection lives (containerd/ttrpc issue 236): some 220
-// entries per 1000 `ctr task exec` measured here. containerd keeps one
-// connection to a shim for the shim's whole life, polls its Stats every
-// second, and kubelet's exec probes come through it: the heap of a
-// long-lived shim grows without end.
-//
-// The connection reads requests one after another and records each before
-// it reads again. So when it is waiting in Read, every request it has read is
-// recorded, and a reply (always to a request already read) may go out. A
-// Write that finds no Read waiting waits for the next one to begin. The
-// connection itself answers a malformed or unknown request without reading
-// again, until that answer is written; replyHold bounds that wait, so such
-// an answer (a protocol error, an unknown method) is late by that much.
-type replyAfterStore struct {
-	net.Conn
-
-	mu      sync.Mutex
-	reading bool          // a Read is waiting; guarded by mu
-	done    bool          // a Read failed: no Read follows; guarded by mu
-	next    chan struct{} // closed when a Read begins; guarded by mu
-	hold    *time.Timer   // bounds a Write's wait; used by one Write at a time
-}
-
-func (c *replyAfterStore) Read(p []byte) (int, error) {
-	c.mu.Lock()
-	c.reading = true
-	if c.next != nil {
-		close(c.next)
-		c.next = nil
-	}
-	c.mu.Unlock()
-	n, err := c.Conn.Read(p)
-	c.mu.Lock()
-	c.reading = false
-	c.done = c.done || err != nil
-	c.mu.Unlock()
-	return n, err
-}
-
-// Write is called by the connection's one writing loop, one call at a time.
-func (c *replyAfterStore) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.reading || c.done {
-		c.mu.Unlock()
-		return c.Conn.Write(p)
-	}
-	if c.next == nil {
-		c.next = make(chan struct{})
-	}
-	next := c.next
-	c.mu.Unlock()
-	if c.hold == nil {
-		c.hold = time.NewTimer(replyHold)
-	} else {
-		c.hold.Reset(replyHold)
-	}
-	select {
-	case <-next:
-	case <-c.hold.C:
-		unheldReplies.Add(1)
-	}
-	c.hold.Stop()
-	return c.Conn.Write(p)
 }
 
 // closeOnceListener lets stop close the listener before the server's

@@ -4,17 +4,16 @@ import (
 	"context"
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/containerd/ttrpc"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/mineshim/mine/internal/replyhold"
+	"github.com/mineshim/mine/internal/replyhold/streamtest"
 )
 
 // heldServer is a server with one method, test.Hold/Hold, whose calls wait
@@ -177,30 +176,26 @@ func TestStopClosesLingeringConnections(t *testing.T) {
 // streams behind on a plain ttrpc server, and none on the shim's but for
 // replies it could not hold back.
 func TestRepliesLeaveNoStreamRecorded(t *testing.T) {
-	rate := runtime.MemProfileRate
-	runtime.MemProfileRate = 1 // every stream entry is in the heap profile
-	defer func() { runtime.MemProfileRate = rate }()
-	defer gcPressure()()
+	defer streamtest.Track()()
 	const calls = 4000
-	before := recordedStreams() // servers of other tests still open
+	before := streamtest.Count() // servers of other tests still open
 	if before != 0 {
 		t.Logf("%d streams recorded before the calls", before)
 	}
 
-	unheld := unheldReplies.Load()
+	unheld := replyhold.Unheld()
+	notHeld := func() int { return int(replyhold.Unheld() - unheld) }
 	left := streamsLeftAfterCalls(t, calls, func(l net.Listener) (*ttrpc.Server, func() error) {
 		srv, err := newServer(l)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return srv.Server, func() error { return srv.serve(context.Background()) }
-	}, func(left int) bool { return left-before <= int(unheldReplies.Load()-unheld) })
-	unheld = unheldReplies.Load() - unheld
-	notHeld := int(unheld)
+	}, func(left int) bool { return left-before <= notHeld() })
 	left -= before
-	t.Logf("the shim's server: %d streams left after %d calls, %d replies not held back", left, calls, notHeld)
-	if left > notHeld {
-		t.Errorf("the shim's server left %d streams recorded after %d calls (%d replies not held back)", left, calls, notHeld)
+	t.Logf("the shim's server: %d streams left after %d calls, %d replies not held back", left, calls, notHeld())
+	if left > notHeld() {
+		t.Errorf("the shim's server left %d streams recorded after %d calls (%d replies not held back)", left, calls, notHeld())
 	}
 
 	plainLeft := streamsLeftAfterCalls(t, calls, func(l net.Listener) (*ttrpc.Server, func() error) {
@@ -209,7 +204,7 @@ func TestRepliesLeaveNoStreamRecorded(t *testing.T) {
 			t.Fatal(err)
 		}
 		return srv, func() error { return srv.Serve(context.Background(), l) }
-	}, steady())
+	}, streamtest.Steady())
 	plainLeft -= before
 	t.Logf("plain ttrpc: %d streams left after %d calls", plainLeft, calls)
 	if plainLeft == 0 {
@@ -266,185 +261,5 @@ func streamsLeftAfterCalls(t *testing.T, calls int, newServer func(net.Listener)
 		})
 	}
 	wg.Wait()
-	// A client has its reply before the server's loop forgets the stream:
-	// count again until settled says the count is final, for 2 s at most.
-	left := recordedStreams()
-	for deadline := time.Now().Add(2 * time.Second); !settled(left) && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-		left = recordedStreams()
-	}
-	return left
-}
-
-// steady accepts a count once it has read the same three times in a row.
-func steady() func(int) bool {
-	last, same := -1, 0
-	return func(n int) bool {
-		if n == last {
-			same++
-		} else {
-			last, same = n, 1
-		}
-		return same >= 3
-	}
-}
-
-// recordedStreams counts the live entries of ttrpc's maps of streams: the
-// heap profile's objects that a connection's loop stored in a sync.Map.
-// Only allocations made while MemProfileRate is 1 are all seen.
-func recordedStreams() int {
-	runtime.GC()
-	runtime.GC() // the profile is as of the last completed cycle
-	n, _ := runtime.MemProfile(nil, false)
-	records := make([]runtime.MemProfileRecord, n+64)
-	n, _ = runtime.MemProfile(records, false)
-	live := 0
-	for _, r := range records[:n] {
-		if r.InUseObjects() == 0 {
-			continue
-		}
-		var site, storer string
-		stored := false
-		frames := runtime.CallersFrames(r.Stack())
-		for {
-			f, more := frames.Next()
-			switch {
-			case site == "" && !strings.HasPrefix(f.Function, "runtime."):
-				site = f.Function
-			case stored && storer == "":
-				storer = f.Function
-			}
-			stored = stored || f.Function == "sync.(*Map).Store"
-			if !more {
-				break
-			}
-		}
-		// An entry, not the map's root node, stored by ttrpc's loop.
-		if strings.Contains(site, "sync.newEntry") && strings.Contains(storer, "ttrpc.(*serverConn).run") {
-			live += int(r.InUseObjects())
-		}
-	}
-	return live
-}
-
-// gcPressure keeps two goroutines allocating until the returned func is
-// called: collections and their assists then delay the goroutine that
-// reads requests, as a loaded node does, which opens ttrpc's window.
-func gcPressure() (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Go(func() {
-			var sink []byte
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				sink = make([]byte, 256<<10)
-				_ = sink
-			}
-		})
-	}
-	return func() {
-		close(done)
-		wg.Wait()
-	}
-}
-
-// A reply waits for the connection to read again, and goes at once while it
-// reads or once its reads have failed; a connection that does not read
-// again holds it replyHold, no longer.
-func TestReplyAfterStoreWaitsForRead(t *testing.T) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := func(fd int) net.Conn {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	c := &replyAfterStore{Conn: conn(fds[0])}
-	peer := conn(fds[1])
-	write := func() <-chan error {
-		done := make(chan error, 1)
-		go func() { _, err := c.Write([]byte("r")); done <- err }()
-		return done
-	}
-	waiting := func(done <-chan error, what string) {
-		t.Helper()
-		select {
-		case err := <-done:
-			t.Fatalf("%s: the reply went out (%v) before the connection read again", what, err)
-		case <-time.After(replyHold / 4):
-		}
-	}
-	gone := func(done <-chan error, what string) {
-		t.Helper()
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, unix.EPIPE) {
-				t.Fatalf("%s: %v", what, err)
-			}
-		case <-time.After(replyHold / 2):
-			t.Fatalf("%s: the reply still waits", what)
-		}
-	}
-
-	// Nothing read yet: the reply waits; a Read beginning releases it.
-	unheld := unheldReplies.Load()
-	done := write()
-	waiting(done, "before any read")
-	read := make(chan error, 1)
-	go func() { _, err := c.Read(make([]byte, 8)); read <- err }()
-	gone(done, "once a read began")
-	// While the Read waits, a reply goes at once.
-	gone(write(), "during a read")
-	// The Read returns: the next reply waits for the next Read...
-	if _, err := peer.Write([]byte("q")); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-read; err != nil {
-		t.Fatal(err)
-	}
-	done = write()
-	waiting(done, "after a read returned")
-	go func() { _, err := c.Read(make([]byte, 8)); read <- err }()
-	gone(done, "once a read began again")
-	// Once a Read has failed no Read follows: a reply goes at once (here
-	// to a peer gone, EPIPE).
-	peer.Close()
-	if err := <-read; err == nil {
-		t.Fatal("read from a closed peer succeeded")
-	}
-	gone(write(), "after the read failed")
-	if n := unheldReplies.Load() - unheld; n != 0 {
-		t.Errorf("%d replies counted as unheld, want 0", n)
-	}
-
-	// A connection that never reads again holds a reply replyHold only,
-	// and counts it.
-	fds2, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c = &replyAfterStore{Conn: conn(fds2[0])}
-	_ = conn(fds2[1])
-	start := time.Now()
-	if _, err := c.Write([]byte("r")); err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(start); took < replyHold {
-		t.Errorf("a reply with no read to come went after %v, want the hold (%v)", took, replyHold)
-	}
-	if n := unheldReplies.Load() - unheld; n != 1 {
-		t.Errorf("%d replies counted as unheld, want 1", n)
-	}
+	return streamtest.Settle(settled)
 }

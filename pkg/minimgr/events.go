@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mineshim/mine/internal/replyhold"
 )
 
 // Event is one event a shim forwarded.
@@ -98,7 +100,9 @@ func (s *EventsServer) Path() string { return s.path }
 // and removes the socket. handle is called for one event at a time, in the
 // order each shim sent them.
 func (s *EventsServer) Serve(ctx context.Context, handle func(Event)) error {
-	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
+	// Shims forward every event over one connection each: a reply must not
+	// leave its stream recorded in ttrpc (see replyhold).
+	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(replyhold.Handshaker(ttrpc.UnixSocketRequireSameUser())))
 	if err != nil {
 		s.l.Close()
 		return err

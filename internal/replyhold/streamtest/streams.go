@@ -1,0 +1,103 @@
+package streamtest
+
+import (
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Track records every allocation in the heap profile, so that Count sees
+// every stream, and keeps two goroutines allocating: their collections
+// delay the goroutine that reads a connection's requests, as a loaded node
+// does, which opens ttrpc's window. The returned func undoes both.
+func Track() (stop func()) {
+	rate := runtime.MemProfileRate
+	runtime.MemProfileRate = 1
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			var sink []byte
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				sink = make([]byte, 256<<10)
+				_ = sink
+			}
+		})
+	}
+	return func() {
+		close(done)
+		wg.Wait()
+		runtime.MemProfileRate = rate
+	}
+}
+
+// Count returns how many streams ttrpc's server connections hold recorded:
+// the live objects of the heap profile that a connection's loop stored in
+// its sync.Map of streams. Only the streams recorded under Track are all
+// seen.
+func Count() int {
+	runtime.GC()
+	runtime.GC() // the profile is as of the last completed cycle
+	n, _ := runtime.MemProfile(nil, false)
+	records := make([]runtime.MemProfileRecord, n+64)
+	n, _ = runtime.MemProfile(records, false)
+	live := 0
+	for _, r := range records[:n] {
+		if r.InUseObjects() == 0 {
+			continue
+		}
+		var site, storer string
+		stored := false
+		frames := runtime.CallersFrames(r.Stack())
+		for {
+			f, more := frames.Next()
+			switch {
+			case site == "" && !strings.HasPrefix(f.Function, "runtime."):
+				site = f.Function
+			case stored && storer == "":
+				storer = f.Function
+			}
+			stored = stored || f.Function == "sync.(*Map).Store"
+			if !more {
+				break
+			}
+		}
+		// An entry, not the map's root node, stored by ttrpc's loop.
+		if strings.Contains(site, "sync.newEntry") && strings.Contains(storer, "ttrpc.(*serverConn).run") {
+			live += int(r.InUseObjects())
+		}
+	}
+	return live
+}
+
+// Settle counts until settled accepts the count, for 2 s at most, and
+// returns the last count. A client has its reply before the server's loop
+// forgets the stream, so a count taken at once may still hold streams
+// about to go.
+func Settle(settled func(count int) bool) int {
+	n := Count()
+	for deadline := time.Now().Add(2 * time.Second); !settled(n) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		n = Count()
+	}
+	return n
+}
+
+// Steady accepts a count once it has read the same three times in a row.
+func Steady() func(int) bool {
+	last, same := -1, 0
+	return func(n int) bool {
+		if n == last {
+			same++
+		} else {
+			last, same = n, 1
+		}
+		return same >= 3
+	}
+}

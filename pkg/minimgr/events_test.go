@@ -1,0 +1,95 @@
+package minimgr
+
+import (
+	"context"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	apitypes "github.com/containerd/containerd/api/types"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mineshim/mine/internal/replyhold"
+	"github.com/mineshim/mine/internal/replyhold/streamtest"
+)
+
+// A shim forwards all its events over one connection for its whole life;
+// the events server must not keep a stream recorded per event answered
+// before ttrpc stored it (see replyhold), or a long `minimgr events` grows
+// with every event of every shim.
+func TestEventsServerLeavesNoStreamRecorded(t *testing.T) {
+	dir, err := os.MkdirTemp("", "mev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	// No shim runs: any executable serves as the runtime binary.
+	m, err := New(Config{Root: dir, Namespace: "events-test", RuntimeBinary: "/bin/true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := m.ListenEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer streamtest.Track()()
+	before := streamtest.Count()
+	unheld := replyhold.Unheld()
+
+	var handled atomic.Int64
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, func(Event) { handled.Add(1) }) }()
+	defer func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+
+	conn, err := net.DialTimeout("unix", srv.Path(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	events := eventsapi.NewTTRPCEventsClient(client)
+	body, err := typeurl.MarshalAnyToProto(&eventstypes.TaskExit{ContainerID: "c", ID: "c", Pid: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const calls, callers = 4000, 8
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for range calls / callers {
+				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err := events.Forward(cctx, &eventsapi.ForwardRequest{Envelope: &apitypes.Envelope{
+					Timestamp: timestamppb.Now(), Namespace: "events-test", Topic: "/tasks/exit", Event: body,
+				}})
+				cancel()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got := handled.Load(); got != calls {
+		t.Fatalf("%d events handled, want %d", got, calls)
+	}
+	notHeld := func() int { return int(replyhold.Unheld() - unheld) }
+	left := streamtest.Settle(func(n int) bool { return n-before <= notHeld() }) - before
+	t.Logf("%d streams left after %d events, %d replies not held back", left, calls, notHeld())
+	if left > notHeld() {
+		t.Errorf("the events server left %d streams recorded after %d events (%d replies not held back)", left, calls, notHeld())
+	}
+}
