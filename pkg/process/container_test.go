@@ -998,6 +998,53 @@ func TestDeleteEndsHeldRestore(t *testing.T) {
 	}
 }
 
+// A Delete that comes after Start took the init's operation lock but before
+// Start recorded how to end its runtime call still ends that call: the
+// call's context is cancelled the moment it is made.
+func TestDeleteBeforeStartRecordsItsCancel(t *testing.T) {
+	c := &Container{id: "c1", init: newProc("", nil, stdio.Config{})}
+	p := c.init
+	p.opMu.Lock() // Start holds the lock, and has not reached beginStart
+	locked := make(chan struct{})
+	go func() {
+		c.lockForDelete(p)
+		close(locked)
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		c.mu.Lock()
+		waiting := p.doomed
+		c.mu.Unlock()
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the delete did not begin to wait for the operation lock")
+		}
+	}
+	sctx, end := c.beginStart(context.Background(), p, startBound)
+	if sctx.Err() == nil {
+		t.Error("a start begun while a delete waited was not cancelled")
+	}
+	end()
+	select {
+	case <-locked:
+		t.Fatal("the delete took the lock while the start held it")
+	default:
+	}
+	p.opMu.Unlock()
+	select {
+	case <-locked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the delete did not take the lock once the start let it go")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.doomed != 0 || p.abort != nil {
+		t.Errorf("after the delete: doomed %d, abort set %v; want 0, false", p.doomed, p.abort != nil)
+	}
+	p.opMu.Unlock()
+}
+
 // A create whose caller goes away is abandoned, unlike a start: nothing of
 // the container runs yet, and the cleanup of the failed create removes what
 // the runtime had made (its process and its state).
