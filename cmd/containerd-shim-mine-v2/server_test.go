@@ -195,7 +195,11 @@ func TestRepliesLeaveNoStreamRecorded(t *testing.T) {
 	left -= before
 	t.Logf("the shim's server: %d streams left after %d calls, %d replies not held back", left, calls, notHeld())
 	if left > notHeld() {
-		t.Errorf("the shim's server left %d streams recorded after %d calls (%d replies not held back)", left, calls, notHeld())
+		t.Errorf("the shim's server left %d streams recorded after %d calls (%d replies not held back); stored at:\n%s",
+			left, calls, notHeld(), streamtest.Stacks())
+	}
+	if notHeld() > calls/100 {
+		t.Errorf("%d of %d replies went out unheld", notHeld(), calls)
 	}
 
 	plainLeft := streamsLeftAfterCalls(t, calls, func(l net.Listener) (*ttrpc.Server, func() error) {

@@ -16,8 +16,10 @@ const Hold = 100 * time.Millisecond
 
 var unheld atomic.Uint64
 
-// Unheld returns how many replies went out after Hold without their
-// connection having read again, in this process.
+// Unheld returns how many writes went out after Hold without their
+// connection having read again, in this process: an upper bound of the
+// streams left recorded (Wrap says which writes wait out Hold although they
+// leave nothing).
 func Unheld() uint64 { return unheld.Load() }
 
 // Handshaker wraps inner: every connection it approves is wrapped by Wrap.
@@ -41,11 +43,27 @@ func (h handshaker) Handshake(ctx context.Context, c net.Conn) (net.Conn, any, e
 // each before it reads again. So while it waits in Read, every request it
 // has read is recorded, and a reply (always to a request already read) may
 // go out. A Write that finds no Read under way waits for the next one to
-// begin. The connection answers a malformed request or an unknown method
-// itself, without reading again until that answer is written; Hold bounds
-// that wait, so such an answer is late by that much.
+// begin.
+//
+// Hold bounds the wait where no Read comes although nothing is left to
+// record; each such write is late by Hold, and counted by Unheld:
+//   - the connection answers a malformed request or an unknown method
+//     itself, and its reading goroutine waits until the sending loop takes
+//     that answer: a reply the loop holds meanwhile waits out Hold;
+//   - once the connection stops reading for a shutdown (rather than a
+//     failed Read), every reply still to be sent waits out Hold.
+//
+// A reply larger than ttrpc's 4 KiB write buffer is two writes; the second
+// may wait again, for the next Read.
+//
+// The shim's services and minimgr's events server are unary calls that
+// clients make correctly: these are the rare cases, not the common one.
 func Wrap(c net.Conn) net.Conn {
-	return &conn{Conn: c}
+	return wrap(c, Hold)
+}
+
+func wrap(c net.Conn, hold time.Duration) net.Conn {
+	return &conn{Conn: c, holdFor: hold}
 }
 
 type conn struct {
@@ -56,6 +74,7 @@ type conn struct {
 	done    bool          // a Read failed: no Read follows; guarded by mu
 	next    chan struct{} // closed when a Read begins; guarded by mu
 	hold    *time.Timer   // bounds a Write's wait; used by one Write at a time
+	holdFor time.Duration // Hold, but in tests
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -87,9 +106,9 @@ func (c *conn) Write(p []byte) (int, error) {
 	next := c.next
 	c.mu.Unlock()
 	if c.hold == nil {
-		c.hold = time.NewTimer(Hold)
+		c.hold = time.NewTimer(c.holdFor)
 	} else {
-		c.hold.Reset(Hold)
+		c.hold.Reset(c.holdFor)
 	}
 	select {
 	case <-next:

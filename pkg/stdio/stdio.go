@@ -170,6 +170,9 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 		// descriptor, channels and a goroutine's open.
 		path := fifoPath(cfg.Stdin)
 		keep, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		for errors.Is(err, unix.EINTR) {
+			keep, err = unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		}
 		if err != nil {
 			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, &os.PathError{Op: "open", Path: path, Err: err}))
 		}

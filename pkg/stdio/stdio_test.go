@@ -652,10 +652,6 @@ func TestStreamCopyIdleHoldsNoBuffer(t *testing.T) {
 	}
 }
 
-// An output FIFO stays open for the life of its process, in a group shim
-// once per container and stream: what it holds is paid per container. It is
-// its write side and the kept read side, one descriptor each, and about half
-// a KiB of heap (1.9 KiB while the FIFO library's handles were kept).
 // fdsUnder counts the descriptors open on files under dir, whatever else
 // the package's other tests still close.
 func fdsUnder(t *testing.T, dir string) int {
@@ -691,15 +687,17 @@ func TestStdinFIFOHoldsThreeDescriptors(t *testing.T) {
 		ios[k] = i
 	}
 	// The library opens a non-blocking read side in the background: count
-	// once the count holds.
-	open := fdsUnder(t, dir)
-	for range 20 {
+	// once every IO has at least its three and the count has held for
+	// three readings (a fourth, as the library's own write side held,
+	// would show by then).
+	open, same := fdsUnder(t, dir), 1
+	for deadline := time.Now().Add(10 * time.Second); (open-fd0 < 3*n || same < 3) && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
-		now := fdsUnder(t, dir)
-		if now == open {
-			break
+		if now := fdsUnder(t, dir); now == open {
+			same++
+		} else {
+			open, same = now, 1
 		}
-		open = now
 	}
 	per := float64(open-fd0) / n
 	t.Logf("per stdin: %.1f descriptors", per)
@@ -716,6 +714,10 @@ func TestStdinFIFOHoldsThreeDescriptors(t *testing.T) {
 	}
 }
 
+// An output FIFO stays open for the life of its process, in a group shim
+// once per container and stream: what it holds is paid per container. It is
+// its write side and the kept read side, one descriptor each, and about half
+// a KiB of heap (1.9 KiB while the FIFO library's handles were kept).
 func TestOutputFIFOHoldsTwoDescriptors(t *testing.T) {
 	const n = 100
 	dir := t.TempDir()

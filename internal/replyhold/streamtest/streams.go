@@ -1,6 +1,7 @@
 package streamtest
 
 import (
+	"fmt"
 	"runtime"
 	"strings"
 	"sync"
@@ -8,7 +9,7 @@ import (
 )
 
 // Track records every allocation in the heap profile, so that Count sees
-// every stream, and keeps two goroutines allocating: their collections
+// every stream, and keeps one goroutine allocating: its collections
 // delay the goroutine that reads a connection's requests, as a loaded node
 // does, which opens ttrpc's window. The returned func undoes both.
 func Track() (stop func()) {
@@ -16,20 +17,18 @@ func Track() (stop func()) {
 	runtime.MemProfileRate = 1
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	for range 2 {
-		wg.Go(func() {
-			var sink []byte
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				sink = make([]byte, 256<<10)
-				_ = sink
+	wg.Go(func() {
+		var sink []byte
+		for {
+			select {
+			case <-done:
+				return
+			default:
 			}
-		})
-	}
+			sink = make([]byte, 256<<10)
+			_ = sink
+		}
+	})
 	return func() {
 		close(done)
 		wg.Wait()
@@ -42,13 +41,47 @@ func Track() (stop func()) {
 // its sync.Map of streams. Only the streams recorded under Track are all
 // seen.
 func Count() int {
+	n := 0
+	for _, r := range recorded() {
+		n += int(r.InUseObjects())
+	}
+	return n
+}
+
+// Stacks describes where each stream Count counts was stored, for a test
+// that fails.
+func Stacks() string {
+	var b strings.Builder
+	for _, r := range recorded() {
+		fmt.Fprintf(&b, "%d live:\n", r.InUseObjects())
+		frames := runtime.CallersFrames(r.Stack())
+		for {
+			f, more := frames.Next()
+			fmt.Fprintf(&b, "\t%s (%s:%d)\n", f.Function, f.File, f.Line)
+			if !more {
+				break
+			}
+		}
+	}
+	return b.String()
+}
+
+// recorded returns the heap profile's records of live stream entries.
+func recorded() []runtime.MemProfileRecord {
 	runtime.GC()
 	runtime.GC() // the profile is as of the last completed cycle
-	n, _ := runtime.MemProfile(nil, false)
-	records := make([]runtime.MemProfileRecord, n+64)
-	n, _ = runtime.MemProfile(records, false)
-	live := 0
-	for _, r := range records[:n] {
+	var records []runtime.MemProfileRecord
+	for {
+		n, _ := runtime.MemProfile(nil, false)
+		records = make([]runtime.MemProfileRecord, n+64)
+		var ok bool
+		if n, ok = runtime.MemProfile(records, false); ok {
+			records = records[:n]
+			break
+		}
+	}
+	var out []runtime.MemProfileRecord
+	for _, r := range records {
 		if r.InUseObjects() == 0 {
 			continue
 		}
@@ -70,10 +103,10 @@ func Count() int {
 		}
 		// An entry, not the map's root node, stored by ttrpc's loop.
 		if strings.Contains(site, "sync.newEntry") && strings.Contains(storer, "ttrpc.(*serverConn).run") {
-			live += int(r.InUseObjects())
+			out = append(out, r)
 		}
 	}
-	return live
+	return out
 }
 
 // Settle counts until settled accepts the count, for 2 s at most, and
