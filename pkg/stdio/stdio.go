@@ -153,30 +153,11 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 		}
 	}()
 	if cfg.Stdin != "" {
-		// Opened non-blocking: the writer (containerd, or an attaching
-		// client) may come later; fifo makes reads wait for it.
-		in, err := fifo.OpenFifo(context.WithoutCancel(ctx), fifoPath(cfg.Stdin), syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+		in, keep, err := openStdin(fifoPath(cfg.Stdin))
 		if err != nil {
 			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, err))
 		}
-		i.stdinSrc = in
-		// A client that detaches closes its write side; the process must
-		// not read EOF then, only on CloseIO. The shim's own write side
-		// keeps the FIFO from reaching EOF until CloseStdin.
-		// O_RDWR opens a FIFO at once (a non-blocking write open would
-		// complete later, and a client detaching before it did would be
-		// EOF after all). It is never written, so it is a bare
-		// descriptor: the library's object would add an O_PATH
-		// descriptor, channels and a goroutine's open.
-		path := fifoPath(cfg.Stdin)
-		keep, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
-		for errors.Is(err, unix.EINTR) {
-			keep, err = unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
-		}
-		if err != nil {
-			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, &os.PathError{Op: "open", Path: path, Err: err}))
-		}
-		i.stdinKeep = os.NewFile(uintptr(keep), path)
+		i.stdinSrc, i.stdinKeep = in, keep
 	}
 	if cfg.Terminal {
 		if opts.Consoles == nil {
@@ -302,6 +283,43 @@ func (i *IO) startStdin() {
 			_ = i.stdinDst.Close()
 		}
 	}()
+}
+
+// openStdin opens the stdin FIFO at path: the side the shim reads, and a
+// write side the shim keeps. Both are bare descriptors (the FIFO library's
+// objects would add an O_PATH descriptor, channels and an open in a
+// goroutine to each).
+//
+// The read side is opened non-blocking, so the open returns at once; its
+// reads wait in the runtime's poller. A client that detaches closes its
+// write side; the process must not read EOF then, only on CloseIO: the
+// kept write side holds the FIFO open until CloseStdin drops it. It is
+// opened O_RDWR, which opens a FIFO at once (a non-blocking write open
+// would complete later, and a client detaching before it did would be EOF
+// after all), through the read side's descriptor, so that both are the same
+// FIFO whatever became of the path.
+func openStdin(path string) (in, keep *os.File, _ error) {
+	rfd, err := openRetry(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	in = os.NewFile(uintptr(rfd), path)
+	wfd, err := openRetry(fmt.Sprintf("/proc/self/fd/%d", rfd), unix.O_RDWR|unix.O_CLOEXEC)
+	if err != nil {
+		in.Close()
+		return nil, nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return in, os.NewFile(uintptr(wfd), path), nil
+}
+
+// openRetry is open(2), retried when a signal interrupts it.
+func openRetry(path string, flags int) (int, error) {
+	for {
+		fd, err := unix.Open(path, flags, 0)
+		if !errors.Is(err, unix.EINTR) {
+			return fd, err
+		}
+	}
 }
 
 // stdinDrainBound bounds how long CloseStdin lets what a client wrote to
