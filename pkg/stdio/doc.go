@@ -29,5 +29,6 @@
 // output's write side (bounded by the caller's context), the shim keeps a
 // descriptor of its own and drops the library's handle: an output holds two
 // descriptors for the life of its process, and no more state than an
-// os.File.
+// os.File. The stdin FIFO needs no wait for its writer (the shim's own kept
+// write side is one), so both of its descriptors are opened directly.
 package stdio

@@ -360,7 +360,7 @@ func openOutput(ctx context.Context, target string) (io.WriteCloser, error) {
 	// reader (containerd) restarts; it is never read. It is opened through
 	// the write side's descriptor, so it is the same FIFO whatever became of
 	// the path meanwhile, and without blocking: that returns at once.
-	keep, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", wfd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	keep, err := openRetry(fmt.Sprintf("/proc/self/fd/%d", wfd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
 	if err != nil {
 		unix.Close(wfd)
 		return nil, fmt.Errorf("open stdio fifo %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})

@@ -669,6 +669,21 @@ func fdsUnder(t *testing.T, dir string) int {
 	return c
 }
 
+// A stdin FIFO that is not there is bad input, and leaves nothing open.
+func TestMissingStdinIsInvalidArgument(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fd0 := fdsUnder(t, dir)
+	_, err := Open(ctx, Config{Stdin: filepath.Join(dir, "none"), Stdout: mkfifo(t, dir, "out")}, Options{})
+	if !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("open with a missing stdin FIFO: %v, want invalid argument", err)
+	}
+	if got := fdsUnder(t, dir); got != fd0 {
+		t.Errorf("%d descriptors left under the bundle after the failed open, want %d", got, fd0)
+	}
+}
+
 // A stdin FIFO holds two descriptors: the side the shim reads and the write
 // side it keeps until CloseStdin (the FIFO library's objects held an O_PATH
 // descriptor each besides, four in all, and opened the read side in the
