@@ -288,8 +288,15 @@ func (d *daemon) release() {
 // count on its first line ("goroutines N"), then every goroutine's stack.
 const stacksFile = "shim-stacks.txt"
 
+// dumpStacks writes stacksFile whole under a temporary name and renames it,
+// so that a reader never sees part of it. Its buffer starts small and
+// doubles until the dump fits: a dump is garbage the moment it is written,
+// and a large buffer (it was 1 MiB) stays in the shim's private memory as
+// free heap pages until the runtime gives them back, which an idle shim's
+// runtime does not do before its next collections (0.8 MiB more Pss_Anon
+// measured in a group shim of 10 containers after one dump).
 func dumpStacks(path string) error {
-	buf := make([]byte, 1<<20)
+	buf := make([]byte, 64<<10)
 	for {
 		n := runtime.Stack(buf, true)
 		if n < len(buf) {
@@ -298,8 +305,24 @@ func dumpStacks(path string) error {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
-	out := fmt.Appendf(nil, "goroutines %d\n\n", runtime.NumGoroutine())
-	return os.WriteFile(path, append(out, buf...), 0o600)
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "goroutines %d\n\n", runtime.NumGoroutine())
+	if err == nil {
+		_, err = f.Write(buf)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
 }
 
 // memoryFile is written beside stacksFile on SIGUSR1 (before it: the stacks
