@@ -295,9 +295,15 @@ const groupConns = 50
 const groupAnnotation = "io.containerd.runc.v2.group"
 
 // GroupShim grows a group of sleeping containers per runtime to each count
-// in turn and reads the group shim's memory (and mine's goroutines) at each.
-// With output, each container has stdout and stderr FIFOs, as a pod's
-// containers have under CRI; without, no stdio.
+// in turn and reads the group shim's memory at each; at the largest count it
+// also opens more connections (withConns). Mine's goroutines are counted
+// last, on the way down: the count comes from the shim's SIGUSR1 stacks
+// dump, whose 1 MiB buffer becomes free heap pages that a shim does not
+// give back until its next collections, and that the objects of the next
+// containers or connections then reuse, so a memory reading taken after a
+// dump reads less growth than there was. With output, each container has
+// stdout and stderr FIFOs, as a pod's containers have under CRI; without,
+// no stdio.
 func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration, output bool) (_ []GroupPoint, err error) {
 	boxes := map[Runtime][]*box{}
 	defer func() {
@@ -352,15 +358,12 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration,
 		time.Sleep(settle) // the last starts' calls finish, the shims go idle
 		p := GroupPoint{Containers: n}
 		for _, rt := range Runtimes {
-			mems, procs, err := e.memOfShims(boxes[rt], 1)
+			mems, _, err := e.memOfShims(boxes[rt], 1)
 			if err != nil {
 				return out, err
 			}
 			if rt == Mine {
 				p.Mine = mems[0]
-				if p.MineGoroutines, p.MineCreators, err = goroutinesOf(procs[0].pid); err != nil {
-					return out, err
-				}
 			} else {
 				p.Runc = mems[0]
 			}
@@ -386,7 +389,47 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration,
 		}
 		out = append(out, p)
 	}
+	// Mine's goroutines at each count, from the largest down, removing the
+	// last started containers in between (the shim is found by the first
+	// one's ID, on its command line).
+	for i := len(out) - 1; i >= 0; i-- {
+		n := out[i].Containers
+		for len(boxes[Mine]) > n {
+			last := boxes[Mine][len(boxes[Mine])-1]
+			boxes[Mine] = boxes[Mine][:len(boxes[Mine])-1]
+			if err := last.remove(ctx, e); err != nil {
+				return out, err
+			}
+		}
+		pid, err := e.shimOf(boxes[Mine][0])
+		if err != nil {
+			return out, err
+		}
+		if out[i].MineGoroutines, out[i].MineCreators, err = settledGoroutines(pid); err != nil {
+			return out, err
+		}
+	}
 	return out, nil
+}
+
+// settledGoroutines counts pid's goroutines once the count holds still:
+// the goroutines of connections just closed (withConns, a removed task's)
+// end shortly after the close.
+func settledGoroutines(pid int) (int, map[string]int, error) {
+	n, by, err := goroutinesOf(pid)
+	for try := 0; err == nil && try < 20; try++ {
+		time.Sleep(250 * time.Millisecond)
+		var again int
+		var againBy map[string]int
+		if again, againBy, err = goroutinesOf(pid); err == nil && again == n {
+			return n, by, nil
+		}
+		n, by = again, againBy
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	return 0, nil, fmt.Errorf("shim %d: goroutine count still moving (%d)", pid, n)
 }
 
 // withConns opens n ttrpc connections to the shim pid serving b (the unix

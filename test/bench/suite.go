@@ -19,7 +19,7 @@ type Options struct {
 	LifecycleRuns   int           `json:"lifecycle_runs"`    // rounds of (mine, runc-v2, raw runc)
 	LifecycleWarm   int           `json:"lifecycle_warm"`    // uncounted rounds first
 	MemoryCounts    []int         `json:"memory_counts"`     // container counts of the idle memory figure
-	Settle          time.Duration `json:"settle_ns"`         // idle time before memory is read: longer than any idle trim of a shim
+	Settle          time.Duration `json:"settle_ns"`         // idle time before memory is read: longer than any idle trim of a shim (see settle)
 	ExecParallel    int           `json:"exec_parallel"`     // execs per burst
 	ExecRounds      int           `json:"exec_rounds"`       // bursts per runtime
 	StartParallel   int           `json:"start_parallel"`    // containers per start burst
@@ -38,13 +38,23 @@ type Options struct {
 	Steps []string `json:"steps,omitempty"`
 }
 
+// settle is how long the idle memory steps wait before they read a shim.
+// Each shim gives its free memory back to the system once it is idle, and
+// a reading taken before that compares a shim that has with one that has
+// not. Mine trims itself 5 s after its last call; runc-v2 calls
+// debug.FreeOSMemory every 30 s from its start, whatever it is doing
+// (containerd's pkg/shim), and gave back about 0.2 MiB of one idle
+// container's shim at its first tick. Past 30 s of idleness both have
+// given back what the last calls left.
+const settle = 32 * time.Second
+
 // DefaultOptions are the sizes of `hack/bench.sh`.
 func DefaultOptions() Options {
 	return Options{
 		LifecycleRuns:   60,
 		LifecycleWarm:   2,
 		MemoryCounts:    []int{1, 10, 50},
-		Settle:          12 * time.Second,
+		Settle:          settle,
 		ExecParallel:    50,
 		ExecRounds:      8,
 		StartParallel:   50,

@@ -51,6 +51,7 @@ func run() int {
 		probes    = flag.String("probes", joinInts(def.ProbeCounts), "exec probes per runtime after which memory is read (1000,10000: about 20 minutes more)")
 		groupCnt  = flag.String("group-counts", joinInts(def.GroupCounts), "containers in one group shim")
 		startRuns = flag.Int("start-runs", def.StartRuns, "start actions alone per runtime")
+		settle    = flag.Duration("settle", def.Settle, "idle time before an idle shim's memory is read")
 		only      = flag.String("only", "", "run only these steps, comma-separated: "+strings.Join(bench.StepNames, ", "))
 	)
 	flag.Parse()
@@ -59,7 +60,7 @@ func run() int {
 	o.StartParallel, o.StartRounds, o.OOMRuns = *startPar, *startRnd, *oomRuns
 	o.ExecLatencyRuns, o.ProfileRuns = *execLat, *trace
 	o.PollTime, o.StartRuns = *pollTime, *startRuns
-	o.PodRounds, o.PodCount = *podRounds, *podCount
+	o.PodRounds, o.PodCount, o.Settle = *podRounds, *podCount, *settle
 	for _, l := range []struct {
 		name string
 		s    string
