@@ -86,7 +86,7 @@ func TestIdleTrimGivesFreePagesBack(t *testing.T) {
 
 	// Each connection costs the daemon its buffers, its goroutines'
 	// stacks and the calls' garbage; all of it is free once they close.
-	const conns = 64
+	const conns = 128
 	var wg sync.WaitGroup
 	for range conns {
 		wg.Add(1)
@@ -130,10 +130,13 @@ func TestIdleTrimGivesFreePagesBack(t *testing.T) {
 	if err != nil {
 		t.Fatalf("heap/free in the dump: %v", err)
 	}
-	// The dump's own allocations may take a page or two.
-	if free > 64<<10 {
-		t.Errorf("idle daemon keeps %d KiB of free heap pages backed by memory, want at most 64", free>>10)
+	// What the idle daemon frees after the trim comes on top: 0 to 120
+	// KiB in five runs; without the trim's collection, 328 to 1304 KiB in
+	// three.
+	if free > 192<<10 {
+		t.Errorf("idle daemon keeps %d KiB of free heap pages backed by memory, want at most 192", free>>10)
 	}
+	t.Logf("free heap pages backed by memory: %d KiB", free>>10)
 }
 
 // readMemoryDump makes the daemon pid write its memory dump in bundle
