@@ -136,7 +136,10 @@ func TestIdleTrimGivesFreePagesBack(t *testing.T) {
 	if free > 192<<10 {
 		t.Errorf("idle daemon keeps %d KiB of free heap pages backed by memory, want at most 192", free>>10)
 	}
-	t.Logf("free heap pages backed by memory: %d KiB", free>>10)
+	t.Logf("free heap pages backed by memory: %d KiB; forced collections: %s", free>>10, got["/gc/cycles/forced:gc-cycles"])
+	if got["/gc/cycles/forced:gc-cycles"] == "0" {
+		t.Errorf("the trim forced no collection")
+	}
 }
 
 // readMemoryDump makes the daemon pid write its memory dump in bundle

@@ -8,6 +8,7 @@ import (
 	"path"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,26 +23,38 @@ import (
 const idleTrimDelay = 5 * time.Second
 
 // trimmer gives memory back once the shim has done no work for a while:
-// the heap pages that the last burst of calls left free (debug.FreeOSMemory)
-// and the pages of its executable that it mapped (dropCleanExePages). An
-// idle shim is most of a shim's life. Polling calls (Stats, State) do not
-// postpone the trim: containerd's CRI calls Stats of every container once
-// a second, and without this the trim would never engage on a Kubernetes
-// node; what a poll needs is mapped back on its first call after a trim,
-// and stays.
-//
-// Without the forced collection, free pages stay backed by memory until
-// the runtime's own collection, every 2 minutes when idle, updates its
-// scavenger's goal, and even then a group shim kept some: three group
-// shims of 50 containers read 0.27 to 0.71 MiB less Pss_Anon with it at
-// 35 s idle and 0.22 to 0.43 less at 150 s; a shim of one container gains
-// about 0.1 MiB until that 2-minute collection (docs/BENCHMARKS.md, 19).
+// the heap pages that the last burst of calls left free (collect) and the
+// pages of its executable that it mapped (dropCleanExePages). An idle shim
+// is most of a shim's life. Polling calls (Stats, State) do not postpone
+// the trim: containerd's CRI calls Stats of every container once a second,
+// and without this the trim would never engage on a Kubernetes node; what a
+// poll needs is mapped back on its first call after a trim, and stays.
 type trimmer struct {
-	mu       sync.Mutex
-	timer    *time.Timer // guarded by mu
-	lastCall time.Time   // guarded by mu
-	inFlight int         // guarded by mu
+	mu          sync.Mutex
+	timer       *time.Timer // guarded by mu
+	lastCall    time.Time   // guarded by mu
+	inFlight    int         // guarded by mu
+	lastCollect time.Time   // guarded by mu; zero: none yet
 }
+
+// collectMinFree is how much free heap still backed by memory, or garbage,
+// makes the trim force a collection that gives it back
+// (debug.FreeOSMemory). An idle shim's last collection comes during its
+// burst of calls, and the runtime's scavenger returns only what exceeds the
+// goal that collection set, so what the burst left free stays; the
+// runtime's own collection, every 2 minutes when idle, did not return it
+// all. Group shims of 50 containers kept 0.22 to 0.71 MiB less Pss_Anon
+// with the forced collection; an idle shim of one container, which holds
+// about 140 KiB free, has little to gain (docs/BENCHMARKS.md, 19).
+const collectMinFree = 256 << 10
+
+// collectEvery is the least time between two collections the trim forces.
+// One cost the daemon 1.7 to 3.6 ms of CPU, the collection and the
+// released pages that the next calls take back (two runs of an exec every
+// 7 s, each followed by a trim), and kubelet's exec probes end a burst of
+// calls every 10 s by default: at most one a minute, such a shim spent no
+// more CPU than without any (docs/BENCHMARKS.md, 19).
+const collectEvery = time.Minute
 
 // gcPercent is the daemon's GOGC when the environment sets none. The Go
 // runtime's default (100) lets the heap grow to 4 MiB before its first
@@ -77,8 +90,59 @@ func newTrimmer() *trimmer {
 }
 
 func (t *trimmer) trim() {
-	debug.FreeOSMemory()
+	t.collect(time.Now())
 	dropCleanExePages()
+}
+
+// collect forces a collection that gives the free heap back when enough is
+// free and the last one is at least collectEvery old. When enough is free
+// but the last one is too recent, the trim comes back once a collection is
+// due (unless a call puts it off first).
+func (t *trimmer) collect(now time.Time) {
+	if heapReclaimable() < collectMinFree {
+		return
+	}
+	t.mu.Lock()
+	if wait := collectWait(t.lastCollect, now); wait > 0 {
+		if t.inFlight == 0 {
+			t.timer.Reset(max(wait, idleTrimDelay))
+		}
+		t.mu.Unlock()
+		return
+	}
+	t.lastCollect = now
+	t.mu.Unlock()
+	debug.FreeOSMemory()
+}
+
+// collectWait is how long until the trim may force a collection again.
+func collectWait(last, now time.Time) time.Duration {
+	if last.IsZero() {
+		return 0
+	}
+	return max(last.Add(collectEvery).Sub(now), 0)
+}
+
+// heapReclaimable estimates what a forced collection would give back: the
+// free heap still backed by memory, and the heap's objects that the last
+// collection did not find live (garbage since then, freed by the next).
+func heapReclaimable() uint64 {
+	s := []metrics.Sample{
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/gc/heap/live:bytes"},
+	}
+	metrics.Read(s)
+	for _, x := range s {
+		if x.Value.Kind() != metrics.KindUint64 {
+			return 0
+		}
+	}
+	free, objects, live := s[0].Value.Uint64(), s[1].Value.Uint64(), s[2].Value.Uint64()
+	if objects > live {
+		free += objects - live
+	}
+	return free
 }
 
 // pollingMethod tells the calls that read state periodically from the

@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // smapsPIE is the smaps of a shim built with -buildmode=pie (abridged):
@@ -118,6 +119,24 @@ func TestPollingMethods(t *testing.T) {
 	} {
 		if got := pollingMethod(m); got != want {
 			t.Errorf("pollingMethod(%q) = %v, want %v", m, got, want)
+		}
+	}
+}
+
+func TestCollectWait(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		last time.Time
+		want time.Duration
+	}{
+		{time.Time{}, 0}, // none yet
+		{now.Add(-collectEvery - time.Second), 0},
+		{now.Add(-collectEvery), 0},
+		{now.Add(-collectEvery / 2), collectEvery / 2},
+		{now, collectEvery},
+	} {
+		if got := collectWait(c.last, now); got != c.want {
+			t.Errorf("collectWait(now%+v) = %v, want %v", c.last.Sub(now), got, c.want)
 		}
 	}
 }
