@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -104,9 +104,10 @@ func (t *trimmer) collect(now time.Time) {
 	}
 	t.mu.Lock()
 	if wait := collectWait(t.lastCollect, now); wait > 0 {
-		if t.inFlight == 0 {
-			t.timer.Reset(max(wait, idleTrimDelay))
-		}
+		// A call that does work and is in flight resets the timer
+		// again when it ends; a poll in flight (CRI's Stats, often)
+		// does not, so the trim must come back by itself.
+		t.timer.Reset(max(wait, idleTrimDelay))
 		t.mu.Unlock()
 		return
 	}
@@ -240,40 +241,68 @@ func dropCleanExePages() {
 func exeMappings(r io.Reader, exe string) []exeMapping {
 	var out []exeMapping
 	var cur *exeMapping
+	var f [6][]byte
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
-		line := sc.Text()
-		fields := strings.Fields(line)
-		if len(fields) == 0 {
+		// Bytes and fields, not strings: smaps has a line per field of
+		// every mapping, some 1500 lines, and the trim's own garbage would
+		// stay in the heap it has just trimmed.
+		n := splitFields(sc.Bytes(), f[:])
+		if n == 0 {
 			continue
 		}
-		if lo, hi, ok := strings.Cut(fields[0], "-"); ok && len(fields) >= 5 {
+		if lo, hi, ok := bytes.Cut(f[0], []byte("-")); ok && n >= 5 {
 			// A mapping's header: start-end perms offset dev inode [path]
 			cur = nil
-			start, err1 := strconv.ParseUint(lo, 16, 64)
-			end, err2 := strconv.ParseUint(hi, 16, 64)
-			if err1 != nil || err2 != nil || end <= start || len(fields) < 6 || fields[5] != exe {
+			start, err1 := strconv.ParseUint(string(lo), 16, 64)
+			end, err2 := strconv.ParseUint(string(hi), 16, 64)
+			if err1 != nil || err2 != nil || end <= start || n < 6 || string(f[5]) != exe {
 				continue
 			}
-			out = append(out, exeMapping{start: start, end: end, perms: fields[1], anon: unknownKiB})
+			out = append(out, exeMapping{start: start, end: end, perms: string(f[1]), anon: unknownKiB})
 			cur = &out[len(out)-1]
 			continue
 		}
-		if cur == nil || len(fields) < 2 {
+		if cur == nil || n < 2 {
 			continue
 		}
-		switch fields[0] {
-		case "Anonymous:", "Swap:":
-			v, err := strconv.ParseUint(fields[1], 10, 64)
-			if err != nil {
-				v = unknownKiB
-			}
-			if fields[0] == "Swap:" {
-				cur.swap = v
-			} else {
-				cur.anon = v
-			}
+		anon, swap := string(f[0]) == "Anonymous:", string(f[0]) == "Swap:"
+		if !anon && !swap {
+			continue
+		}
+		v, err := strconv.ParseUint(string(f[1]), 10, 64)
+		if err != nil {
+			v = unknownKiB
+		}
+		if swap {
+			cur.swap = v
+		} else {
+			cur.anon = v
 		}
 	}
 	return out
+}
+
+// splitFields splits line at runs of spaces and tabs into dst, the last
+// field taking the rest of the line (a path may hold spaces), and returns
+// how many it filled.
+func splitFields(line []byte, dst [][]byte) int {
+	n := 0
+	for n < len(dst) {
+		line = bytes.TrimLeft(line, " \t")
+		if len(line) == 0 {
+			break
+		}
+		if n == len(dst)-1 {
+			dst[n] = bytes.TrimRight(line, " \t")
+			return n + 1
+		}
+		end := bytes.IndexAny(line, " \t")
+		if end < 0 {
+			end = len(line)
+		}
+		dst[n], line = line[:end], line[end:]
+		n++
+	}
+	return n
 }
