@@ -271,9 +271,11 @@ func (e *Env) ExecProbes(ctx context.Context, checkpoints []int) (_ []ProbePoint
 // GroupPoint is the memory of the one shim serving a group of containers
 // (the io.containerd.runc.v2.group annotation), per runtime.
 type GroupPoint struct {
-	Containers     int `json:"containers"`
-	Mine           Mem `json:"mine"`
-	Runc           Mem `json:"runc_v2"`
+	Containers int `json:"containers"`
+	Mine       Mem `json:"mine"`
+	Runc       Mem `json:"runc_v2"`
+	// MineGoroutines is counted after every memory reading, on the way
+	// down from the largest count (GroupShim).
 	MineGoroutines int `json:"mine_goroutines"`
 	// MineCreators counts mine's goroutines by the function that created
 	// them ("created by" of its stacks file).
@@ -295,16 +297,21 @@ const groupConns = 50
 const groupAnnotation = "io.containerd.runc.v2.group"
 
 // GroupShim grows a group of sleeping containers per runtime to each count
-// in turn and reads the group shim's memory at each; at the largest count it
-// also opens more connections (withConns). Mine's goroutines are counted
-// last, on the way down: the count comes from the shim's SIGUSR1 stacks
-// dump, whose 1 MiB buffer becomes free heap pages that a shim does not
-// give back until its next collections, and that the objects of the next
-// containers or connections then reuse, so a memory reading taken after a
-// dump reads less growth than there was. With output, each container has
-// stdout and stderr FIFOs, as a pod's containers have under CRI; without,
-// no stdio.
+// in turn (counts ascending) and reads the group shim's memory at each; at
+// the largest count it also opens more connections (withConns). Mine's
+// goroutines are counted last, on the way down: the count comes from the
+// shim's SIGUSR1 stacks dump, whose buffer (up to twice the dump's size)
+// is garbage that stays in the shim's heap until its next collections, so
+// a memory reading taken after a dump would count it, and the next
+// containers or connections would reuse it. With output, each container
+// has stdout and stderr FIFOs, as a pod's containers have under CRI;
+// without, no stdio.
 func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration, output bool) (_ []GroupPoint, err error) {
+	for i := 1; i < len(counts); i++ {
+		if counts[i] <= counts[i-1] {
+			return nil, fmt.Errorf("group counts %v: want them ascending", counts)
+		}
+	}
 	boxes := map[Runtime][]*box{}
 	defer func() {
 		// One at a time, as they were started: runc-v2's group shim
@@ -391,15 +398,17 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration,
 	}
 	// Mine's goroutines at each count, from the largest down, removing the
 	// last started containers in between (the shim is found by the first
-	// one's ID, on its command line).
+	// one's ID, on its command line). So each count is that of a group
+	// grown to the largest count (and probed with more connections) and
+	// then shrunk back; before 94af383 it was read on the way up.
 	for i := len(out) - 1; i >= 0; i-- {
 		n := out[i].Containers
 		for len(boxes[Mine]) > n {
 			last := boxes[Mine][len(boxes[Mine])-1]
-			boxes[Mine] = boxes[Mine][:len(boxes[Mine])-1]
 			if err := last.remove(ctx, e); err != nil {
-				return out, err
+				return out, err // left in boxes: the deferred removal tries again
 			}
+			boxes[Mine] = boxes[Mine][:len(boxes[Mine])-1]
 		}
 		pid, err := e.shimOf(boxes[Mine][0])
 		if err != nil {
