@@ -316,28 +316,7 @@ func TestDaemonRuntimeSettings(t *testing.T) {
 	bundle := t.TempDir()
 	s := startTestShim(t, bundle, filepath.Join(shortTempDir(t), "s"), "c1", nil)
 	defer s.shutdown(t, "c1")
-	if err := syscall.Kill(s.pid, syscall.SIGUSR1); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(bundle, stacksFile)); err == nil {
-			break // the memory file is written first
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s from the daemon within 10s of SIGUSR1", stacksFile)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	data, err := os.ReadFile(filepath.Join(bundle, memoryFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		k, v, _ := strings.Cut(l, " ")
-		got[k] = v
-	}
+	got := readMemoryDump(t, s.pid, bundle)
 	for k, want := range map[string]string{
 		"/sched/gomaxprocs:threads": "3",
 		"/gc/gogc:percent":          "25",
@@ -347,7 +326,7 @@ func TestDaemonRuntimeSettings(t *testing.T) {
 		}
 	}
 	if got["/memory/classes/total:bytes"] == "" {
-		t.Errorf("no /memory/classes/total:bytes in %s:\n%s", memoryFile, data)
+		t.Errorf("no /memory/classes/total:bytes in %s: %v", memoryFile, got)
 	}
 }
 
