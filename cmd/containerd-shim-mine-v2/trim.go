@@ -256,7 +256,9 @@ func exeMappings(r io.Reader, exe string) []exeMapping {
 			cur = nil
 			start, err1 := strconv.ParseUint(string(lo), 16, 64)
 			end, err2 := strconv.ParseUint(string(hi), 16, 64)
-			if err1 != nil || err2 != nil || end <= start || n < 6 || string(f[5]) != exe {
+			// A replaced executable's mappings name it "PATH (deleted)";
+			// os.Executable gives PATH.
+			if err1 != nil || err2 != nil || end <= start || n < 6 || string(bytes.TrimSuffix(f[5], []byte(" (deleted)"))) != exe {
 				continue
 			}
 			out = append(out, exeMapping{start: start, end: end, perms: string(f[1]), anon: unknownKiB})

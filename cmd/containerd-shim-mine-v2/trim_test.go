@@ -170,6 +170,20 @@ func TestExeMappingsAllocatesLittle(t *testing.T) {
 	}
 }
 
+// A shim whose binary was replaced while it runs (an upgrade) still finds
+// its mappings: smaps names them "PATH (deleted)", os.Executable gives PATH.
+func TestExeMappingsOfAReplacedExecutable(t *testing.T) {
+	smaps := "00400000-006fc000 r-xp 00000000 fe:00 9986103    /opt/my bin/shim (deleted)\n" +
+		"Anonymous:             0 kB\n" +
+		"Swap:                  0 kB\n" +
+		"006fc000-00aa5000 r--p 002fc000 fe:00 9986103    /opt/my bin/shim-other\n" +
+		"Anonymous:             0 kB\n"
+	maps := exeMappings(strings.NewReader(smaps), "/opt/my bin/shim")
+	if len(maps) != 1 || maps[0].start != 0x400000 || maps[0].anon != 0 || maps[0].swap != 0 {
+		t.Errorf("mappings %+v, want the one r-xp mapping of /opt/my bin/shim with its figures", maps)
+	}
+}
+
 func TestSplitFields(t *testing.T) {
 	for _, c := range []struct {
 		line string
