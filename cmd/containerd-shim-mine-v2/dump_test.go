@@ -120,34 +120,23 @@ func TestIdleTrimGivesFreePagesBack(t *testing.T) {
 		return
 	}
 	// The burst ends with the last Pids; the trim comes idleTrimDelay
-	// after it. Before it, the daemon holds the burst's free pages and
-	// garbage; after it, the collection it forced has given them back.
-	before := readMemoryDump(t, s.pid, bundle)
-	if before["/gc/cycles/forced:gc-cycles"] != "0" {
-		t.Fatalf("a collection was forced before the trim: %s", before["/gc/cycles/forced:gc-cycles"])
-	}
-	time.Sleep(idleTrimDelay)
-	deadline := time.Now().Add(5 * time.Second)
-	for readMemoryDump(t, s.pid, bundle)["/gc/cycles/forced:gc-cycles"] == "0" {
-		if time.Now().After(deadline) {
-			t.Fatalf("no collection forced by the trim within %v of the burst", idleTrimDelay+5*time.Second)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	time.Sleep(500 * time.Millisecond) // the collection is counted before it gives the pages back
+	// after it. Then either it forced a collection, or the runtime had
+	// already given back enough on its own that less than collectMinFree
+	// was left to reclaim. Without the trim's collection the daemon still
+	// held 344 to 984 KiB free a second after the trim (three runs); with
+	// it, three runs of five forced a collection and the other two held
+	// 56 and 136 KiB.
+	time.Sleep(idleTrimDelay + time.Second)
 	after := readMemoryDump(t, s.pid, bundle)
-	released := func(d map[string]string) uint64 {
-		v, err := strconv.ParseUint(d["/memory/classes/heap/released:bytes"], 10, 64)
-		if err != nil {
-			t.Fatalf("heap/released in the dump: %v", err)
-		}
-		return v
+	left, err := strconv.ParseUint(after["/memory/classes/heap/free:bytes"], 10, 64)
+	if err != nil {
+		t.Fatalf("heap/free in the dump: %v", err)
 	}
-	gave := int64(released(after)) - int64(released(before))
-	t.Logf("heap given back by the trim: %d KiB (free before: %s, after: %s)", gave>>10,
-		before["/memory/classes/heap/free:bytes"], after["/memory/classes/heap/free:bytes"])
-	if gave < collectMinFree {
-		t.Errorf("the trim gave back %d KiB of heap, want at least %d", gave>>10, collectMinFree>>10)
+	forced := after["/gc/cycles/forced:gc-cycles"]
+	t.Logf("after the trim: %d KiB free heap backed by memory, %s forced collections", left>>10, forced)
+	if forced == "0" && left > collectMinFree {
+		t.Errorf("the trim forced no collection and left %d KiB of free heap backed by memory, want a collection or at most %d KiB",
+			left>>10, collectMinFree>>10)
 	}
 }
 
