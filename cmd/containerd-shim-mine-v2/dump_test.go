@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,6 +73,22 @@ func TestDumpStacksGrowsItsBuffer(t *testing.T) {
 			names = append(names, e.Name())
 		}
 		t.Errorf("files beside the dump: %v, want only %s", names, stacksFile)
+	}
+}
+
+// TestDumpStacksAllocatesLittle: a dump of a few goroutines' stacks must
+// not leave a large buffer behind in the heap (it allocated 1 MiB, and a
+// copy of the dump, whatever the dump's size).
+func TestDumpStacksAllocatesLittle(t *testing.T) {
+	path := filepath.Join(t.TempDir(), stacksFile)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if err := dumpStacks(path); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 256<<10 {
+		t.Errorf("a stacks dump of %d goroutines allocated %d KiB, want at most 256", runtime.NumGoroutine(), got>>10)
 	}
 }
 
