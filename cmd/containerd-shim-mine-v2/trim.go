@@ -35,6 +35,7 @@ type trimmer struct {
 	lastCall    time.Time   // guarded by mu
 	inFlight    int         // guarded by mu
 	lastCollect time.Time   // guarded by mu; zero: none yet
+	stopped     bool        // guarded by mu: no trim re-arms the timer
 }
 
 // collectMinFree is how much free heap still backed by memory, or garbage,
@@ -107,7 +108,9 @@ func (t *trimmer) collect(now time.Time) {
 		// A call that does work and is in flight resets the timer
 		// again when it ends; a poll in flight (CRI's Stats, often)
 		// does not, so the trim must come back by itself.
-		t.timer.Reset(max(wait, idleTrimDelay))
+		if !t.stopped {
+			t.timer.Reset(max(wait, idleTrimDelay))
+		}
 		t.mu.Unlock()
 		return
 	}
@@ -188,6 +191,7 @@ func (t *trimmer) idleFor() time.Duration {
 
 func (t *trimmer) stop() {
 	t.mu.Lock()
+	t.stopped = true
 	t.timer.Stop()
 	t.mu.Unlock()
 }
