@@ -29,12 +29,28 @@ const idleTrimDelay = 5 * time.Second
 // the trim: containerd's CRI calls Stats of every container once a second,
 // and without this the trim would never engage on a Kubernetes node; what a
 // poll needs is mapped back on its first call after a trim, and stays.
+//
+// After a trim the shim checks its heap every collectEvery until a call
+// that does work comes: the polls go on leaving garbage and free pages,
+// which only a collection gives back. A check does not drop the
+// executable's pages again: the next poll would map them back.
 type trimmer struct {
+	// What a trim waits for and does, set by newTrimmer (idleTrimDelay,
+	// collectEvery, collectMinFree, heapReclaimable, debug.FreeOSMemory,
+	// dropCleanExePages); tests shorten the times and count the actions.
+	delay       time.Duration
+	every       time.Duration
+	minFree     uint64
+	reclaimable func() uint64
+	freeOS      func()
+	dropExe     func()
+
 	mu          sync.Mutex
 	timer       *time.Timer // guarded by mu
 	lastCall    time.Time   // guarded by mu
 	inFlight    int         // guarded by mu
 	lastCollect time.Time   // guarded by mu; zero: none yet
+	trimmed     bool        // guarded by mu: no call that does work since the last trim
 	stopped     bool        // guarded by mu: no trim re-arms the timer
 }
 
@@ -85,46 +101,71 @@ func newTrimmer() *trimmer {
 	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
 		runtime.GOMAXPROCS(min(daemonProcs, runtime.NumCPU()))
 	}
-	t := &trimmer{lastCall: time.Now()}
-	t.timer = time.AfterFunc(idleTrimDelay, t.trim)
+	return startTrimmer(&trimmer{
+		delay:       idleTrimDelay,
+		every:       collectEvery,
+		minFree:     collectMinFree,
+		reclaimable: heapReclaimable,
+		freeOS:      debug.FreeOSMemory,
+		dropExe:     dropCleanExePages,
+	})
+}
+
+// startTrimmer arms t's timer for its first trim.
+func startTrimmer(t *trimmer) *trimmer {
+	t.lastCall = time.Now()
+	t.timer = time.AfterFunc(t.delay, t.trim)
 	return t
 }
 
+// trim runs when the timer fires: idleTrimDelay after the last call that
+// did work, then every collectEvery (or when a postponed collection is
+// due) until the next such call. A call that does work and is in flight
+// resets the timer again when it ends; a poll in flight (CRI's Stats,
+// often) does not, so the timer always comes back by itself.
 func (t *trimmer) trim() {
-	t.collect(time.Now())
-	dropCleanExePages()
+	t.mu.Lock()
+	first := !t.trimmed
+	t.trimmed = true
+	t.mu.Unlock()
+	next := t.collect(time.Now())
+	if first {
+		t.dropExe()
+	}
+	t.mu.Lock()
+	// A call that did work meanwhile has set the timer for the next trim.
+	if !t.stopped && t.trimmed {
+		t.timer.Reset(next)
+	}
+	t.mu.Unlock()
 }
 
 // collect forces a collection that gives the free heap back when enough is
-// free and the last one is at least collectEvery old. When enough is free
-// but the last one is too recent, the trim comes back once a collection is
-// due (unless a call puts it off first).
-func (t *trimmer) collect(now time.Time) {
-	if heapReclaimable() < collectMinFree {
-		return
+// free and the last one is at least collectEvery old, and returns when to
+// check again: when a collection is due, if enough is free but the last one
+// is too recent.
+func (t *trimmer) collect(now time.Time) time.Duration {
+	if t.reclaimable() < t.minFree {
+		return t.every
 	}
 	t.mu.Lock()
-	if wait := collectWait(t.lastCollect, now); wait > 0 {
-		// A call that does work and is in flight resets the timer
-		// again when it ends; a poll in flight (CRI's Stats, often)
-		// does not, so the trim must come back by itself.
-		if !t.stopped {
-			t.timer.Reset(max(wait, idleTrimDelay))
-		}
+	if wait := collectWait(t.lastCollect, now, t.every); wait > 0 {
 		t.mu.Unlock()
-		return
+		return max(wait, t.delay)
 	}
 	t.lastCollect = now
 	t.mu.Unlock()
-	debug.FreeOSMemory()
+	t.freeOS()
+	return t.every
 }
 
-// collectWait is how long until the trim may force a collection again.
-func collectWait(last, now time.Time) time.Duration {
+// collectWait is how long until the trim may force a collection again, the
+// last one forced at last (zero: none yet).
+func collectWait(last, now time.Time, every time.Duration) time.Duration {
 	if last.IsZero() {
 		return 0
 	}
-	return max(last.Add(collectEvery).Sub(now), 0)
+	return max(last.Add(every).Sub(now), 0)
 }
 
 // heapReclaimable estimates what a forced collection would give back: the
@@ -172,7 +213,10 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 		t.inFlight--
 		t.lastCall = time.Now()
 		if !polling {
-			t.timer.Reset(idleTrimDelay)
+			t.trimmed = false
+			if !t.stopped {
+				t.timer.Reset(t.delay)
+			}
 		}
 		t.mu.Unlock()
 	}()

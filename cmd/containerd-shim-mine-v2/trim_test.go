@@ -2,10 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/containerd/ttrpc"
 )
 
 // smapsPIE is the smaps of a shim built with -buildmode=pie (abridged):
@@ -136,7 +140,7 @@ func TestCollectWait(t *testing.T) {
 		{now.Add(-collectEvery / 2), collectEvery / 2},
 		{now, collectEvery},
 	} {
-		if got := collectWait(c.last, now); got != c.want {
+		if got := collectWait(c.last, now, collectEvery); got != c.want {
 			t.Errorf("collectWait(now%+v) = %v, want %v", c.last.Sub(now), got, c.want)
 		}
 	}
@@ -207,5 +211,65 @@ func TestSplitFields(t *testing.T) {
 		if strings.Join(got, "|") != strings.Join(c.want, "|") || len(got) != len(c.want) {
 			t.Errorf("splitFields(%q) = %q, want %q", c.line, got, c.want)
 		}
+	}
+}
+
+// Under polling alone a shim keeps checking its heap after its trim, every
+// collectEvery: the polls go on leaving garbage and free pages that only a
+// collection gives back (before, nothing came after the first trim, and a
+// polled shim's private memory grew from 3.6 to 4.3 MiB between its first
+// and fifth minute). The executable's pages are dropped once per idle
+// spell, not at every check, since the next poll maps them back; a call
+// that does work starts a new spell; a stopped trimmer does nothing more.
+func TestTrimKeepsCollectingUnderPolling(t *testing.T) {
+	var mu sync.Mutex
+	var collections, drops int
+	counts := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return collections, drops
+	}
+	tr := startTrimmer(&trimmer{
+		delay:       20 * time.Millisecond,
+		every:       60 * time.Millisecond,
+		minFree:     1,
+		reclaimable: func() uint64 { return 1 << 20 },
+		freeOS:      func() { mu.Lock(); collections++; mu.Unlock() },
+		dropExe:     func() { mu.Lock(); drops++; mu.Unlock() },
+	})
+	defer tr.stop()
+	call := func(method string) {
+		t.Helper()
+		_, err := tr.interceptor(context.Background(), func(any) error { return nil },
+			&ttrpc.UnaryServerInfo{FullMethod: method},
+			func(context.Context, func(any) error) (any, error) { return nil, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for end := time.Now().Add(600 * time.Millisecond); time.Now().Before(end); {
+		call("/containerd.task.v3.Task/Stats")
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The trim at 20 ms, then a check every 60 ms: about 10 collections.
+	c, d := counts()
+	if c < 3 || d != 1 {
+		t.Fatalf("600 ms of polls: %d collections and %d drops of the executable's pages, want at least 3 and 1", c, d)
+	}
+	call("/containerd.task.v3.Task/Exec")
+	for end := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, d = counts(); d == 2 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("no trim within 2 s of a call that did work (%d drops)", d)
+		}
+	}
+	tr.stop()
+	time.Sleep(10 * time.Millisecond) // a trim already running ends
+	c, d = counts()
+	time.Sleep(200 * time.Millisecond)
+	if c2, d2 := counts(); c2 != c || d2 != d {
+		t.Errorf("a stopped trimmer went on: %d -> %d collections, %d -> %d drops", c, c2, d, d2)
 	}
 }
