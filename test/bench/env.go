@@ -98,6 +98,7 @@ type Env struct {
 	runc        string
 	shims       map[Runtime]string // binary containerd runs for each runtime
 	shimExe     map[Runtime]string // the same with symlinks resolved
+	floorExe    string             // the floor server (floor.go), or ""
 	snapshotter string
 
 	d      *daemon
@@ -172,6 +173,9 @@ func Open(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err := e.prepareShim(ctx, shim); err != nil {
 		return nil, err
 	}
+	if err := e.prepareFloor(ctx); err != nil {
+		return nil, err
+	}
 	for rt, p := range e.shims {
 		if e.shimExe[rt], err = filepath.EvalSymlinks(p); err != nil {
 			return nil, err
@@ -185,6 +189,11 @@ func Open(ctx context.Context, cfg Config) (_ *Env, err error) {
 	unix.Sync()
 	for _, p := range e.shimExe {
 		if err := dropCache(p); err != nil {
+			return nil, err
+		}
+	}
+	if e.floorExe != "" {
+		if err := dropCache(e.floorExe); err != nil {
 			return nil, err
 		}
 	}

@@ -79,6 +79,10 @@ type PollPoint struct {
 	Polls      int        `json:"polls"`
 	Mine       ShimMemory `json:"mine"`
 	Runc       ShimMemory `json:"runc_v2"`
+	// Floor is the memory of as many floor servers (floor.go), one per
+	// container, each polled directly once a second with a Wait held, read
+	// at the same time; nil without a floor server.
+	Floor *ShimMemory `json:"floor,omitempty"`
 	// CPU is each shim's own CPU time over the polling, in ms per
 	// second of polling.
 	CPU Comparison `json:"cpu_ms_per_s"`
@@ -118,7 +122,39 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 		}
 		boxes[rt] = bs
 	}
-	all := append(append([]*box{}, boxes[Mine]...), boxes[RuncV2]...)
+	var floors []*floor
+	defer func() { err = errors.Join(err, closeFloors(floors)) }()
+	if e.floorExe != "" {
+		if err := dropCache(e.floorExe); err != nil {
+			return p, err
+		}
+		e.logf("stats polling: starting %d floor servers", n)
+		for i, b := range boxes[Mine] {
+			f, err := e.startFloor(ctx, fmt.Sprintf("floor-poll-%d-%d", n, i), b.t.Pid())
+			if err != nil {
+				return p, err
+			}
+			floors = append(floors, f)
+		}
+	}
+	// Every shim's containers through containerd, as CRI polls them, and
+	// the floor servers directly.
+	type target struct {
+		name string
+		poll func(context.Context) error
+	}
+	var targets []target
+	for _, b := range append(append([]*box{}, boxes[Mine]...), boxes[RuncV2]...) {
+		targets = append(targets, target{b.id, func(ctx context.Context) error {
+			cctx, cancel := context.WithTimeout(e.nsCtx(ctx), 2*time.Second)
+			defer cancel()
+			_, err := b.t.Metrics(cctx)
+			return err
+		}})
+	}
+	for i, f := range floors {
+		targets = append(targets, target{fmt.Sprintf("floor %d", i), f.stats})
+	}
 	cpu0 := map[int]CPU{}
 	for _, rt := range Runtimes {
 		_, procs, err := e.memOfShims(boxes[rt], n)
@@ -137,12 +173,12 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 	var mu sync.Mutex
 	var pollErr error
 	polls := 0
-	for i, b := range all {
+	for i, t := range targets {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// Spread the polls over the second, as independent timers are.
-			phase := time.Duration(i) * time.Second / time.Duration(len(all))
+			phase := time.Duration(i) * time.Second / time.Duration(len(targets))
 			select {
 			case <-time.After(phase):
 			case <-pctx.Done():
@@ -151,12 +187,10 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 			tick := time.NewTicker(time.Second)
 			defer tick.Stop()
 			for {
-				cctx, cancel := context.WithTimeout(e.nsCtx(pctx), 2*time.Second)
-				_, err := b.t.Metrics(cctx)
-				cancel()
+				err := t.poll(pctx)
 				mu.Lock()
 				if err != nil && pctx.Err() == nil && pollErr == nil {
-					pollErr = fmt.Errorf("metrics of %s: %w", b.id, err)
+					pollErr = fmt.Errorf("metrics of %s: %w", t.name, err)
 				}
 				polls++
 				mu.Unlock()
@@ -193,6 +227,20 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 			p.Runc = summarizeMem(mems)
 		}
 	}
+	if len(floors) > 0 {
+		var mems []Mem
+		for _, f := range floors {
+			m, err := readMem(f.pid())
+			if err != nil {
+				stop()
+				wg.Wait()
+				return p, err
+			}
+			mems = append(mems, m)
+		}
+		fm := summarizeMem(mems)
+		p.Floor = &fm
+	}
 	stop()
 	wg.Wait()
 	p.Polls = polls
@@ -206,6 +254,9 @@ type ProbePoint struct {
 	Execs int `json:"execs"`
 	Mine  Mem `json:"mine"`
 	Runc  Mem `json:"runc_v2"`
+	// Floor is an idle floor server's memory (floor.go), with one
+	// connection and a Wait; nil without a floor server.
+	Floor *Mem `json:"floor,omitempty"`
 }
 
 // ExecProbes runs execs of `true` one at a time into one container per
@@ -218,8 +269,24 @@ func (e *Env) ExecProbes(ctx context.Context, checkpoints []int) (_ []ProbePoint
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, e.removeTargets(ctx, targets)) }()
+	// An idle floor server with a Wait held: what any shim keeps for a
+	// container that containerd waits on, before its first exec.
+	var fl *floor
+	if e.floorExe != "" {
+		if fl, err = e.startFloor(ctx, "floor-probes", targets[Mine].t.Pid()); err != nil {
+			return nil, err
+		}
+		defer func() { err = errors.Join(err, fl.close()) }()
+	}
 	read := func(execs int) (ProbePoint, error) {
 		p := ProbePoint{Execs: execs}
+		if fl != nil {
+			m, err := readMem(fl.pid())
+			if err != nil {
+				return p, err
+			}
+			p.Floor = &m
+		}
 		for _, rt := range Runtimes {
 			pid, err := e.shimOf(targets[rt])
 			if err != nil {
@@ -288,6 +355,12 @@ type GroupPoint struct {
 	Conns     int `json:"conns,omitempty"`
 	MineConns Mem `json:"mine_with_conns,omitempty"`
 	RuncConns Mem `json:"runc_v2_with_conns,omitempty"`
+	// Floor is a floor server's memory (floor.go) with one connection and
+	// its Wait, and FloorConns with Conns more: what they add is the least
+	// any shim pays per container for containerd's connection and Wait.
+	// Nil without a floor server.
+	Floor      *Mem `json:"floor,omitempty"`
+	FloorConns *Mem `json:"floor_with_conns,omitempty"`
 }
 
 // groupConns is how many connections the probe of GroupShim opens.
@@ -376,6 +449,16 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration,
 			}
 		}
 		if n == counts[len(counts)-1] {
+			// A floor server reading the first container's cgroup, with
+			// one connection and its Wait, settles while the shims are
+			// probed; then it gets as many more connections.
+			var fl *floor
+			if e.floorExe != "" {
+				if fl, err = e.startFloor(ctx, "floor-group", boxes[Mine][0].t.Pid()); err != nil {
+					return out, err
+				}
+				defer func() { err = errors.Join(err, fl.close()) }()
+			}
 			for _, rt := range order(n) {
 				_, procs, err := e.memOfShims(boxes[rt], 1)
 				if err != nil {
@@ -393,6 +476,18 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration,
 				}
 			}
 			p.Conns = groupConns
+			if fl != nil {
+				one, err := readMem(fl.pid())
+				if err != nil {
+					return out, err
+				}
+				e.logf("group shim: %d more connections to a floor server, each with a Wait", groupConns)
+				more, err := e.withConns(ctx, boxes[Mine][0], fl.pid(), groupConns, settle)
+				if err != nil {
+					return out, err
+				}
+				p.Floor, p.FloorConns = &one, &more
+			}
 		}
 		out = append(out, p)
 	}

@@ -72,12 +72,24 @@ func (r *Report) rows() []row {
 			row{name: fmt.Sprintf("Pss_Anon per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.PssAnon, mib), runc: scale(p.Runc.PssAnon, mib), ratio: Ratio(p.Mine.PssAnon.Median, p.Runc.PssAnon.Median)},
 			row{name: fmt.Sprintf("peak RSS per shim under 1 Hz Stats, %d containers (MiB)", n), mine: scale(p.Mine.PeakRss, mib), runc: scale(p.Runc.PeakRss, mib), ratio: Ratio(p.Mine.PeakRss.Median, p.Runc.PeakRss.Median)},
 			cmpRow(fmt.Sprintf("shim CPU under 1 Hz Stats, %d containers (ms per s)", n), p.CPU, ""))
+		if f := p.Floor; f != nil {
+			// In the mine column: the floor server, against runc-v2.
+			rows = append(rows,
+				row{name: fmt.Sprintf("floor server vs runc-v2: RSS under 1 Hz Stats, %d containers (MiB)", n), mine: scale(f.Rss, mib), runc: scale(p.Runc.Rss, mib), ratio: Ratio(f.Rss.Median, p.Runc.Rss.Median)},
+				row{name: fmt.Sprintf("floor server vs runc-v2: PSS under 1 Hz Stats, %d containers (MiB)", n), mine: scale(f.Pss, mib), runc: scale(p.Runc.Pss, mib), ratio: Ratio(f.Pss.Median, p.Runc.Pss.Median)},
+				row{name: fmt.Sprintf("floor server vs runc-v2: Pss_Anon under 1 Hz Stats, %d containers (MiB)", n), mine: scale(f.PssAnon, mib), runc: scale(p.Runc.PssAnon, mib), ratio: Ratio(f.PssAnon.Median, p.Runc.PssAnon.Median)})
+		}
 	}
 	one := func(v float64) Summary { return Summary{N: 1, Median: v, P90: v} }
 	for _, p := range r.Probes {
 		rows = append(rows,
 			row{name: fmt.Sprintf("RSS after %d exec probes (MiB)", p.Execs), mine: one(p.Mine.Rss * mib), runc: one(p.Runc.Rss * mib), ratio: Ratio(p.Mine.Rss, p.Runc.Rss)},
 			row{name: fmt.Sprintf("Pss_Anon after %d exec probes (MiB)", p.Execs), mine: one(p.Mine.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(p.Mine.PssAnon, p.Runc.PssAnon)})
+		if f := p.Floor; f != nil && p.Execs > 0 {
+			rows = append(rows,
+				row{name: fmt.Sprintf("idle floor server vs runc-v2 after %d exec probes: RSS (MiB)", p.Execs), mine: one(f.Rss * mib), runc: one(p.Runc.Rss * mib), ratio: Ratio(f.Rss, p.Runc.Rss)},
+				row{name: fmt.Sprintf("idle floor server vs runc-v2 after %d exec probes: Pss_Anon (MiB)", p.Execs), mine: one(f.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(f.PssAnon, p.Runc.PssAnon)})
+		}
 	}
 	for _, g := range []struct {
 		what   string
@@ -94,6 +106,11 @@ func (r *Report) rows() []row {
 				c := (p.RuncConns.PssAnon - p.Runc.PssAnon) / float64(p.Conns)
 				rows = append(rows, row{name: fmt.Sprintf("%s, %d containers: Pss_Anon per added connection with a Wait (KiB)", g.what, p.Containers),
 					mine: one(m), runc: one(c), ratio: Ratio(m, c)})
+			}
+			if f, _, ok := p.floorPerConn(); ok {
+				c := (p.RuncConns.PssAnon - p.Runc.PssAnon) / float64(p.Conns)
+				rows = append(rows, row{name: fmt.Sprintf("%s: floor server vs runc-v2, Pss_Anon per added connection with a Wait (KiB)", g.what),
+					mine: one(f), runc: one(c), ratio: Ratio(f, c)})
 			}
 		}
 	}

@@ -212,3 +212,29 @@ func TestTableVerdicts(t *testing.T) {
 		}
 	}
 }
+
+// A goal missed by mine whose floor is also above the limit says so; one
+// whose floor is below it does not.
+func TestGoalVerdictsWithFloor(t *testing.T) {
+	mib := func(v float64) ShimMemory {
+		s := Summary{N: 1, Median: v, P90: v, Min: v, Max: v}
+		return ShimMemory{Rss: s, Pss: s, PssAnon: s, PeakRss: s}
+	}
+	floor := mib(5400) // PSS 0.54 of runc-v2's, RSS 0.54
+	floor.Rss = Summary{N: 1, Median: 4000, P90: 4000, Min: 4000, Max: 4000}
+	r := &Report{Poll: []PollPoint{{Containers: 10, Mine: mib(7000), Runc: mib(10000), Floor: &floor}}}
+	var b strings.Builder
+	if err := r.WriteGoals(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"| RSS per shim under 1 Hz Stats polling, 10 containers | 0.70 | 0.40 | 0.50 | missed |",
+		"| PSS per shim under 1 Hz Stats polling, 10 containers | 0.70 | 0.54 | 0.50 | missed; the floor is above the limit |",
+		"| peak RSS (VmHWM) per shim under polling, 10 containers | 0.70 | 0.54 | 0.70 | met |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("goals have no %q:\n%s", want, out)
+		}
+	}
+}

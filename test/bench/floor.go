@@ -1,0 +1,146 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/ttrpc"
+)
+
+const (
+	floorName    = "mine-floor"
+	floorPackage = "github.com/mineshim/mine/test/bench/floorshim"
+)
+
+// prepareFloor builds the floor server (command floorshim) into the work
+// directory. Without go (a prebuilt shim given and no toolchain) there is
+// no floor: e.floorExe stays empty and the figures that need it are left
+// out of the report.
+func (e *Env) prepareFloor(ctx context.Context) error {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		e.logf("no go in PATH: no floor server, its figures are left out")
+		return nil
+	}
+	dst := filepath.Join(e.binDir, floorName)
+	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags", "-s -w", "-o", dst, floorPackage)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %w\n%s", floorPackage, err, out)
+	}
+	e.floorExe = dst
+	return nil
+}
+
+// floor is one running floor server with one connection to it, on which a
+// Wait is in flight, as containerd holds one per task.
+type floor struct {
+	cmd    *exec.Cmd
+	exited chan error
+	client *ttrpc.Client
+	task   taskv3.TTRPCTaskService
+	cancel context.CancelFunc
+	waited chan struct{}
+}
+
+// startFloor starts a floor server whose Stats reads the cgroup of pid,
+// with GOMAXPROCS 2 as containerd starts every shim, connects to it and
+// calls Wait.
+func (e *Env) startFloor(ctx context.Context, name string, pid uint32) (_ *floor, err error) {
+	if e.floorExe == "" {
+		return nil, errors.New("no floor server")
+	}
+	socket := filepath.Join(e.dir, name+".sock")
+	_ = os.Remove(socket)
+	f := &floor{exited: make(chan error, 1), waited: make(chan struct{})}
+	f.cmd = exec.Command(e.floorExe, "-socket", socket, "-pid", fmt.Sprint(pid))
+	f.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	f.cmd.Stderr = os.Stderr
+	if err := f.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start floor server: %w", err)
+	}
+	go func() { f.exited <- f.cmd.Wait() }()
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, f.close())
+		}
+	}()
+	var conn net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if conn, err = net.DialTimeout("unix", socket, time.Second); err == nil {
+			break
+		}
+		select {
+		case xerr := <-f.exited:
+			f.exited <- xerr
+			return f, fmt.Errorf("floor server exited: %v", xerr)
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return f, fmt.Errorf("floor server %s: %w", socket, err)
+		}
+	}
+	f.client = ttrpc.NewClient(conn)
+	f.task = taskv3.NewTTRPCTaskClient(f.client)
+	wctx, cancel := context.WithCancel(e.nsCtx(context.WithoutCancel(ctx)))
+	f.cancel = cancel
+	go func() {
+		defer close(f.waited)
+		f.task.Wait(wctx, &taskv3.WaitRequest{ID: name})
+	}()
+	return f, nil
+}
+
+// pid is the floor server's process ID.
+func (f *floor) pid() int { return f.cmd.Process.Pid }
+
+// stats calls Stats once.
+func (f *floor) stats(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := f.task.Stats(ctx, &taskv3.StatsRequest{ID: "floor"})
+	return err
+}
+
+// close ends the Wait and the connection and stops the server.
+func (f *floor) close() error {
+	if f.cancel != nil {
+		f.cancel()
+	}
+	if f.client != nil {
+		f.client.Close()
+		<-f.waited
+	}
+	_ = f.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-f.exited:
+		var xerr *exec.ExitError
+		if errors.As(err, &xerr) && xerr.Exited() {
+			return fmt.Errorf("floor server: %w", err)
+		}
+		return nil // ended by the signal
+	case <-time.After(5 * time.Second):
+		_ = f.cmd.Process.Kill()
+		<-f.exited
+		return errors.New("floor server did not stop on SIGTERM")
+	}
+}
+
+// closeFloors closes every floor of fs.
+func closeFloors(fs []*floor) error {
+	var errs []error
+	for _, f := range fs {
+		errs = append(errs, f.close())
+	}
+	return errors.Join(errs...)
+}

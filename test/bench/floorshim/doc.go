@@ -1,0 +1,17 @@
+// Command floorshim is the floor of the benchmark's memory figures: the
+// least a shim must serve to a containerd whose CRI polls it, and nothing
+// else. It serves the Task API v3 over ttrpc on one unix socket with two
+// methods: Stats, which reads the cgroup of one process with the mine shim's
+// own reader (package cgroup) and answers with its encoding, and Wait, which
+// blocks until its caller goes away, as containerd holds one Wait per task.
+// Every other method is unknown to it. It creates no container, runs no
+// runc, watches no OOM and publishes no event; it sets the mine daemon's
+// GOGC (25) unless the environment sets one.
+//
+// A shim on the project's stack (Go, ttrpc, the protobuf runtime, the Task
+// API's messages) cannot serve polled containers in less memory than this
+// program does, so the benchmark runs copies of it beside the shims, polls
+// them the same way and reports where a goal's limit lies below them.
+//
+//	floorshim -socket PATH -pid PID
+package main
