@@ -54,8 +54,9 @@ type floor struct {
 }
 
 // startFloor starts a floor server whose Stats reads the cgroup of pid,
-// with GOMAXPROCS 2 as containerd starts every shim, connects to it and
-// calls Wait.
+// with one processor (fewer than containerd's 2 for a shim: the floor is the
+// least memory, whatever it costs in latency), connects to it and calls
+// Wait.
 func (e *Env) startFloor(ctx context.Context, name string, pid uint32) (_ *floor, err error) {
 	if e.floorExe == "" {
 		return nil, errors.New("no floor server")
@@ -64,7 +65,7 @@ func (e *Env) startFloor(ctx context.Context, name string, pid uint32) (_ *floor
 	_ = os.Remove(socket)
 	f := &floor{exited: make(chan error, 1), waited: make(chan struct{})}
 	f.cmd = exec.Command(e.floorExe, "-socket", socket, "-pid", fmt.Sprint(pid))
-	f.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	f.cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 	f.cmd.Stderr = os.Stderr
 	if err := f.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start floor server: %w", err)
