@@ -17,5 +17,8 @@
 // program does, so the benchmark runs copies of it beside the shims, polls
 // them the same way and reports where a goal's limit lies below them.
 //
-//	floorshim -socket PATH -pid PID
+//	floorshim -socket PATH -pid PID [-collect=false]
+//
+// With -collect=false it leaves collections to the runtime, to tell what
+// the collections after every call are worth.
 package main

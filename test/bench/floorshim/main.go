@@ -29,6 +29,7 @@ func main() {
 func run() error {
 	socket := flag.String("socket", "", "unix socket to serve on")
 	pid := flag.Int("pid", 0, "process whose cgroup Stats reads")
+	collect := flag.Bool("collect", true, "force a collection after every call")
 	flag.Parse()
 	if *socket == "" || *pid <= 0 {
 		return errors.New("-socket and -pid are required")
@@ -54,7 +55,14 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	go collector(kick)
+	if *collect {
+		go collector(kick)
+	} else {
+		go func() {
+			for range kick { // the runtime's own collections only
+			}
+		}()
+	}
 	register(srv, stats)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
