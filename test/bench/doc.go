@@ -26,6 +26,12 @@
 //     file; and the `start` action alone, as containerd >= 2.3 runs it
 //     (BootstrapParams on stdin, no container). Report.Goals checks them,
 //     with the lifecycle and the OOM latency, against the project's goals.
+//   - The floor: beside the shims in the polling, exec probe and group
+//     steps, copies of command floorshim, a Task server that serves only
+//     Stats and Wait and holds nothing between calls, polled and read the
+//     same way. No shim on the project's stack goes below it; the goal
+//     table shows its figure against runc-v2's, and which limits lie
+//     below it.
 //   - Bursts: 50 execs of `true` into one running container released at
 //     once, and 50 containers whose tasks are created and started at once;
 //     wall time of the burst, and the CPU the shim daemons used per
