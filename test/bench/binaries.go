@@ -53,13 +53,18 @@ func (e *Env) prepareShim(ctx context.Context, shim string) error {
 	if err != nil {
 		return fmt.Errorf("%w: no shim given (MINE_SHIM) and no go in PATH to build it", ErrSkip)
 	}
-	e.logf("building %s", minePackage)
+	return e.goBuild(ctx, goBin, minePackage, dst)
+}
+
+// goBuild builds the command pkg into dst, static and stripped.
+func (e *Env) goBuild(ctx context.Context, goBin, pkg, dst string) error {
+	e.logf("building %s", pkg)
 	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags", "-s -w", "-o", dst, minePackage)
+	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags", "-s -w", "-o", dst, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build %s: %w\n%s", minePackage, err, out)
+		return fmt.Errorf("build %s: %w\n%s", pkg, err, out)
 	}
 	return nil
 }

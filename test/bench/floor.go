@@ -31,12 +31,8 @@ func (e *Env) prepareFloor(ctx context.Context) error {
 		return nil
 	}
 	dst := filepath.Join(e.binDir, floorName)
-	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags", "-s -w", "-o", dst, floorPackage)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build %s: %w\n%s", floorPackage, err, out)
+	if err := e.goBuild(ctx, goBin, floorPackage, dst); err != nil {
+		return err
 	}
 	e.floorExe = dst
 	return nil
