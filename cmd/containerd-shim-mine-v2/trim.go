@@ -45,9 +45,12 @@ type trimmer struct {
 	freeOS      func()
 	dropExe     func()
 
+	running sync.Mutex // held by a trim while it runs: stop waits for it
+
 	mu          sync.Mutex
 	timer       *time.Timer // guarded by mu
 	lastCall    time.Time   // guarded by mu
+	lastWork    time.Time   // guarded by mu: when the last call that did work ended
 	inFlight    int         // guarded by mu
 	lastCollect time.Time   // guarded by mu; zero: none yet
 	trimmed     bool        // guarded by mu: no call that does work since the last trim
@@ -113,6 +116,8 @@ func newTrimmer() *trimmer {
 
 // startTrimmer arms t's timer for its first trim.
 func startTrimmer(t *trimmer) *trimmer {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.lastCall = time.Now()
 	t.timer = time.AfterFunc(t.delay, t.trim)
 	return t
@@ -124,7 +129,15 @@ func startTrimmer(t *trimmer) *trimmer {
 // resets the timer again when it ends; a poll in flight (CRI's Stats,
 // often) does not, so the timer always comes back by itself.
 func (t *trimmer) trim() {
+	t.running.Lock()
+	defer t.running.Unlock()
 	t.mu.Lock()
+	if t.stopped || time.Since(t.lastWork) < t.delay {
+		// Stopped; or a call that did work ended between the timer
+		// firing and now, and has set the timer for the trim due after it.
+		t.mu.Unlock()
+		return
+	}
 	first := !t.trimmed
 	t.trimmed = true
 	t.mu.Unlock()
@@ -213,6 +226,7 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 		t.inFlight--
 		t.lastCall = time.Now()
 		if !polling {
+			t.lastWork = t.lastCall
 			t.trimmed = false
 			if !t.stopped {
 				t.timer.Reset(t.delay)
@@ -233,11 +247,14 @@ func (t *trimmer) idleFor() time.Duration {
 	return time.Since(t.lastCall)
 }
 
+// stop disarms the trimmer and waits for a trim that is running.
 func (t *trimmer) stop() {
 	t.mu.Lock()
 	t.stopped = true
 	t.timer.Stop()
 	t.mu.Unlock()
+	t.running.Lock() // a trim that is running ends first
+	t.running.Unlock()
 }
 
 // exeMapping is one mapping of a process's smaps.

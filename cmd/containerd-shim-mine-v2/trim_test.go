@@ -265,8 +265,7 @@ func TestTrimKeepsCollectingUnderPolling(t *testing.T) {
 			t.Fatalf("no trim within 2 s of a call that did work (%d drops)", d)
 		}
 	}
-	tr.stop()
-	time.Sleep(10 * time.Millisecond) // a trim already running ends
+	tr.stop() // waits for a trim already running
 	c, d = counts()
 	time.Sleep(200 * time.Millisecond)
 	if c2, d2 := counts(); c2 != c || d2 != d {
