@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -47,6 +48,9 @@ type floor struct {
 	task   taskv3.TTRPCTaskService
 	cancel context.CancelFunc
 	waited chan struct{}
+	early  chan error // the Wait, if it returned before close
+	once   sync.Once
+	err    error // of close
 }
 
 // startFloor starts a floor server whose Stats reads the cgroup of pid,
@@ -59,7 +63,7 @@ func (e *Env) startFloor(ctx context.Context, name string, pid uint32) (_ *floor
 	}
 	socket := filepath.Join(e.dir, name+".sock")
 	_ = os.Remove(socket)
-	f := &floor{exited: make(chan error, 1), waited: make(chan struct{})}
+	f := &floor{exited: make(chan error, 1), waited: make(chan struct{}), early: make(chan error, 1)}
 	f.cmd = exec.Command(e.floorExe, "-socket", socket, "-pid", fmt.Sprint(pid))
 	f.cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 	f.cmd.Stderr = os.Stderr
@@ -93,13 +97,27 @@ func (e *Env) startFloor(ctx context.Context, name string, pid uint32) (_ *floor
 	f.cancel = cancel
 	go func() {
 		defer close(f.waited)
-		f.task.Wait(wctx, &taskv3.WaitRequest{ID: name})
+		_, err := f.task.Wait(wctx, &taskv3.WaitRequest{ID: name})
+		if wctx.Err() == nil {
+			f.early <- fmt.Errorf("floor server's Wait returned early: %v", err)
+		}
 	}()
 	return f, nil
 }
 
 // pid is the floor server's process ID.
 func (f *floor) pid() int { return f.cmd.Process.Pid }
+
+// mem reads the floor server's memory, which must still hold its Wait.
+func (f *floor) mem() (Mem, error) {
+	select {
+	case err := <-f.early:
+		f.early <- err
+		return Mem{}, err
+	default:
+	}
+	return readMem(f.pid())
+}
 
 // stats calls Stats once.
 func (f *floor) stats(ctx context.Context) error {
@@ -109,8 +127,13 @@ func (f *floor) stats(ctx context.Context) error {
 	return err
 }
 
-// close ends the Wait and the connection and stops the server.
+// close ends the Wait and the connection and stops the server; once.
 func (f *floor) close() error {
+	f.once.Do(func() { f.err = f.stop() })
+	return f.err
+}
+
+func (f *floor) stop() error {
 	if f.cancel != nil {
 		f.cancel()
 	}

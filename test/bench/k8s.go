@@ -230,7 +230,7 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 	if len(floors) > 0 {
 		var mems []Mem
 		for _, f := range floors {
-			m, err := readMem(f.pid())
+			m, err := f.mem()
 			if err != nil {
 				stop()
 				wg.Wait()
@@ -281,7 +281,7 @@ func (e *Env) ExecProbes(ctx context.Context, checkpoints []int) (_ []ProbePoint
 	read := func(execs int) (ProbePoint, error) {
 		p := ProbePoint{Execs: execs}
 		if fl != nil {
-			m, err := readMem(fl.pid())
+			m, err := fl.mem()
 			if err != nil {
 				return p, err
 			}
@@ -477,7 +477,7 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration,
 			}
 			p.Conns = groupConns
 			if fl != nil {
-				one, err := readMem(fl.pid())
+				one, err := fl.mem()
 				if err != nil {
 					return out, err
 				}

@@ -213,16 +213,24 @@ func TestTableVerdicts(t *testing.T) {
 	}
 }
 
-// A goal missed by mine whose floor is also above the limit says so; one
-// whose floor is below it does not.
+// A goal of private memory missed by mine whose floor is also above the
+// limit says so; one whose floor is below it does not, and neither does a
+// goal of RSS or PSS, which the floor does not bound.
 func TestGoalVerdictsWithFloor(t *testing.T) {
 	mib := func(v float64) ShimMemory {
 		s := Summary{N: 1, Median: v, P90: v, Min: v, Max: v}
 		return ShimMemory{Rss: s, Pss: s, PssAnon: s, PeakRss: s}
 	}
-	floor := mib(5400) // PSS 0.54 of runc-v2's, RSS 0.54
+	floor := mib(5400) // 0.54 of runc-v2's PSS: above the limit, but no bound
 	floor.Rss = Summary{N: 1, Median: 4000, P90: 4000, Min: 4000, Max: 4000}
-	r := &Report{Poll: []PollPoint{{Containers: 10, Mine: mib(7000), Runc: mib(10000), Floor: &floor}}}
+	r := &Report{
+		Poll: []PollPoint{{Containers: 10, Mine: mib(7000), Runc: mib(10000), Floor: &floor}},
+		Probes: []ProbePoint{
+			{Execs: 0, Mine: Mem{Rss: 6000, PssAnon: 3000}, Runc: Mem{Rss: 9000, PssAnon: 4000}},
+			{Execs: 1000, Mine: Mem{Rss: 7000, PssAnon: 4000}, Runc: Mem{Rss: 10000, PssAnon: 5000},
+				Floor: &Mem{Rss: 6000, PssAnon: 3000}},
+		},
+	}
 	var b strings.Builder
 	if err := r.WriteGoals(&b); err != nil {
 		t.Fatal(err)
@@ -230,8 +238,10 @@ func TestGoalVerdictsWithFloor(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"| RSS per shim under 1 Hz Stats polling, 10 containers | 0.70 | 0.40 | 0.50 | missed |",
-		"| PSS per shim under 1 Hz Stats polling, 10 containers | 0.70 | 0.54 | 0.50 | missed; the floor is above the limit |",
+		"| PSS per shim under 1 Hz Stats polling, 10 containers | 0.70 | 0.54 | 0.50 | missed |",
 		"| peak RSS (VmHWM) per shim under polling, 10 containers | 0.70 | 0.54 | 0.70 | met |",
+		"| RSS after 1000 exec probes | 0.70 | 0.60 | 0.50 | missed |",
+		"| Pss_Anon after 1000 exec probes | 0.80 | 0.60 | 0.50 | missed; the floor is above the limit |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("goals have no %q:\n%s", want, out)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -47,9 +48,11 @@ func run() error {
 	}
 	kick := make(chan struct{}, 1)
 	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(
-		func(ctx context.Context, u ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-			defer collectSoon(kick) // after the reply (Stats)
-			collectSoon(kick)       // and for a call that blocks (Wait)
+		func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+			if path.Base(info.FullMethod) == "Wait" {
+				collectSoon(kick) // it blocks: collect once it is in
+			}
+			defer collectSoon(kick) // after the reply
 			return m(ctx, u)
 		}))
 	if err != nil {
