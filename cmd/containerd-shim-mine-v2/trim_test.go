@@ -272,3 +272,40 @@ func TestTrimKeepsCollectingUnderPolling(t *testing.T) {
 		t.Errorf("a stopped trimmer went on: %d -> %d collections, %d -> %d drops", c, c2, d, d2)
 	}
 }
+
+// A trim that finds a call that did work ended less than the delay ago
+// (it ended after the timer fired, and has set the timer for the trim due
+// after it), or the trimmer stopped, does nothing: before 2cf2a9a the first
+// replaced the call's re-arm with a check a minute away, and both still
+// collected and dropped the executable's pages.
+func TestTrimAfterLateWorkOrStopDoesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(tr *trimmer)
+	}{
+		{"late call", func(tr *trimmer) {
+			tr.mu.Lock()
+			tr.lastWork = time.Now()
+			tr.mu.Unlock()
+		}},
+		{"stopped", func(tr *trimmer) { tr.stop() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var collections, drops int
+			tr := startTrimmer(&trimmer{
+				delay:       time.Hour, // the timer never fires: trim is called below
+				every:       time.Hour,
+				minFree:     1,
+				reclaimable: func() uint64 { return 1 << 20 },
+				freeOS:      func() { collections++ },
+				dropExe:     func() { drops++ },
+			})
+			defer tr.stop()
+			tc.setup(tr)
+			tr.trim()
+			if collections != 0 || drops != 0 {
+				t.Errorf("the trim collected %d times and dropped pages %d times, want nothing", collections, drops)
+			}
+		})
+	}
+}
