@@ -346,7 +346,20 @@ func TestBadInputKeepsServing(t *testing.T) {
 			}
 		})
 	}
-	f.v3.Kill(ctx, &v3.KillRequest{ID: "good", Signal: 9})
+	// End the container before the test's directories go: its exit and
+	// delete write into the bundle, and a removal racing with them failed
+	// ("directory not empty").
+	if _, err := f.v3.Kill(ctx, &v3.KillRequest{ID: "good", Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := f.v3.Wait(wctx, &v3.WaitRequest{ID: "good"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.v3.Delete(ctx, &v3.DeleteRequest{ID: "good"}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func processSpec(t *testing.T, args ...string) *anypb.Any {
