@@ -14,6 +14,8 @@ import (
 
 	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 const (
@@ -51,20 +53,27 @@ type floor struct {
 	early  chan error // the Wait, if it returned before close
 	once   sync.Once
 	err    error // of close
+	// container is where execTrue runs its execs, if anywhere.
+	container string
 }
 
 // startFloor starts a floor server whose Stats reads the cgroup of pid,
 // with one processor (fewer than containerd's 2 for a shim: the floor is the
 // least memory, whatever it costs in latency), connects to it and calls
-// Wait.
-func (e *Env) startFloor(ctx context.Context, name string, pid uint32) (_ *floor, err error) {
+// Wait. With execIn, the ID of a container in the benchmark's namespace, the
+// floor also runs execs in that container (floor.execTrue).
+func (e *Env) startFloor(ctx context.Context, name string, pid uint32, execIn string) (_ *floor, err error) {
 	if e.floorExe == "" {
 		return nil, errors.New("no floor server")
 	}
 	socket := filepath.Join(e.dir, name+".sock")
 	_ = os.Remove(socket)
-	f := &floor{exited: make(chan error, 1), waited: make(chan struct{}), early: make(chan error, 1)}
-	f.cmd = exec.Command(e.floorExe, "-socket", socket, "-pid", fmt.Sprint(pid))
+	f := &floor{exited: make(chan error, 1), waited: make(chan struct{}), early: make(chan error, 1), container: execIn}
+	args := []string{"-socket", socket, "-pid", fmt.Sprint(pid)}
+	if execIn != "" {
+		args = append(args, "-runc-root", filepath.Join(runcStateRoot, Namespace), "-container", execIn)
+	}
+	f.cmd = exec.Command(e.floorExe, args...)
 	f.cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 	f.cmd.Stderr = os.Stderr
 	if err := f.cmd.Start(); err != nil {
@@ -125,6 +134,44 @@ func (f *floor) stats(ctx context.Context) error {
 	defer cancel()
 	_, err := f.task.Stats(ctx, &taskv3.StatsRequest{ID: "floor"})
 	return err
+}
+
+// execTrue runs spec in the floor's container as exec execID, directly
+// over the floor's connection, with the calls containerd makes for
+// `ctr task exec` (Exec, Wait, Start, Delete), and checks that it exits 0.
+func (f *floor) execTrue(ctx context.Context, spec *specs.Process, execID string) error {
+	if f.container == "" {
+		return errors.New("floor server runs no execs")
+	}
+	ctx, cancel := context.WithTimeout(ctx, exitTimeout)
+	defer cancel()
+	body, err := typeurl.MarshalAnyToProto(spec)
+	if err != nil {
+		return err
+	}
+	if _, err := f.task.Exec(ctx, &taskv3.ExecProcessRequest{ID: f.container, ExecID: execID, Spec: body}); err != nil {
+		return fmt.Errorf("floor exec %s: %w", execID, err)
+	}
+	waited := make(chan error, 1)
+	var status uint32
+	go func() {
+		r, err := f.task.Wait(ctx, &taskv3.WaitRequest{ID: f.container, ExecID: execID})
+		if err == nil {
+			status = r.ExitStatus
+		}
+		waited <- err
+	}()
+	_, err = f.task.Start(ctx, &taskv3.StartRequest{ID: f.container, ExecID: execID})
+	if err == nil {
+		if err = <-waited; err == nil && status != 0 {
+			err = fmt.Errorf("exit status %d", status)
+		}
+	}
+	_, derr := f.task.Delete(ctx, &taskv3.DeleteRequest{ID: f.container, ExecID: execID})
+	if err = errors.Join(err, derr); err != nil {
+		return fmt.Errorf("floor exec %s: %w", execID, err)
+	}
+	return nil
 }
 
 // close ends the Wait and the connection and stops the server; once.

@@ -130,7 +130,7 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 		}
 		e.logf("stats polling: starting %d floor servers", n)
 		for i, b := range boxes[Mine] {
-			f, err := e.startFloor(ctx, fmt.Sprintf("floor-poll-%d-%d", n, i), b.t.Pid())
+			f, err := e.startFloor(ctx, fmt.Sprintf("floor-poll-%d-%d", n, i), b.t.Pid(), "")
 			if err != nil {
 				return p, err
 			}
@@ -254,8 +254,9 @@ type ProbePoint struct {
 	Execs int `json:"execs"`
 	Mine  Mem `json:"mine"`
 	Runc  Mem `json:"runc_v2"`
-	// Floor is an idle floor server's memory (floor.go), with one
-	// connection and a Wait; nil without a floor server.
+	// Floor is the memory of a floor server (floor.go) with one connection
+	// and a Wait that has run as many execs itself, into mine's container;
+	// nil without a floor server.
 	Floor *Mem `json:"floor,omitempty"`
 }
 
@@ -269,11 +270,12 @@ func (e *Env) ExecProbes(ctx context.Context, checkpoints []int) (_ []ProbePoint
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, e.removeTargets(ctx, targets)) }()
-	// An idle floor server with a Wait held: what any shim keeps for a
-	// container that containerd waits on, before its first exec.
+	// A floor server with a Wait held, as containerd holds one per task,
+	// that runs the same execs into mine's container, one after each pair
+	// of the shims': the least any shim on this stack keeps after them.
 	var fl *floor
 	if e.floorExe != "" {
-		if fl, err = e.startFloor(ctx, "floor-probes", targets[Mine].t.Pid()); err != nil {
+		if fl, err = e.startFloor(ctx, "floor-probes", targets[Mine].t.Pid(), targets[Mine].id); err != nil {
 			return nil, err
 		}
 		defer func() { err = errors.Join(err, fl.close()) }()
@@ -304,21 +306,32 @@ func (e *Env) ExecProbes(ctx context.Context, checkpoints []int) (_ []ProbePoint
 		}
 		return p, nil
 	}
+	spec, err := targets[Mine].execSpec(ctx, e, "true")
+	if err != nil {
+		return nil, err
+	}
+	if fl != nil {
+		// The shims have run one exec each (execTargets): so does the floor.
+		if err := fl.execTrue(e.nsCtx(ctx), spec, "warm"); err != nil {
+			return nil, err
+		}
+	}
 	first, err := read(0)
 	if err != nil {
 		return nil, err
 	}
 	out := []ProbePoint{first}
-	spec, err := targets[Mine].execSpec(ctx, e, "true")
-	if err != nil {
-		return out, err
-	}
 	done := 0
 	begin := time.Now()
 	for _, cp := range checkpoints {
 		for ; done < cp; done++ {
 			for _, rt := range order(done) {
 				if err := targets[rt].execTrue(ctx, e, spec, fmt.Sprintf("p%d", done)); err != nil {
+					return out, err
+				}
+			}
+			if fl != nil {
+				if err := fl.execTrue(e.nsCtx(ctx), spec, fmt.Sprintf("f%d", done)); err != nil {
 					return out, err
 				}
 			}
@@ -454,7 +467,7 @@ func (e *Env) GroupShim(ctx context.Context, counts []int, settle time.Duration,
 			// probed; then it gets as many more connections.
 			var fl *floor
 			if e.floorExe != "" {
-				if fl, err = e.startFloor(ctx, "floor-group", boxes[Mine][0].t.Pid()); err != nil {
+				if fl, err = e.startFloor(ctx, "floor-group", boxes[Mine][0].t.Pid(), ""); err != nil {
 					return out, err
 				}
 				defer func() { err = errors.Join(err, fl.close()) }()

@@ -87,8 +87,8 @@ func (r *Report) rows() []row {
 			row{name: fmt.Sprintf("Pss_Anon after %d exec probes (MiB)", p.Execs), mine: one(p.Mine.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(p.Mine.PssAnon, p.Runc.PssAnon)})
 		if f := p.Floor; f != nil && p.Execs > 0 {
 			rows = append(rows,
-				row{name: fmt.Sprintf("idle floor server vs runc-v2 after %d exec probes: RSS (MiB)", p.Execs), mine: one(f.Rss * mib), runc: one(p.Runc.Rss * mib), ratio: Ratio(f.Rss, p.Runc.Rss)},
-				row{name: fmt.Sprintf("idle floor server vs runc-v2 after %d exec probes: Pss_Anon (MiB)", p.Execs), mine: one(f.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(f.PssAnon, p.Runc.PssAnon)})
+				row{name: fmt.Sprintf("floor server vs runc-v2 after %d exec probes each: RSS (MiB)", p.Execs), mine: one(f.Rss * mib), runc: one(p.Runc.Rss * mib), ratio: Ratio(f.Rss, p.Runc.Rss)},
+				row{name: fmt.Sprintf("floor server vs runc-v2 after %d exec probes each: Pss_Anon (MiB)", p.Execs), mine: one(f.PssAnon * mib), runc: one(p.Runc.PssAnon * mib), ratio: Ratio(f.PssAnon, p.Runc.PssAnon)})
 		}
 	}
 	for _, g := range []struct {

@@ -31,6 +31,8 @@ func run() error {
 	socket := flag.String("socket", "", "unix socket to serve on")
 	pid := flag.Int("pid", 0, "process whose cgroup Stats reads")
 	collect := flag.Bool("collect", true, "force a collection after every call")
+	runcRoot := flag.String("runc-root", "", "runc's state directory of -container")
+	container := flag.String("container", "", "container to run execs in (none without)")
 	flag.Parse()
 	if *socket == "" || *pid <= 0 {
 		return errors.New("-socket and -pid are required")
@@ -41,6 +43,13 @@ func run() error {
 	stats, err := cgroup.ForPid(*pid)
 	if err != nil {
 		return err
+	}
+	var x *execs
+	if *container != "" {
+		if x, err = newExecs(*runcRoot, *container); err != nil {
+			return err
+		}
+		defer os.RemoveAll(x.dir)
 	}
 	l, err := net.Listen("unix", *socket)
 	if err != nil {
@@ -66,7 +75,7 @@ func run() error {
 			}
 		}()
 	}
-	register(srv, stats)
+	register(srv, stats, x)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	go func() {
@@ -101,33 +110,41 @@ func collector(kick <-chan struct{}) {
 const collectAfter = 10 * time.Millisecond
 
 // register serves Stats and Wait of the Task API v3, whose messages are
-// those of v2 (the v3 Go package would also link the gRPC stubs).
-func register(srv *ttrpc.Server, stats *cgroup.Stats) {
-	srv.RegisterService("containerd.task.v3.Task", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Stats": func(ctx context.Context, unmarshal func(any) error) (any, error) {
-				var req taskAPI.StatsRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				m, err := stats.Read()
-				if err != nil {
-					return nil, errgrpc.ToGRPC(err)
-				}
-				body, err := cgroup.MarshalAny(m)
-				if err != nil {
-					return nil, errgrpc.ToGRPC(err)
-				}
-				return &taskAPI.StatsResponse{Stats: body}, nil
-			},
-			"Wait": func(ctx context.Context, unmarshal func(any) error) (any, error) {
-				var req taskAPI.WaitRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				<-ctx.Done()
-				return nil, errgrpc.ToGRPC(ctx.Err())
-			},
+// those of v2 (the v3 Go package would also link the gRPC stubs), and with
+// x also Exec, Start, Wait and Delete of exec processes.
+func register(srv *ttrpc.Server, stats *cgroup.Stats, x *execs) {
+	wait := func(ctx context.Context) (any, error) {
+		<-ctx.Done()
+		return nil, errgrpc.ToGRPC(ctx.Err())
+	}
+	methods := map[string]ttrpc.Method{
+		"Stats": func(ctx context.Context, unmarshal func(any) error) (any, error) {
+			var req taskAPI.StatsRequest
+			if err := unmarshal(&req); err != nil {
+				return nil, err
+			}
+			m, err := stats.Read()
+			if err != nil {
+				return nil, errgrpc.ToGRPC(err)
+			}
+			body, err := cgroup.MarshalAny(m)
+			if err != nil {
+				return nil, errgrpc.ToGRPC(err)
+			}
+			return &taskAPI.StatsResponse{Stats: body}, nil
 		},
-	})
+		"Wait": func(ctx context.Context, unmarshal func(any) error) (any, error) {
+			var req taskAPI.WaitRequest
+			if err := unmarshal(&req); err != nil {
+				return nil, err
+			}
+			return wait(ctx)
+		},
+	}
+	if x != nil {
+		for name, m := range x.methods(wait) {
+			methods[name] = m
+		}
+	}
+	srv.RegisterService("containerd.task.v3.Task", &ttrpc.ServiceDesc{Methods: methods})
 }

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,6 +16,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/mineshim/mine/pkg/cgroup"
 )
@@ -24,24 +30,7 @@ func TestFloorServesStatsAndWait(t *testing.T) {
 	if err != nil {
 		t.Skipf("no cgroup to read here: %v", err)
 	}
-	srv, err := ttrpc.NewServer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	register(srv, stats)
-	sock := filepath.Join(t.TempDir(), "f.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(context.Background(), l)
-	defer srv.Close()
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := ttrpc.NewClient(conn)
-	defer c.Close()
+	c := serve(t, stats, nil)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -64,5 +53,145 @@ func TestFloorServesStatsAndWait(t *testing.T) {
 	err = c.Call(ctx, "containerd.task.v3.Task", "State", &taskAPI.StateRequest{ID: "x"}, &sresp)
 	if err == nil || !(errdefs.IsNotFound(errgrpc.ToNative(err)) || errdefs.IsNotImplemented(errgrpc.ToNative(err))) {
 		t.Errorf("State: %v, want an unknown method", err)
+	}
+}
+
+// serve serves the floor's methods on a fresh socket and connects to it.
+func serve(t *testing.T, stats *cgroup.Stats, x *execs) *ttrpc.Client {
+	t.Helper()
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(srv, stats, x)
+	sock := filepath.Join(t.TempDir(), "f.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background(), l)
+	t.Cleanup(func() { srv.Close() })
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ttrpc.NewClient(conn)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// With a container, the floor runs execs in it through runc, reaps them and
+// reports their exit status, as a shim's exec probes need.
+func TestFloorRunsExecs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a container")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("needs runc in PATH")
+	}
+	const busybox = "/bin/busybox"
+	if _, err := os.Stat(busybox); err != nil {
+		t.Skipf("needs a static busybox (Debian's busybox-static): %v", err)
+	}
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.MkdirAll(filepath.Join(bundle, "rootfs", "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", busybox, filepath.Join(bundle, "rootfs", "bin")).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	if out, err := exec.Command("runc", "spec", "--bundle", bundle).CombinedOutput(); err != nil {
+		t.Fatalf("runc spec: %v: %s", err, out)
+	}
+	cfgPath := filepath.Join(bundle, "config.json")
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		t.Fatal(err)
+	}
+	spec.Process.Terminal = false
+	spec.Process.Args = []string{"/bin/busybox", "sleep", "1000"}
+	if raw, err = json.Marshal(&spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfgPath, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dir, "runc")
+	id := fmt.Sprintf("floor-exec-%d", os.Getpid())
+	// The container keeps runc's stdio: not a pipe that the test waits on.
+	run := exec.Command("runc", "--root", root, "--log", filepath.Join(dir, "runc.log"), "run", "--detach", "--bundle", bundle, id)
+	if err := run.Run(); err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "runc.log"))
+		t.Fatalf("runc run: %v: %s", err, log)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("runc", "--root", root, "delete", "--force", id).CombinedOutput(); err != nil {
+			t.Errorf("runc delete: %v: %s", err, out)
+		}
+	})
+
+	x, err := newExecs(root, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(x.dir) })
+	stats, err := cgroup.ForPid(os.Getpid())
+	if err != nil {
+		t.Skipf("no cgroup to read here: %v", err)
+	}
+	c := serve(t, stats, x)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const svc = "containerd.task.v3.Task"
+	for _, tc := range []struct {
+		execID string
+		args   []string
+		status uint32
+	}{{"true", []string{"/bin/busybox", "true"}, 0}, {"exit-3", []string{"/bin/busybox", "sh", "-c", "exit 3"}, 3}} {
+		p := *spec.Process
+		p.Args = tc.args
+		body, err := json.Marshal(&p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		execID := tc.execID
+		req := &taskAPI.ExecProcessRequest{ID: id, ExecID: execID, Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: body}}
+		if err := c.Call(ctx, svc, "Exec", req, &emptypb.Empty{}); err != nil {
+			t.Fatalf("Exec %v: %v", tc.args, err)
+		}
+		err = c.Call(ctx, svc, "Exec", req, &emptypb.Empty{})
+		if !errdefs.IsAlreadyExists(errgrpc.ToNative(err)) {
+			t.Errorf("Exec of a known exec ID: %v, want already exists", err)
+		}
+		var started taskAPI.StartResponse
+		if err := c.Call(ctx, svc, "Start", &taskAPI.StartRequest{ID: id, ExecID: execID}, &started); err != nil {
+			t.Fatalf("Start %v: %v", tc.args, err)
+		}
+		if started.Pid == 0 {
+			t.Errorf("Start %v answered no pid", tc.args)
+		}
+		var waited taskAPI.WaitResponse
+		if err := c.Call(ctx, svc, "Wait", &taskAPI.WaitRequest{ID: id, ExecID: execID}, &waited); err != nil {
+			t.Fatalf("Wait %v: %v", tc.args, err)
+		}
+		if waited.ExitStatus != tc.status {
+			t.Errorf("Wait %v: status %d, want %d", tc.args, waited.ExitStatus, tc.status)
+		}
+		var deleted taskAPI.DeleteResponse
+		if err := c.Call(ctx, svc, "Delete", &taskAPI.DeleteRequest{ID: id, ExecID: execID}, &deleted); err != nil {
+			t.Fatalf("Delete %v: %v", tc.args, err)
+		}
+		if deleted.Pid != started.Pid || deleted.ExitStatus != tc.status {
+			t.Errorf("Delete %v: pid %d status %d, want %d and %d", tc.args, deleted.Pid, deleted.ExitStatus, started.Pid, tc.status)
+		}
+		err = c.Call(ctx, svc, "Wait", &taskAPI.WaitRequest{ID: id, ExecID: execID}, &waited)
+		if !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+			t.Errorf("Wait after Delete: %v, want not found", err)
+		}
 	}
 }
