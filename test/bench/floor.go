@@ -167,7 +167,10 @@ func (f *floor) execTrue(ctx context.Context, spec *specs.Process, execID string
 			err = fmt.Errorf("exit status %d", status)
 		}
 	}
-	_, derr := f.task.Delete(ctx, &taskv3.DeleteRequest{ID: f.container, ExecID: execID})
+	// Delete even when ctx has expired, so that the floor forgets the exec.
+	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer dcancel()
+	_, derr := f.task.Delete(dctx, &taskv3.DeleteRequest{ID: f.container, ExecID: execID})
 	if err = errors.Join(err, derr); err != nil {
 		return fmt.Errorf("floor exec %s: %w", execID, err)
 	}

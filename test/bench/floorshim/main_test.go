@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -45,8 +46,11 @@ func TestFloorServesStatsAndWait(t *testing.T) {
 	wctx, wcancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer wcancel()
 	var wresp taskAPI.WaitResponse
-	if err := c.Call(wctx, "containerd.task.v3.Task", "Wait", &taskAPI.WaitRequest{ID: "x"}, &wresp); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Wait returned %v before its caller gave up", err)
+	begin := time.Now()
+	err = c.Call(wctx, "containerd.task.v3.Task", "Wait", &taskAPI.WaitRequest{ID: "x"}, &wresp)
+	// The server's copy of the caller's deadline may end the call first.
+	if !errors.Is(err, context.DeadlineExceeded) && !errdefs.IsDeadlineExceeded(errgrpc.ToNative(err)) || time.Since(begin) < 150*time.Millisecond {
+		t.Errorf("Wait returned %v after %v, before its caller gave up", err, time.Since(begin))
 	}
 
 	var sresp taskAPI.StateResponse
@@ -139,7 +143,10 @@ func TestFloorRunsExecs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(x.dir) })
+	t.Cleanup(func() {
+		os.RemoveAll(x.dir)
+		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	})
 	stats, err := cgroup.ForPid(os.Getpid())
 	if err != nil {
 		t.Skipf("no cgroup to read here: %v", err)
@@ -193,5 +200,80 @@ func TestFloorRunsExecs(t *testing.T) {
 		if !errdefs.IsNotFound(errgrpc.ToNative(err)) {
 			t.Errorf("Wait after Delete: %v, want not found", err)
 		}
+	}
+
+	execReq := func(execID string, args ...string) *taskAPI.ExecProcessRequest {
+		p := *spec.Process
+		p.Args = args
+		body, err := json.Marshal(&p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &taskAPI.ExecProcessRequest{ID: id, ExecID: execID, Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: body}}
+	}
+
+	// Start returns once the process runs, not once it exits; a running
+	// exec cannot be deleted.
+	if err := c.Call(ctx, svc, "Exec", execReq("sleep", "/bin/busybox", "sleep", "2"), &emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	begin := time.Now()
+	var started taskAPI.StartResponse
+	if err := c.Call(ctx, svc, "Start", &taskAPI.StartRequest{ID: id, ExecID: "sleep"}, &started); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(begin); d > time.Second {
+		t.Errorf("Start of sleep 2 took %v: it waited for the process", d)
+	}
+	err = c.Call(ctx, svc, "Delete", &taskAPI.DeleteRequest{ID: id, ExecID: "sleep"}, &taskAPI.DeleteResponse{})
+	if !errdefs.IsFailedPrecondition(errgrpc.ToNative(err)) {
+		t.Errorf("Delete of a running exec: %v, want failed precondition", err)
+	}
+	var waited taskAPI.WaitResponse
+	if err := c.Call(ctx, svc, "Wait", &taskAPI.WaitRequest{ID: id, ExecID: "sleep"}, &waited); err != nil || waited.ExitStatus != 0 {
+		t.Errorf("Wait of sleep: status %d, %v", waited.ExitStatus, err)
+	}
+	if err := c.Call(ctx, svc, "Delete", &taskAPI.DeleteRequest{ID: id, ExecID: "sleep"}, &taskAPI.DeleteResponse{}); err != nil {
+		t.Errorf("Delete of sleep after its exit: %v", err)
+	}
+
+	// A Wait in flight ends when its exec is deleted before any Start, and
+	// that exec can no longer be started.
+	if err := c.Call(ctx, svc, "Exec", execReq("never", "/bin/busybox", "true"), &emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	waitErr := make(chan error, 1)
+	go func() {
+		waitErr <- c.Call(ctx, svc, "Wait", &taskAPI.WaitRequest{ID: id, ExecID: "never"}, &taskAPI.WaitResponse{})
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if err := c.Call(ctx, svc, "Delete", &taskAPI.DeleteRequest{ID: id, ExecID: "never"}, &taskAPI.DeleteResponse{}); err != nil {
+		t.Errorf("Delete before Start: %v", err)
+	}
+	select {
+	case err := <-waitErr:
+		if err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+			t.Errorf("Wait of an exec deleted before Start: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("Wait of an exec deleted before Start did not return")
+	}
+	err = c.Call(ctx, svc, "Start", &taskAPI.StartRequest{ID: id, ExecID: "never"}, &taskAPI.StartResponse{})
+	if !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		t.Errorf("Start after Delete: %v, want not found", err)
+	}
+
+	// Unknown IDs and an exec without an ID are refused.
+	err = c.Call(ctx, svc, "Wait", &taskAPI.WaitRequest{ID: id, ExecID: "nobody"}, &taskAPI.WaitResponse{})
+	if !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		t.Errorf("Wait of an unknown exec: %v, want not found", err)
+	}
+	bad := execReq("x", "/bin/busybox", "true")
+	bad.ID = "other"
+	if err := c.Call(ctx, svc, "Exec", bad, &emptypb.Empty{}); !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		t.Errorf("Exec in another container: %v, want not found", err)
+	}
+	if err := c.Call(ctx, svc, "Exec", execReq("", "/bin/busybox", "true"), &emptypb.Empty{}); !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) {
+		t.Errorf("Exec without an exec ID: %v, want invalid argument", err)
 	}
 }
