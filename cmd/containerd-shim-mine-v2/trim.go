@@ -34,6 +34,11 @@ const idleTrimDelay = 5 * time.Second
 // that does work comes: the polls go on leaving garbage and free pages,
 // which only a collection gives back. A check does not drop the
 // executable's pages again: the next poll would map them back.
+//
+// A shim that is never idle for idleTrimDelay (kubelet's exec probes every
+// few seconds, say) is trimmed once every collectEvery all the same, while
+// it works: without this it would keep the garbage, the free pages and the
+// executable's pages of every call until it stopped working.
 type trimmer struct {
 	// What a trim waits for and does, set by newTrimmer (idleTrimDelay,
 	// collectEvery, collectMinFree, heapReclaimable, debug.FreeOSMemory,
@@ -51,6 +56,7 @@ type trimmer struct {
 	timer       *time.Timer // guarded by mu
 	lastCall    time.Time   // guarded by mu
 	lastWork    time.Time   // guarded by mu: when the last call that did work ended
+	lastTrim    time.Time   // guarded by mu: when the last trim ran (or the trimmer started)
 	inFlight    int         // guarded by mu
 	lastCollect time.Time   // guarded by mu; zero: none yet
 	trimmed     bool        // guarded by mu: no call that does work since the last trim
@@ -121,20 +127,25 @@ func startTrimmer(t *trimmer) *trimmer {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.lastCall = time.Now()
+	t.lastTrim = t.lastCall
 	t.timer = time.AfterFunc(t.delay, t.trim)
 	return t
 }
 
 // trim runs when the timer fires: idleTrimDelay after the last call that
 // did work, then every collectEvery (or when a postponed collection is
-// due) until the next such call. A call that does work and is in flight
-// resets the timer again when it ends; a poll in flight (CRI's Stats,
-// often) does not, so the timer always comes back by itself.
+// due) until the next such call; and, while calls that do work keep
+// coming, once collectEvery has passed since the last trim. A call that
+// does work and is in flight resets the timer again when it ends; a poll
+// in flight (CRI's Stats, often) does not, so the timer always comes back
+// by itself.
 func (t *trimmer) trim() {
 	t.running.Lock()
 	defer t.running.Unlock()
 	t.mu.Lock()
-	if t.stopped || time.Since(t.lastWork) < t.delay {
+	now := time.Now()
+	idle := now.Sub(t.lastWork) >= t.delay
+	if t.stopped || !idle && now.Sub(t.lastTrim) < t.every {
 		// Stopped; or a call that did work ended between the timer
 		// firing and now, and has set the timer for the trim due after it.
 		t.mu.Unlock()
@@ -142,17 +153,30 @@ func (t *trimmer) trim() {
 	}
 	first := !t.trimmed
 	t.trimmed = true
+	t.lastTrim = now
 	t.mu.Unlock()
-	next := t.collect(time.Now())
+	next := t.collect(now)
 	if first {
 		t.dropExe()
 	}
 	t.mu.Lock()
 	// A call that did work meanwhile has set the timer for the next trim.
 	if !t.stopped && t.trimmed {
+		if !idle {
+			// Trimmed while working: the trim of the idle spell is
+			// still due after the last call.
+			next = min(next, max(t.lastWork.Add(t.delay).Sub(time.Now()), 0))
+		}
 		t.timer.Reset(next)
 	}
 	t.mu.Unlock()
+}
+
+// nextTrim is how long after a call that did work, ended at end, the
+// timer fires: idleTrimDelay, or sooner if a trim of a shim that keeps
+// working is due by then.
+func (t *trimmer) nextTrim(end time.Time) time.Duration {
+	return min(t.delay, max(t.lastTrim.Add(t.every).Sub(end), 0))
 }
 
 // collect forces a collection that gives the free heap back when enough is
@@ -231,7 +255,7 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 			t.lastWork = t.lastCall
 			t.trimmed = false
 			if !t.stopped {
-				t.timer.Reset(t.delay)
+				t.timer.Reset(t.nextTrim(t.lastCall))
 			}
 		}
 		t.mu.Unlock()

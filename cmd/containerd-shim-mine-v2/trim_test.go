@@ -309,3 +309,48 @@ func TestTrimAfterLateWorkOrStopDoesNothing(t *testing.T) {
 		})
 	}
 }
+
+// A shim that never stays idle for the delay, as one whose container kubelet
+// probes every few seconds, is trimmed once every `every` while it works,
+// and once more when it stops. Before, every call that did work pushed the
+// trim back, and such a shim was never trimmed.
+func TestTrimWhileBusy(t *testing.T) {
+	var mu sync.Mutex
+	var collections, drops int
+	counts := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return collections, drops
+	}
+	tr := startTrimmer(&trimmer{
+		delay:       50 * time.Millisecond,
+		every:       100 * time.Millisecond,
+		minFree:     1,
+		reclaimable: func() uint64 { return 1 << 20 },
+		freeOS:      func() { mu.Lock(); collections++; mu.Unlock() },
+		dropExe:     func() { mu.Lock(); drops++; mu.Unlock() },
+	})
+	defer tr.stop()
+	for end := time.Now().Add(650 * time.Millisecond); time.Now().Before(end); {
+		_, err := tr.interceptor(context.Background(), func(any) error { return nil },
+			&ttrpc.UnaryServerInfo{FullMethod: "/containerd.task.v3.Task/Exec"},
+			func(context.Context, func(any) error) (any, error) { return nil, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A trim every 100 ms of work: about 6.
+	c, d := counts()
+	if c < 3 || d < 3 {
+		t.Fatalf("650 ms of calls 10 ms apart: %d collections and %d drops of the executable's pages, want at least 3 of each", c, d)
+	}
+	for end := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, d2 := counts(); d2 > d {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("no trim within 2 s of the last call (%d drops)", d)
+		}
+	}
+}
