@@ -56,7 +56,7 @@ type trimmer struct {
 	timer       *time.Timer // guarded by mu
 	lastCall    time.Time   // guarded by mu
 	lastWork    time.Time   // guarded by mu: when the last call that did work ended
-	lastTrim    time.Time   // guarded by mu: when the last trim ran (or the trimmer started)
+	busySince   time.Time   // guarded by mu: when the first call that did work since the last trim ended (or the trimmer started)
 	inFlight    int         // guarded by mu
 	lastCollect time.Time   // guarded by mu; zero: none yet
 	trimmed     bool        // guarded by mu: no call that does work since the last trim
@@ -127,7 +127,7 @@ func startTrimmer(t *trimmer) *trimmer {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.lastCall = time.Now()
-	t.lastTrim = t.lastCall
+	t.busySince = t.lastCall
 	t.timer = time.AfterFunc(t.delay, t.trim)
 	return t
 }
@@ -145,15 +145,16 @@ func (t *trimmer) trim() {
 	t.mu.Lock()
 	now := time.Now()
 	idle := now.Sub(t.lastWork) >= t.delay
-	if t.stopped || !idle && now.Sub(t.lastTrim) < t.every {
-		// Stopped; or a call that did work ended between the timer
-		// firing and now, and has set the timer for the trim due after it.
+	if t.stopped || !idle && now.Sub(t.busySince) < t.every {
+		// Stopped; or a call that did work ended less than the delay
+		// ago, and the shim has not been working for collectEvery: that
+		// call has set the timer for the trim due after it (or this is
+		// the run its reset started, just after a trim).
 		t.mu.Unlock()
 		return
 	}
 	first := !t.trimmed
 	t.trimmed = true
-	t.lastTrim = now
 	t.mu.Unlock()
 	next := t.collect(now)
 	if first {
@@ -173,10 +174,10 @@ func (t *trimmer) trim() {
 }
 
 // nextTrim is how long after a call that did work, ended at end, the
-// timer fires: idleTrimDelay, or sooner if a trim of a shim that keeps
-// working is due by then.
+// timer fires: idleTrimDelay, or sooner if the shim has been working
+// without a trim for collectEvery by then.
 func (t *trimmer) nextTrim(end time.Time) time.Duration {
-	return min(t.delay, max(t.lastTrim.Add(t.every).Sub(end), 0))
+	return min(t.delay, max(t.busySince.Add(t.every).Sub(end), 0))
 }
 
 // collect forces a collection that gives the free heap back when enough is
@@ -240,8 +241,8 @@ func pollingMethod(fullMethod string) bool {
 }
 
 // interceptor notes every call served: the trim waits for the shim to have
-// done no work for idleTrimDelay, the orphan check for it to have been
-// called by no one.
+// done no work for idleTrimDelay (or to have worked for collectEvery
+// without one), the orphan check for it to have been called by no one.
 func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 	polling := pollingMethod(info.FullMethod)
 	t.mu.Lock()
@@ -253,6 +254,9 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 		t.lastCall = time.Now()
 		if !polling {
 			t.lastWork = t.lastCall
+			if t.trimmed { // the first work since the last trim
+				t.busySince = t.lastCall
+			}
 			t.trimmed = false
 			if !t.stopped {
 				t.timer.Reset(t.nextTrim(t.lastCall))
