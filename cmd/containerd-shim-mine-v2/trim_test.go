@@ -214,6 +214,37 @@ func TestSplitFields(t *testing.T) {
 	}
 }
 
+// countingTrimmer starts a trimmer with the given times whose collections
+// and drops of the executable's pages are counted, not done.
+func countingTrimmer(delay, every time.Duration) (*trimmer, func() (collections, drops int)) {
+	var mu sync.Mutex
+	var collections, drops int
+	tr := startTrimmer(&trimmer{
+		delay:       delay,
+		every:       every,
+		minFree:     1,
+		reclaimable: func() uint64 { return 1 << 20 },
+		freeOS:      func() { mu.Lock(); collections++; mu.Unlock() },
+		dropExe:     func() { mu.Lock(); drops++; mu.Unlock() },
+	})
+	return tr, func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return collections, drops
+	}
+}
+
+// callThrough serves one call of method through tr's interceptor.
+func callThrough(t *testing.T, tr *trimmer, method string) {
+	t.Helper()
+	_, err := tr.interceptor(context.Background(), func(any) error { return nil },
+		&ttrpc.UnaryServerInfo{FullMethod: method},
+		func(context.Context, func(any) error) (any, error) { return nil, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Under polling alone a shim keeps checking its heap after its trim, every
 // collectEvery: the polls go on leaving garbage and free pages that only a
 // collection gives back (before, nothing came after the first trim, and a
@@ -222,31 +253,9 @@ func TestSplitFields(t *testing.T) {
 // spell, not at every check, since the next poll maps them back; a call
 // that does work starts a new spell; a stopped trimmer does nothing more.
 func TestTrimKeepsCollectingUnderPolling(t *testing.T) {
-	var mu sync.Mutex
-	var collections, drops int
-	counts := func() (int, int) {
-		mu.Lock()
-		defer mu.Unlock()
-		return collections, drops
-	}
-	tr := startTrimmer(&trimmer{
-		delay:       20 * time.Millisecond,
-		every:       60 * time.Millisecond,
-		minFree:     1,
-		reclaimable: func() uint64 { return 1 << 20 },
-		freeOS:      func() { mu.Lock(); collections++; mu.Unlock() },
-		dropExe:     func() { mu.Lock(); drops++; mu.Unlock() },
-	})
+	tr, counts := countingTrimmer(20*time.Millisecond, 60*time.Millisecond)
 	defer tr.stop()
-	call := func(method string) {
-		t.Helper()
-		_, err := tr.interceptor(context.Background(), func(any) error { return nil },
-			&ttrpc.UnaryServerInfo{FullMethod: method},
-			func(context.Context, func(any) error) (any, error) { return nil, nil })
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	call := func(method string) { t.Helper(); callThrough(t, tr, method) }
 	for end := time.Now().Add(600 * time.Millisecond); time.Now().Before(end); {
 		call("/containerd.task.v3.Task/Stats")
 		time.Sleep(5 * time.Millisecond)
@@ -315,29 +324,10 @@ func TestTrimAfterLateWorkOrStopDoesNothing(t *testing.T) {
 // and once more when it stops. Before, every call that did work pushed the
 // trim back, and such a shim was never trimmed.
 func TestTrimWhileBusy(t *testing.T) {
-	var mu sync.Mutex
-	var collections, drops int
-	counts := func() (int, int) {
-		mu.Lock()
-		defer mu.Unlock()
-		return collections, drops
-	}
-	tr := startTrimmer(&trimmer{
-		delay:       50 * time.Millisecond,
-		every:       100 * time.Millisecond,
-		minFree:     1,
-		reclaimable: func() uint64 { return 1 << 20 },
-		freeOS:      func() { mu.Lock(); collections++; mu.Unlock() },
-		dropExe:     func() { mu.Lock(); drops++; mu.Unlock() },
-	})
+	tr, counts := countingTrimmer(50*time.Millisecond, 100*time.Millisecond)
 	defer tr.stop()
 	for end := time.Now().Add(650 * time.Millisecond); time.Now().Before(end); {
-		_, err := tr.interceptor(context.Background(), func(any) error { return nil },
-			&ttrpc.UnaryServerInfo{FullMethod: "/containerd.task.v3.Task/Exec"},
-			func(context.Context, func(any) error) (any, error) { return nil, nil })
-		if err != nil {
-			t.Fatal(err)
-		}
+		callThrough(t, tr, "/containerd.task.v3.Task/Exec")
 		time.Sleep(10 * time.Millisecond)
 	}
 	// A trim every 100 ms of work: about 6.
@@ -377,12 +367,7 @@ func TestTrimWhileBusyCountsFromTheFirstWork(t *testing.T) {
 	start := time.Now().Add(-10 * time.Minute)
 	tr.busySince, tr.trimmed = start, true // trimmed and idle since
 	tr.mu.Unlock()
-	_, err := tr.interceptor(context.Background(), func(any) error { return nil },
-		&ttrpc.UnaryServerInfo{FullMethod: "/containerd.task.v3.Task/Exec"},
-		func(context.Context, func(any) error) (any, error) { return nil, nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	callThrough(t, tr, "/containerd.task.v3.Task/Exec")
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if !tr.busySince.After(start) {
