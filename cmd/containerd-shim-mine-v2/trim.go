@@ -135,7 +135,8 @@ func startTrimmer(t *trimmer) *trimmer {
 // trim runs when the timer fires: idleTrimDelay after the last call that
 // did work, then every collectEvery (or when a postponed collection is
 // due) until the next such call; and, while calls that do work keep
-// coming, once collectEvery has passed since the last trim. A call that
+// coming, once the shim has worked for collectEvery since its first such
+// call after the last trim (busySince). A call that
 // does work and is in flight resets the timer again when it ends; a poll
 // in flight (CRI's Stats, often) does not, so the timer always comes back
 // by itself.
