@@ -126,6 +126,25 @@ func (s *screen) typeIn(text string) {
 	}
 }
 
+// typeUntil types a command line and waits for want, typing it again every
+// second until want shows or bound passes. A shell that is still starting
+// can lose a line that reached its terminal before it read it: a CI run
+// showed the line echoed by the container's terminal, in canonical mode,
+// and never run. What this test checks is that typed lines reach the
+// shell once it reads, not a shell's start-up.
+func (s *screen) typeUntil(text, want string, bound time.Duration) {
+	s.t.Helper()
+	for deadline := time.Now().Add(bound); ; {
+		s.typeIn(text)
+		if s.seen(want, time.Second) {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("no %q on the screen within %s; screen: %q", want, bound, s.text())
+		}
+	}
+}
+
 // exitCode waits, within bound, for minimgr to end.
 func (s *screen) exitCode(bound time.Duration) int {
 	s.t.Helper()
@@ -176,8 +195,7 @@ func TestDetachAndAttach(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
 	s := e.inTerminal(ctx, "run", "-it", e.bundle, "att", "sh")
-	s.typeIn("echo one-$((40+2))\r")
-	s.expect("one-42", 20*time.Second)
+	s.typeUntil("echo one-$((40+2))\r", "one-42", 20*time.Second)
 	s.typeIn("\x10\x11")
 	if code := s.exitCode(20 * time.Second); code != 0 {
 		t.Fatalf("detach: exit %d; screen %q", code, s.text())
@@ -186,8 +204,7 @@ func TestDetachAndAttach(t *testing.T) {
 		t.Fatalf("after detach: %+v", got)
 	}
 	a := e.inTerminal(ctx, "attach", "att")
-	a.typeIn("echo two-$((40+3))\r")
-	a.expect("two-43", 20*time.Second)
+	a.typeUntil("echo two-$((40+3))\r", "two-43", 20*time.Second)
 	a.typeIn("exit 6\r")
 	if code := a.exitCode(20 * time.Second); code != 6 {
 		t.Errorf("attach: exit %d, want 6; screen %q", code, a.text())
@@ -196,8 +213,7 @@ func TestDetachAndAttach(t *testing.T) {
 
 	e.mustRun("run", "-dt", e.bundle, "dt", "sh")
 	b := e.inTerminal(ctx, "attach", "dt")
-	b.typeIn("echo three-$((40+4))\r")
-	b.expect("three-44", 20*time.Second)
+	b.typeUntil("echo three-$((40+4))\r", "three-44", 20*time.Second)
 	b.typeIn("\x10\x11")
 	if code := b.exitCode(20 * time.Second); code != 0 {
 		t.Fatalf("detach from attach: exit %d; screen %q", code, b.text())
