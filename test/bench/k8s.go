@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,7 +74,9 @@ func (e *Env) memOfShims(boxes []*box, want int) ([]Mem, []shimProc, error) {
 
 // PollPoint is the memory of both runtimes' shims, n containers each (one
 // shim per container), read while every container's Stats is called once
-// a second, as containerd's CRI does (stats_collect_period).
+// a second, as containerd's CRI does (stats_collect_period): each
+// process's figures are the mean of pollReadings readings over the last
+// minute of the polling.
 type PollPoint struct {
 	Containers int        `json:"containers"`
 	Seconds    float64    `json:"seconds"`
@@ -90,7 +94,7 @@ type PollPoint struct {
 
 // PollMemory starts n sleeping containers of each runtime, polls the
 // metrics of all 2n once a second (each on its own phase) for d, and reads
-// every shim's memory while the polling goes on.
+// every shim's memory over the last minute of the polling (readPolled).
 func (e *Env) PollMemory(ctx context.Context, counts []int, d time.Duration) ([]PollPoint, error) {
 	var out []PollPoint
 	for _, n := range counts {
@@ -203,23 +207,70 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 		}()
 	}
 	e.logf("stats polling: %d containers per runtime, %v", n, d)
-	time.Sleep(d) // the polling goes on meanwhile: the duration is the point
+	err = e.readPolled(began, d, boxes, floors, n, &p, cpu0)
+	stop()
+	wg.Wait()
+	if err != nil {
+		return p, err
+	}
+	p.Polls = polls
+	return p, pollErr
+}
+
+// pollReadings is how many times the polling step reads every process's
+// memory, spread evenly over the last minute of the polling (its second
+// half, if shorter); a process's figures are the mean of its readings
+// (VmHWM: the last). Shims give memory back on their own clocks (mine
+// checks its heap and drops its executable's pages every minute, runc-v2
+// collects every 30 s), so a single reading would depend on where in those
+// cycles it fell.
+const pollReadings = 6
+
+// readPolled reads the memory of the polled shims and floors pollReadings
+// times up to began+d, and the shims' CPU over the polling, into p.
+func (e *Env) readPolled(began time.Time, d time.Duration, boxes map[Runtime][]*box, floors []*floor, n int, p *PollPoint, cpu0 map[int]CPU) error {
+	window := min(time.Minute, d/2)
+	byPid := map[Runtime]map[int][]Mem{}
+	var byFloor [][]Mem
+	for i := range pollReadings {
+		time.Sleep(time.Until(began.Add(d - window + window*time.Duration(i)/(pollReadings-1))))
+		for _, rt := range Runtimes {
+			mems, procs, err := e.memOfShims(boxes[rt], n)
+			if err != nil {
+				return err
+			}
+			if byPid[rt] == nil {
+				byPid[rt] = map[int][]Mem{}
+			}
+			for j, sp := range procs {
+				byPid[rt][sp.pid] = append(byPid[rt][sp.pid], mems[j])
+			}
+		}
+		for j, f := range floors {
+			m, err := f.mem()
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				byFloor = append(byFloor, nil)
+			}
+			byFloor[j] = append(byFloor[j], m)
+		}
+	}
 	var cpu Pair
 	for _, rt := range Runtimes {
-		mems, procs, err := e.memOfShims(boxes[rt], n)
-		if err != nil {
-			stop()
-			wg.Wait()
-			return p, err
-		}
-		for _, sp := range procs {
-			c, err := readCPU(sp.pid)
-			if err != nil {
-				stop()
-				wg.Wait()
-				return p, err
+		var mems []Mem
+		for _, pid := range slices.Sorted(maps.Keys(byPid[rt])) {
+			ms := byPid[rt][pid]
+			if len(ms) != pollReadings {
+				return fmt.Errorf("%s shim %d read %d times of %d: its containers' shims changed during the polling", rt, pid, len(ms), pollReadings)
 			}
-			cpu.add(rt, c.sub(cpu0[sp.pid]).Self/time.Since(began).Seconds())
+			mems = append(mems, meanMem(ms))
+			c, err := readCPU(pid)
+			if err != nil {
+				return err
+			}
+			cpu.add(rt, c.sub(cpu0[pid]).Self/time.Since(began).Seconds())
 		}
 		if rt == Mine {
 			p.Mine = summarizeMem(mems)
@@ -229,23 +280,14 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 	}
 	if len(floors) > 0 {
 		var mems []Mem
-		for _, f := range floors {
-			m, err := f.mem()
-			if err != nil {
-				stop()
-				wg.Wait()
-				return p, err
-			}
-			mems = append(mems, m)
+		for _, ms := range byFloor {
+			mems = append(mems, meanMem(ms))
 		}
 		fm := summarizeMem(mems)
 		p.Floor = &fm
 	}
-	stop()
-	wg.Wait()
-	p.Polls = polls
 	p.CPU = cpu.Compare("ms/s")
-	return p, pollErr
+	return nil
 }
 
 // ProbePoint is the memory of one shim per runtime after a number of execs

@@ -101,6 +101,28 @@ type Mem struct {
 	PrivateDirty float64 `json:"private_dirty_kib"`
 }
 
+// meanMem is the mean of readings of one process; its peak (VmHWM) and
+// threads are the last reading's.
+func meanMem(ms []Mem) Mem {
+	if len(ms) == 0 {
+		return Mem{}
+	}
+	var m Mem
+	for _, x := range ms {
+		m.Rss += x.Rss
+		m.Pss += x.Pss
+		m.PssAnon += x.PssAnon
+		m.PssFile += x.PssFile
+		m.VmRSS += x.VmRSS
+		m.PrivateDirty += x.PrivateDirty
+	}
+	k := float64(len(ms))
+	m.Rss, m.Pss, m.PssAnon, m.PssFile, m.VmRSS, m.PrivateDirty = m.Rss/k, m.Pss/k, m.PssAnon/k, m.PssFile/k, m.VmRSS/k, m.PrivateDirty/k
+	last := ms[len(ms)-1]
+	m.VmHWM, m.Threads = last.VmHWM, last.Threads
+	return m
+}
+
 // readMem reads the memory of pid.
 func readMem(pid int) (Mem, error) {
 	var m Mem

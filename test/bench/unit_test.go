@@ -38,6 +38,20 @@ func TestSummarize(t *testing.T) {
 
 func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
 
+func TestMeanMem(t *testing.T) {
+	got := meanMem([]Mem{
+		{Rss: 8000, Pss: 4000, PssAnon: 3000, PssFile: 1000, VmRSS: 8000, VmHWM: 9000, Threads: 9, PrivateDirty: 3000},
+		{Rss: 9000, Pss: 5000, PssAnon: 3500, PssFile: 1500, VmRSS: 9000, VmHWM: 9500, Threads: 10, PrivateDirty: 3500},
+	})
+	want := Mem{Rss: 8500, Pss: 4500, PssAnon: 3250, PssFile: 1250, VmRSS: 8500, VmHWM: 9500, Threads: 10, PrivateDirty: 3250}
+	if got != want {
+		t.Errorf("meanMem = %+v, want %+v", got, want)
+	}
+	if got := meanMem(nil); got != (Mem{}) {
+		t.Errorf("meanMem(nil) = %+v, want zero", got)
+	}
+}
+
 func TestRatio(t *testing.T) {
 	tests := []struct {
 		name string
