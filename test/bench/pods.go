@@ -276,11 +276,7 @@ func (p *podEnv) podMem(ctx context.Context, x pod) (Mem, error) {
 		if err != nil {
 			return total, err
 		}
-		total.Rss += m.Rss
-		total.Pss += m.Pss
-		total.PssAnon += m.PssAnon
-		total.PssFile += m.PssFile
-		total.VmRSS += m.VmRSS
+		total.add(m)
 		total.Threads += m.Threads
 	}
 	return total, nil

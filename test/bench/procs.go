@@ -101,6 +101,16 @@ type Mem struct {
 	PrivateDirty float64 `json:"private_dirty_kib"`
 }
 
+// add adds the sizes of x to m: not its peak (VmHWM), nor its threads.
+func (m *Mem) add(x Mem) {
+	m.Rss += x.Rss
+	m.Pss += x.Pss
+	m.PssAnon += x.PssAnon
+	m.PssFile += x.PssFile
+	m.VmRSS += x.VmRSS
+	m.PrivateDirty += x.PrivateDirty
+}
+
 // meanMem is the mean of readings of one process; its peak (VmHWM) and
 // threads are the last reading's.
 func meanMem(ms []Mem) Mem {
@@ -109,12 +119,7 @@ func meanMem(ms []Mem) Mem {
 	}
 	var m Mem
 	for _, x := range ms {
-		m.Rss += x.Rss
-		m.Pss += x.Pss
-		m.PssAnon += x.PssAnon
-		m.PssFile += x.PssFile
-		m.VmRSS += x.VmRSS
-		m.PrivateDirty += x.PrivateDirty
+		m.add(x)
 	}
 	k := float64(len(ms))
 	m.Rss, m.Pss, m.PssAnon, m.PssFile, m.VmRSS, m.PrivateDirty = m.Rss/k, m.Pss/k, m.PssAnon/k, m.PssFile/k, m.VmRSS/k, m.PrivateDirty/k
