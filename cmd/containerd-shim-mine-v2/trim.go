@@ -28,7 +28,7 @@ const idleTrimDelay = 5 * time.Second
 // is most of a shim's life. Polling calls (Stats, State) do not postpone
 // the trim: containerd's CRI calls Stats of every container once a second,
 // and without this the trim would never engage on a Kubernetes node; what a
-// poll needs is mapped back on its first call after a trim, and stays.
+// poll needs is mapped back on its first call after a trim.
 //
 // After a trim the shim checks its heap every collectEvery until a call
 // that does work comes: the polls go on leaving garbage and free pages,
@@ -36,7 +36,8 @@ const idleTrimDelay = 5 * time.Second
 // pages again: the next poll maps back the part it runs, but not what the
 // minute's collections, timers and checks mapped, about 0.4 MiB of a
 // polled shim's RSS (docs/BENCHMARKS.md, 24). A drop costs about 0.5 ms
-// of CPU, once a minute.
+// of CPU; every trim drops, which for a shim that is only polled is once
+// a minute.
 //
 // A shim that is never idle for idleTrimDelay (kubelet's exec probes every
 // few seconds, say) is trimmed once every collectEvery all the same, while

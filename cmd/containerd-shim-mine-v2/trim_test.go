@@ -251,31 +251,20 @@ func callThrough(t *testing.T, tr *trimmer, method string) {
 // polled shim's private memory grew from 3.6 to 4.3 MiB between its first
 // and fifth minute). Every check drops the executable's pages again
 // (before, only the first trim of an idle spell did, and a polled shim
-// kept the pages that the minute's collections and timers had mapped); a
-// call that does work starts a new spell; a stopped trimmer does nothing
+// kept the pages that the minute's collections and timers had mapped): a
+// check that collects has dropped them too. A stopped trimmer does nothing
 // more.
 func TestTrimKeepsCollectingUnderPolling(t *testing.T) {
 	tr, counts := countingTrimmer(20*time.Millisecond, 60*time.Millisecond)
 	defer tr.stop()
-	call := func(method string) { t.Helper(); callThrough(t, tr, method) }
 	for end := time.Now().Add(600 * time.Millisecond); time.Now().Before(end); {
-		call("/containerd.task.v3.Task/Stats")
+		callThrough(t, tr, "/containerd.task.v3.Task/Stats")
 		time.Sleep(5 * time.Millisecond)
 	}
-	// The trim at 20 ms, then a check every 60 ms: about 10 collections.
+	// The trim at 20 ms, then a check every 60 ms: about 10 of each.
 	c, d := counts()
-	if c < 3 || d < 3 {
-		t.Fatalf("600 ms of polls: %d collections and %d drops of the executable's pages, want at least 3 of each", c, d)
-	}
-	call("/containerd.task.v3.Task/Exec")
-	d0 := d
-	for end := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, d = counts(); d > d0 {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatalf("no trim within 2 s of a call that did work (%d drops)", d)
-		}
+	if c < 3 || d < c {
+		t.Fatalf("600 ms of polls: %d collections and %d drops of the executable's pages, want at least 3 collections and a drop with each", c, d)
 	}
 	tr.stop() // waits for a trim already running
 	c, d = counts()
@@ -283,6 +272,35 @@ func TestTrimKeepsCollectingUnderPolling(t *testing.T) {
 	if c2, d2 := counts(); c2 != c || d2 != d {
 		t.Errorf("a stopped trimmer went on: %d -> %d collections, %d -> %d drops", c, c2, d, d2)
 	}
+}
+
+// Polls neither bring a trim nor postpone one; a call that does work brings
+// the next trim idleTrimDelay after it, long before the next heap check.
+func TestWorkAfterPollingTrimsAgain(t *testing.T) {
+	tr, counts := countingTrimmer(20*time.Millisecond, 10*time.Second)
+	defer tr.stop()
+	waitDrops := func(want int, why string) {
+		t.Helper()
+		for end := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if _, d := counts(); d >= want {
+				return
+			}
+			if time.Now().After(end) {
+				_, d := counts()
+				t.Fatalf("%d drops of the executable's pages within 2 s %s, want %d", d, why, want)
+			}
+		}
+	}
+	waitDrops(1, "of the start")
+	for end := time.Now().Add(100 * time.Millisecond); time.Now().Before(end); {
+		callThrough(t, tr, "/containerd.task.v3.Task/Stats")
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, d := counts(); d != 1 {
+		t.Fatalf("%d drops after 100 ms of polls, want still 1: polls do not trim", d)
+	}
+	callThrough(t, tr, "/containerd.task.v3.Task/Exec")
+	waitDrops(2, "of a call that did work")
 }
 
 // A trim that finds a call that did work ended less than the delay ago
