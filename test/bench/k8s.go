@@ -218,22 +218,23 @@ func (e *Env) pollMemory(ctx context.Context, n int, d time.Duration) (_ PollPoi
 }
 
 // pollReadings is how many times the polling step reads every process's
-// memory, spread evenly over the last minute of the polling (its second
-// half, if shorter); a process's figures are the mean of its readings
-// (VmHWM: the last). Shims give memory back on their own clocks (mine
-// checks its heap and drops its executable's pages every minute, runc-v2
-// collects every 30 s), so a single reading would depend on where in those
-// cycles it fell.
+// memory: once in the middle of each sixth of the last minute of the
+// polling (of its second half, if shorter), so that no point of a
+// minute's cycle counts twice; a process's figures are the mean of its
+// readings (VmHWM: the last). Shims give memory back on their own clocks
+// (mine checks its heap and drops its executable's pages every minute,
+// runc-v2 collects every 30 s), so a single reading would depend on where
+// in those cycles it fell.
 const pollReadings = 6
 
 // readPolled reads the memory of the polled shims and floors pollReadings
-// times up to began+d, and the shims' CPU over the polling, into p.
+// times before began+d, and the shims' CPU over the polling, into p.
 func (e *Env) readPolled(began time.Time, d time.Duration, boxes map[Runtime][]*box, floors []*floor, n int, p *PollPoint, cpu0 map[int]CPU) error {
 	window := min(time.Minute, d/2)
 	byPid := map[Runtime]map[int][]Mem{}
-	var byFloor [][]Mem
+	byFloor := make([][]Mem, len(floors))
 	for i := range pollReadings {
-		time.Sleep(time.Until(began.Add(d - window + window*time.Duration(i)/(pollReadings-1))))
+		time.Sleep(time.Until(began.Add(d - window + window*time.Duration(2*i+1)/(2*pollReadings))))
 		for _, rt := range Runtimes {
 			mems, procs, err := e.memOfShims(boxes[rt], n)
 			if err != nil {
@@ -250,9 +251,6 @@ func (e *Env) readPolled(began time.Time, d time.Duration, boxes map[Runtime][]*
 			m, err := f.mem()
 			if err != nil {
 				return err
-			}
-			if i == 0 {
-				byFloor = append(byFloor, nil)
 			}
 			byFloor[j] = append(byFloor[j], m)
 		}

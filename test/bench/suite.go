@@ -30,7 +30,7 @@ type Options struct {
 	PodRounds       int           `json:"pod_rounds"`        // CRI pod starts per variant; 0: no pod figures
 	PodCount        int           `json:"pod_count"`         // idle pods per variant for the memory per pod
 	PollCounts      []int         `json:"poll_counts"`       // containers per runtime under 1 Hz Stats polling
-	PollTime        time.Duration `json:"poll_ns"`           // how long the polling goes on before memory is read
+	PollTime        time.Duration `json:"poll_ns"`           // how long the polling goes on; memory is read over its last minute
 	ProbeCounts     []int         `json:"probe_counts"`      // exec probes per runtime after which memory is read
 	GroupCounts     []int         `json:"group_counts"`      // containers in one group shim
 	StartRuns       int           `json:"start_runs"`        // start actions alone per runtime
@@ -65,7 +65,7 @@ func DefaultOptions() Options {
 		PodRounds:       20,
 		PodCount:        5,
 		PollCounts:      []int{10, 50},
-		PollTime:        130 * time.Second, // past the runtime's forced GC every 2 minutes
+		PollTime:        190 * time.Second, // read from 130 s on: past the runtime's forced GC every 2 minutes
 		ProbeCounts:     []int{1000},
 		GroupCounts:     []int{1, 10, 50},
 		StartRuns:       40,

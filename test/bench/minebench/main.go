@@ -47,7 +47,7 @@ func run() int {
 		podRounds = flag.Int("pod-rounds", def.PodRounds, "CRI pod starts per variant (0: no pod figures)")
 		podCount  = flag.Int("pods", def.PodCount, "idle pods per variant for the memory per pod")
 		pollCnt   = flag.String("poll-counts", joinInts(def.PollCounts), "containers per runtime under 1 Hz Stats polling")
-		pollTime  = flag.Duration("poll-time", def.PollTime, "how long Stats is polled before memory is read")
+		pollTime  = flag.Duration("poll-time", def.PollTime, "how long Stats is polled; memory is read six times over its last minute")
 		probes    = flag.String("probes", joinInts(def.ProbeCounts), "exec probes per runtime after which memory is read (1000,10000: about 20 minutes more)")
 		groupCnt  = flag.String("group-counts", joinInts(def.GroupCounts), "containers in one group shim")
 		startRuns = flag.Int("start-runs", def.StartRuns, "start actions alone per runtime")
