@@ -34,7 +34,7 @@ const idleTrimDelay = 5 * time.Second
 // that does work comes: the polls go on leaving garbage and free pages,
 // which only a collection gives back. Every check drops the executable's
 // pages again: the next poll maps back the part it runs, but not what the
-// minute's collections, timers and checks mapped, about 0.4 MiB of a
+// minute's collections, timers and checks mapped: 0.3 to 1 MiB of a
 // polled shim's RSS (docs/BENCHMARKS.md, 24). A drop costs about 0.5 ms
 // of CPU; every trim drops, which for a shim that is only polled is once
 // a minute.
