@@ -245,6 +245,14 @@ func callThrough(t *testing.T, tr *trimmer, method string) {
 	}
 }
 
+// callFor serves calls of method through tr's interceptor, gap apart, for d.
+func callFor(t *testing.T, tr *trimmer, method string, d, gap time.Duration) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(gap) {
+		callThrough(t, tr, method)
+	}
+}
+
 // Under polling alone a shim keeps checking its heap after its trim, every
 // collectEvery: the polls go on leaving garbage and free pages that only a
 // collection gives back (before, nothing came after the first trim, and a
@@ -257,10 +265,7 @@ func callThrough(t *testing.T, tr *trimmer, method string) {
 func TestTrimKeepsCollectingUnderPolling(t *testing.T) {
 	tr, counts := countingTrimmer(20*time.Millisecond, 60*time.Millisecond)
 	defer tr.stop()
-	for end := time.Now().Add(600 * time.Millisecond); time.Now().Before(end); {
-		callThrough(t, tr, "/containerd.task.v3.Task/Stats")
-		time.Sleep(5 * time.Millisecond)
-	}
+	callFor(t, tr, "/containerd.task.v3.Task/Stats", 600*time.Millisecond, 5*time.Millisecond)
 	// The trim at 20 ms, then a check every 60 ms: about 10 of each.
 	c, d := counts()
 	if c < 3 || d < c {
@@ -292,10 +297,7 @@ func TestWorkAfterPollingTrimsAgain(t *testing.T) {
 		}
 	}
 	waitDrops(1, "of the start")
-	for end := time.Now().Add(100 * time.Millisecond); time.Now().Before(end); {
-		callThrough(t, tr, "/containerd.task.v3.Task/Stats")
-		time.Sleep(5 * time.Millisecond)
-	}
+	callFor(t, tr, "/containerd.task.v3.Task/Stats", 100*time.Millisecond, 5*time.Millisecond)
 	if _, d := counts(); d != 1 {
 		t.Fatalf("%d drops after 100 ms of polls, want still 1: polls do not trim", d)
 	}
@@ -347,10 +349,7 @@ func TestTrimAfterLateWorkOrStopDoesNothing(t *testing.T) {
 func TestTrimWhileBusy(t *testing.T) {
 	tr, counts := countingTrimmer(50*time.Millisecond, 100*time.Millisecond)
 	defer tr.stop()
-	for end := time.Now().Add(650 * time.Millisecond); time.Now().Before(end); {
-		callThrough(t, tr, "/containerd.task.v3.Task/Exec")
-		time.Sleep(10 * time.Millisecond)
-	}
+	callFor(t, tr, "/containerd.task.v3.Task/Exec", 650*time.Millisecond, 10*time.Millisecond)
 	// A trim every 100 ms of work: about 6.
 	c, d := counts()
 	if c < 3 || d < 3 {
