@@ -47,19 +47,24 @@ type Container struct {
 
 // connect dials the shim of rec and asks Connect, both within dialTimeout.
 func (m *Manager) connect(ctx context.Context, dir string, rec record) (*Container, error) {
-	client, err := dial(ctx, rec.Address)
+	return m.connectWithin(ctx, dir, rec, dialTimeout)
+}
+
+// connectWithin dials the shim of rec and asks Connect, both within bound.
+func (m *Manager) connectWithin(ctx context.Context, dir string, rec record, bound time.Duration) (*Container, error) {
+	cctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	client, err := dial(cctx, rec.Address)
 	if err != nil {
 		return nil, fmt.Errorf("container %q: %w", rec.ID, err)
 	}
 	c := &Container{m: m, dir: dir, rec: rec, client: client, task: taskAPI.NewTTRPCTaskClient(client)}
-	cctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	defer cancel()
 	resp, err := c.task.Connect(cctx, &taskAPI.ConnectRequest{ID: rec.ID})
 	if err != nil {
 		client.Close()
 		err = fromShim(err)
 		if errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("no answer within %s: %w", dialTimeout, ErrShimDead)
+			err = fmt.Errorf("no answer within %s: %w", bound, ErrShimDead)
 		}
 		return nil, fmt.Errorf("container %q: connect: %w", rec.ID, err)
 	}

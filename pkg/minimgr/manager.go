@@ -293,7 +293,8 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 	if err := writeRecord(dir, rec); err != nil {
 		return nil, err
 	}
-	c, err = m.connect(ctx, dir, rec)
+	// The daemon start launched may not serve yet: give it serveTimeout.
+	c, err = m.connectWithin(ctx, dir, rec, serveTimeout)
 	if err != nil {
 		return nil, err
 	}

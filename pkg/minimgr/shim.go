@@ -27,12 +27,17 @@ import (
 // Bounds of the calls minimgr makes to shims. A shim that does not answer
 // within them is taken for dead.
 const (
-	// startTimeout bounds `shim start` (the shim waits up to 10 s for its
-	// daemon to serve).
+	// startTimeout bounds `shim start`. It answers once its daemon is
+	// launched, before the daemon serves.
 	startTimeout = 15 * time.Second
+	// serveTimeout bounds the first answer of a daemon that `shim start`
+	// just launched: the socket accepts at once, but the daemon answers
+	// only once it is up, which a loaded machine can delay by seconds.
+	serveTimeout = 10 * time.Second
 	// deleteTimeout bounds `shim delete` (containerd allows 5 s).
 	deleteTimeout = 5 * time.Second
-	// dialTimeout bounds dialling a shim and its Connect answer.
+	// dialTimeout bounds dialling a shim that already served and its
+	// Connect answer.
 	dialTimeout = 2 * time.Second
 	// shutdownTimeout bounds the Shutdown call (containerd's shim.shutdown).
 	shutdownTimeout = 3 * time.Second
@@ -213,13 +218,13 @@ func shimCmdError(ctx context.Context, what string, err error, stderr []byte) er
 // does not answer within its bound.
 var ErrShimDead = fmt.Errorf("shim dead: %w", errdefs.ErrUnavailable)
 
-// dial connects to the shim at address (unix://PATH) within dialTimeout.
+// dial connects to the shim at address (unix://PATH) within ctx's deadline.
 func dial(ctx context.Context, address string) (*ttrpc.Client, error) {
 	path, ok := strings.CutPrefix(address, "unix://")
 	if !ok {
 		return nil, fmt.Errorf("shim address %q: not unix://: %w", address, errdefs.ErrNotImplemented)
 	}
-	d := net.Dialer{Timeout: dialTimeout}
+	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w: %w", address, err, ErrShimDead)
