@@ -54,8 +54,10 @@
 //
 // # Reconnecting and dead shims
 //
-// Manager.Open dials the recorded address and asks Connect, within 2 s. A
-// shim that refuses or does not answer is dead: errors wrap ErrShimDead
+// Manager.Open dials the recorded address and asks Connect, within 2 s
+// (Create gives a shim it just started 10 s: `shim start` answers before
+// its daemon serves, and a loaded machine can delay the daemon). A shim
+// that refuses or does not answer is dead: errors wrap ErrShimDead
 // (errdefs.ErrUnavailable). Manager.Wait and Manager.Delete clean a dead
 // shim up with `SHIM -namespace NS -id ID -bundle STATEDIR delete`, whose
 // DeleteResponse holds the saved exit status; that status is recorded and
