@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +23,8 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/mineshim/mine/internal/unixsock/socktest"
 )
 
 func mustMarshal(t testing.TB, m proto.Message) []byte {
@@ -326,5 +330,34 @@ func TestDeleteRemovesDeadSocketOnly(t *testing.T) {
 		if !live && err == nil {
 			t.Fatal("socket of a dead shim left behind")
 		}
+	}
+}
+
+// A shim too busy to accept at once is alive: neither start nor delete
+// takes its socket for a dead one.
+func TestBusySocketIsLive(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s")
+	socktest.Busy(t, sock)
+	before, err := lstatID(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := listen(sock); !errors.Is(err, syscall.EADDRINUSE) {
+		if l != nil {
+			l.Close()
+		}
+		t.Errorf("listen on a busy shim's socket: %v, want EADDRINUSE", err)
+	}
+
+	bundle := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bundle, "runtime.json"), []byte(`{"root":"`+t.TempDir()+`"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "address"), []byte("unix://"+sock), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runDelete(t, bundle)
+	if after, err := lstatID(sock); err != nil || after != before {
+		t.Errorf("the busy shim's socket was replaced or removed: %v", err)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mineshim/mine/internal/unixsock"
 	"github.com/mineshim/mine/pkg/process"
 	"github.com/mineshim/mine/pkg/sandbox"
 )
@@ -80,9 +80,7 @@ func removeDeadSocket(bundle string) {
 	if err != nil {
 		return
 	}
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
-		return
+	if unixsock.Dead(path) {
+		_ = dead.remove()
 	}
-	_ = dead.remove()
 }

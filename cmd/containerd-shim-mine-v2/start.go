@@ -10,10 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/containerd/errdefs"
 
+	"github.com/mineshim/mine/internal/unixsock"
 	"github.com/mineshim/mine/pkg/process"
 )
 
@@ -159,8 +159,7 @@ func listen(path string) (*net.UnixListener, error) {
 		if serr != nil {
 			return nil, err
 		}
-		if c, derr := net.DialTimeout("unix", path, 200*time.Millisecond); derr == nil {
-			c.Close()
+		if !unixsock.Dead(path) {
 			return nil, err
 		}
 		// Only the socket found dead: another start may have replaced it

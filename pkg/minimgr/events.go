@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mineshim/mine/internal/replyhold"
+	"github.com/mineshim/mine/internal/unixsock"
 )
 
 // Event is one event a shim forwarded.
@@ -74,8 +75,7 @@ func (m *Manager) ListenEvents() (*EventsServer, error) {
 	}
 	l, err := net.Listen("unix", path)
 	if errors.Is(err, syscall.EADDRINUSE) {
-		if c, derr := net.DialTimeout("unix", path, time.Second); derr == nil {
-			c.Close()
+		if !unixsock.Dead(path) {
 			return nil, fmt.Errorf("events socket %s: another minimgr events serves it: %w", path, errdefs.ErrAlreadyExists)
 		}
 		if rerr := os.Remove(path); rerr != nil {

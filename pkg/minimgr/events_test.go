@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,12 +13,14 @@ import (
 	eventstypes "github.com/containerd/containerd/api/events"
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
 	apitypes "github.com/containerd/containerd/api/types"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mineshim/mine/internal/replyhold"
 	"github.com/mineshim/mine/internal/replyhold/streamtest"
+	"github.com/mineshim/mine/internal/unixsock/socktest"
 )
 
 // A shim forwards all its events over one connection for its whole life;
@@ -122,5 +125,30 @@ func TestEventsServerLeavesNoStreamRecorded(t *testing.T) {
 	}
 	if notHeld() > calls/100 {
 		t.Errorf("%d of %d replies went out unheld", notHeld(), calls)
+	}
+}
+
+// An events socket whose server is too busy to accept at once belongs to
+// another live `minimgr events`: it is not taken over.
+func TestListenEventsKeepsBusyServer(t *testing.T) {
+	dir, err := os.MkdirTemp("", "mev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	m, err := New(Config{Root: dir, Namespace: "events-test", RuntimeBinary: "/bin/true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(m.EventsAddress()), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	socktest.Busy(t, m.EventsAddress())
+	srv, err := m.ListenEvents()
+	if err == nil {
+		srv.l.Close()
+	}
+	if !errdefs.IsAlreadyExists(err) {
+		t.Errorf("listen beside a busy events server: %v, want already exists", err)
 	}
 }
