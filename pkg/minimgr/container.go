@@ -47,12 +47,7 @@ type Container struct {
 
 // connect dials the shim of rec and asks Connect, both within dialTimeout.
 func (m *Manager) connect(ctx context.Context, dir string, rec record) (*Container, error) {
-	return m.connectWithin(ctx, dir, rec, dialTimeout)
-}
-
-// connectWithin dials the shim of rec and asks Connect, both within bound.
-func (m *Manager) connectWithin(ctx context.Context, dir string, rec record, bound time.Duration) (*Container, error) {
-	cctx, cancel := context.WithTimeout(ctx, bound)
+	cctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	client, err := dial(cctx, rec.Address)
 	if err != nil {
@@ -64,7 +59,7 @@ func (m *Manager) connectWithin(ctx context.Context, dir string, rec record, bou
 		client.Close()
 		err = fromShim(err)
 		if errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("no answer within %s: %w", bound, ErrShimDead)
+			err = fmt.Errorf("no answer within %s: %w", dialTimeout, ErrShimDead)
 		}
 		return nil, fmt.Errorf("container %q: connect: %w", rec.ID, err)
 	}

@@ -54,10 +54,10 @@
 //
 // # Reconnecting and dead shims
 //
-// Manager.Open dials the recorded address and asks Connect, within 2 s
-// (Create gives a shim it just started 10 s: `shim start` answers before
-// its daemon serves, and a loaded machine can delay the daemon). A shim
-// that refuses or does not answer is dead: errors wrap ErrShimDead
+// Manager.Open dials the recorded address and asks Connect, within 10 s
+// (Create does the same for the shim it just started: `shim start` answers
+// before its daemon serves, and a loaded machine can delay either by
+// seconds). A shim that refuses or does not answer is dead: errors wrap ErrShimDead
 // (errdefs.ErrUnavailable). Manager.Wait and Manager.Delete clean a dead
 // shim up with `SHIM -namespace NS -id ID -bundle STATEDIR delete`, whose
 // DeleteResponse holds the saved exit status; that status is recorded and
@@ -68,7 +68,7 @@
 // # Teardown
 //
 // Container.Delete: Delete, Shutdown (3 s), then the shim process is ended:
-// given 2 s to send its last events when an events server listens, else
+// given 15 s to send its last events when an events server listens, else
 // killed at once (through a pidfd, after its command line was checked);
 // then `shim delete` (harmless when all is gone already, as after every
 // containerd teardown), removal of its socket directory and of the state

@@ -293,8 +293,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 	if err := writeRecord(dir, rec); err != nil {
 		return nil, err
 	}
-	// The daemon start launched may not serve yet: give it serveTimeout.
-	c, err = m.connectWithin(ctx, dir, rec, serveTimeout)
+	c, err = m.connect(ctx, dir, rec)
 	if err != nil {
 		return nil, err
 	}

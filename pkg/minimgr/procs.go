@@ -105,8 +105,10 @@ func (p *shimProc) close() { unix.Close(p.fd) }
 const killBound = 5 * time.Second
 
 // shimExitBound bounds how long a shim that was told to shut down may take
-// to send its last events when someone listens for them.
-const shimExitBound = 2 * time.Second
+// to send its last events when someone listens for them. The shim bounds
+// its own teardown to 10 s (5 s to stop its server, then 5 s to send its
+// events): a slow but healthy shim is not killed with events still queued.
+const shimExitBound = 15 * time.Second
 
 // endShim makes sure that the shim daemon (pid) of container id is gone
 // once its container was deleted and it was told to shut down: it may

@@ -30,15 +30,14 @@ const (
 	// startTimeout bounds `shim start`. It answers once its daemon is
 	// launched, before the daemon serves.
 	startTimeout = 15 * time.Second
-	// serveTimeout bounds the first answer of a daemon that `shim start`
-	// just launched: the socket accepts at once, but the daemon answers
-	// only once it is up, which a loaded machine can delay by seconds.
-	serveTimeout = 10 * time.Second
-	// deleteTimeout bounds `shim delete` (containerd allows 5 s).
-	deleteTimeout = 5 * time.Second
-	// dialTimeout bounds dialling a shim that already served and its
-	// Connect answer.
-	dialTimeout = 2 * time.Second
+	// deleteTimeout bounds `shim delete`. containerd allows it 5 s; minimgr
+	// gives a new process on a loaded machine more before it fails a Delete.
+	deleteTimeout = 30 * time.Second
+	// dialTimeout bounds dialling a shim and its Connect answer. The socket
+	// accepts at once, but a shim answers only once it is scheduled: a
+	// daemon that `shim start` just launched must first be up, and a loaded
+	// machine delays either by seconds.
+	dialTimeout = 10 * time.Second
 	// shutdownTimeout bounds the Shutdown call (containerd's shim.shutdown).
 	shutdownTimeout = 3 * time.Second
 	// waitDelay bounds reading a shim command's output after it exited

@@ -12,7 +12,7 @@ import (
 // slowShimScript runs the shim; after `start` it stops the daemon that
 // start launched (the process whose working directory is the bundle) and
 // lets it go on only after a pause, as a loaded machine may schedule a new
-// daemon late. The pause outlasts dialTimeout.
+// daemon late.
 const slowShimScript = `#!/bin/sh
 last=
 for a in "$@"; do last=$a; done
@@ -32,7 +32,7 @@ done
 // for a dead shim.
 func TestCreateWaitsForNewShim(t *testing.T) {
 	m, bundle := newTestManager(t)
-	pause := dialTimeout + 2*time.Second
+	const pause = 4 * time.Second
 	wrapper := filepath.Join(t.TempDir(), ShimBinary)
 	script := fmt.Sprintf(slowShimScript, shimBin, int(pause.Seconds()))
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
