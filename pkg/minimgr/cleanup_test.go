@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // TestCleanupInterruptedCreates: what a minimgr killed in the middle of
@@ -232,4 +234,49 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestDeleteDeadShimRuncUnknown: when a container's shim is dead and runc
+// keeps its state but cannot say whether its processes run, Delete without
+// force refuses (unavailable) and kills nothing.
+func TestDeleteDeadShimRuncUnknown(t *testing.T) {
+	m, bundle := newTestManager(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := m.Create(ctx, CreateOpts{Bundle: bundle, ID: "unk", Args: []string{"sleep", "1000"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := c.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shimPid := c.ShimPid()
+	c.Close()
+	if err := unix.Kill(shimPid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitGone(shimPid, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// A runc that fails to answer `state`, as one that hangs past its bound.
+	broken := filepath.Join(t.TempDir(), "runc")
+	if err := os.WriteFile(broken, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m2, err := New(Config{Root: m.Root(), Namespace: m.Namespace(), RuntimeBinary: shimBin,
+		RuncOptions: &runcoptions.Options{BinaryName: broken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m2.Delete(ctx, "unk", false); !errdefs.IsUnavailable(err) {
+		t.Errorf("delete without force: %v, want unavailable", err)
+	}
+	if err := unix.Kill(pid, 0); err != nil {
+		t.Fatalf("the container's init is gone after a refused delete: %v", err)
+	}
+	if exit, err := m.Delete(ctx, "unk", true); err != nil || exit.Status != 137 {
+		t.Fatalf("forced delete: %+v %v", exit, err)
+	}
 }

@@ -539,8 +539,14 @@ func (m *Manager) removeDead(ctx context.Context, id string, killShim, killInit 
 				return exit, err
 			}
 		}
-		if !killInit && m.runcRunning(ctx, id) {
-			return exit, fmt.Errorf("container %q: its shim is gone but its processes run: delete -f kills them: %w", id, errdefs.ErrFailedPrecondition)
+		if !killInit {
+			running, err := m.runcRunning(ctx, id)
+			if err != nil {
+				return exit, fmt.Errorf("container %q: its shim is gone and whether its processes run is unknown: delete -f kills them: %v: %w", id, err, errdefs.ErrUnavailable)
+			}
+			if running {
+				return exit, fmt.Errorf("container %q: its shim is gone but its processes run: delete -f kills them: %w", id, errdefs.ErrFailedPrecondition)
+			}
 		}
 	}
 	if rec.Exit != nil {

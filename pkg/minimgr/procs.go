@@ -139,8 +139,10 @@ func (m *Manager) eventsServed() bool {
 }
 
 // runcRunning reports whether runc knows container id as running, paused
-// or created (its processes live), asked within deleteTimeout.
-func (m *Manager) runcRunning(ctx context.Context, id string) bool {
+// or created (its processes live), asked within deleteTimeout. When runc
+// keeps state for id but does not answer, whether the processes live is
+// unknown: an error.
+func (m *Manager) runcRunning(ctx context.Context, id string) (bool, error) {
 	bin := "runc"
 	if o := m.cfg.RuncOptions; o != nil && o.BinaryName != "" {
 		bin = o.BinaryName
@@ -148,16 +150,19 @@ func (m *Manager) runcRunning(ctx context.Context, id string) bool {
 	ctx, cancel := context.WithTimeout(ctx, deleteTimeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "--root", m.runcRoot(), "state", id).Output()
-	if err != nil {
-		return false
-	}
 	var st struct {
 		Status string `json:"status"`
 	}
-	if json.Unmarshal(out, &st) != nil {
-		return false
+	if err == nil {
+		err = json.Unmarshal(out, &st)
 	}
-	return st.Status == "running" || st.Status == "paused" || st.Status == "created"
+	if err != nil {
+		if !exists(filepath.Join(m.runcRoot(), id)) {
+			return false, nil // runc knows no such container
+		}
+		return false, fmt.Errorf("runc state %s: %w", id, err)
+	}
+	return st.Status == "running" || st.Status == "paused" || st.Status == "created", nil
 }
 
 // cmdline is the command line of pid, nil when it is gone.
