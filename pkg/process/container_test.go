@@ -867,7 +867,7 @@ func TestExecStartOutlivesCanceledCaller(t *testing.T) {
 	go func() { _, err := c.Start(cctx, "e1"); started <- err }()
 	waitWritten(t, filepath.Join(f.rt.Root, "c1", "execs"), "the exec's process")
 	cancel()
-	releaseHold(hold)
+	releaseHold(hold, 10*time.Second)
 	select {
 	case err := <-started:
 		t.Logf("start returned %v", err)
@@ -913,11 +913,11 @@ func waitWritten(t *testing.T, path, what string) string {
 }
 
 // releaseHold lets a fake runtime blocked on the FIFO hold go on, once it
-// has opened it; a runtime killed meanwhile (or that never came) is waited
-// for two seconds at most.
-func releaseHold(hold string) {
+// has opened it, waiting for that at most bound: a runtime on its way may
+// be scheduled late on a loaded machine, one killed meanwhile never comes.
+func releaseHold(hold string, bound time.Duration) {
 	time.Sleep(100 * time.Millisecond) // a runtime killed for a cancellation is gone by now
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(bound)
 	for time.Now().Before(deadline) {
 		if w, err := os.OpenFile(hold, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
 			w.Close() // its reader, the runtime, returns
@@ -965,7 +965,7 @@ func TestDeleteEndsHeldRestore(t *testing.T) {
 	f := newFake(t)
 	c := createFromCheckpoint(t, f)
 	hold := newHold(t, "FAKE_RUNTIME_RESTORE_HOLD")
-	t.Cleanup(func() { releaseHold(hold) })
+	t.Cleanup(func() { releaseHold(hold, 2*time.Second) })
 	started := make(chan error, 1)
 	go func() { _, err := c.Start(context.Background(), ""); started <- err }()
 	pid, err := strconv.Atoi(waitWritten(t, filepath.Join(f.rt.Root, "c1", "pid"), "the restored process"))
@@ -1066,7 +1066,7 @@ func TestCreateCanceledLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	releaseHold(hold)
+	releaseHold(hold, 10*time.Second)
 	select {
 	case err := <-created:
 		if err == nil {
@@ -1115,7 +1115,7 @@ func startCanceledWhileHeld(t *testing.T, f fakeEnv, c *Container, holdEnv, call
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()
-	releaseHold(hold)
+	releaseHold(hold, 10*time.Second)
 	select {
 	case err := <-started:
 		if err != nil {

@@ -339,9 +339,11 @@ func criuLogErrors(work string) string {
 }
 
 // noProcessDeleteBound bounds the delete of a task that never had a
-// process. The shim may wait seconds for the exit of an init it killed, but
-// such a task has no init to wait for: its delete takes milliseconds.
-const noProcessDeleteBound = 2 * time.Second
+// process. The shim waits up to 5 s for the exit of an init it killed, but
+// such a task has no init to wait for: its delete takes milliseconds, and
+// a delete that waited takes 5 s at least. The bound sits just below, so
+// that a loaded machine has all the room there is.
+const noProcessDeleteBound = 4500 * time.Millisecond
 
 // TestRestoreFailure creates tasks from a checkpoint image that runc cannot
 // restore (an empty directory): the start fails with the runtime's error,

@@ -228,7 +228,8 @@ func hostPIDProcs(t *testing.T, marker string) []int {
 }
 
 // The init of a container in the host's PID namespace is killed: every
-// other process of the container is gone within 100 ms of the exit event.
+// other process of the container is killed with it, not left running (each
+// is given 5 s after the exit event to be scheduled and end).
 func TestHostPIDInitExitKillsAll(t *testing.T) {
 	h := requireHarness(t)
 	h.sideBySide(t, func(t *testing.T, rt string) {
@@ -248,7 +249,7 @@ func TestHostPIDInitExitKillsAll(t *testing.T) {
 			t.Fatalf("exit status %d, want 137", code)
 		}
 		exited := time.Now()
-		if !pollUntil(100*time.Millisecond, func() bool { return len(hostPIDProcs(t, marker)) == 0 }) {
+		if !pollUntil(5*time.Second, func() bool { return len(hostPIDProcs(t, marker)) == 0 }) {
 			t.Fatalf("processes %v of the container still alive %v after the exit event", hostPIDProcs(t, marker), time.Since(exited))
 		}
 		r.delete(t)
