@@ -23,21 +23,29 @@ import (
 	"github.com/mineshim/mine/internal/unixsock/socktest"
 )
 
+// eventsOnlyManager is a Manager for tests of its events server: no shim
+// runs, so any executable serves as the runtime binary. Its root is short,
+// for the socket path's sake.
+func eventsOnlyManager(t *testing.T) *Manager {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	m, err := New(Config{Root: dir, Namespace: "events-test", RuntimeBinary: "/bin/true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // A shim forwards all its events over one connection for its whole life;
 // the events server must not keep a stream recorded per event answered
 // before ttrpc stored it (see replyhold), or a long `minimgr events` grows
 // with every event of every shim.
 func TestEventsServerLeavesNoStreamRecorded(t *testing.T) {
-	dir, err := os.MkdirTemp("", "mev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	// No shim runs: any executable serves as the runtime binary.
-	m, err := New(Config{Root: dir, Namespace: "events-test", RuntimeBinary: "/bin/true"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := eventsOnlyManager(t)
 	srv, err := m.ListenEvents()
 	if err != nil {
 		t.Fatal(err)
@@ -131,15 +139,7 @@ func TestEventsServerLeavesNoStreamRecorded(t *testing.T) {
 // An events socket whose server is too busy to accept at once belongs to
 // another live `minimgr events`: it is not taken over.
 func TestListenEventsKeepsBusyServer(t *testing.T) {
-	dir, err := os.MkdirTemp("", "mev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	m, err := New(Config{Root: dir, Namespace: "events-test", RuntimeBinary: "/bin/true"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := eventsOnlyManager(t)
 	if err := os.MkdirAll(filepath.Dir(m.EventsAddress()), 0o711); err != nil {
 		t.Fatal(err)
 	}
