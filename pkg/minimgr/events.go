@@ -140,8 +140,10 @@ func (f *forwarder) Forward(ctx context.Context, r *eventsapi.ForwardRequest) (*
 	return &emptypb.Empty{}, nil
 }
 
-// publishTimeout bounds the best-effort events minimgr sends itself.
-const publishTimeout = time.Second
+// publishTimeout bounds the best-effort events minimgr sends itself, as
+// the shim bounds each of its forwards: a listener that a loaded machine
+// schedules late still gets them.
+const publishTimeout = 5 * time.Second
 
 // publishDeadExit forwards TaskExit and TaskDelete for a container whose
 // shim died, as containerd does, when an events server listens.
