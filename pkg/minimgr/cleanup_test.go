@@ -280,3 +280,32 @@ func TestDeleteDeadShimRuncUnknown(t *testing.T) {
 		t.Fatalf("forced delete: %+v %v", exit, err)
 	}
 }
+
+// TestCustomRuncRoot: with a runc root in the runc options, runc keeps a
+// container's state where minimgr looks for it (the root's directory of the
+// namespace, as the shim sets it).
+func TestCustomRuncRoot(t *testing.T) {
+	m, bundle := newTestManager(t)
+	root, err := os.MkdirTemp("", "runc-root-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	m.cfg.RuncOptions = &runcoptions.Options{Root: root}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := m.Create(ctx, CreateOpts{Bundle: bundle, ID: "cr", Args: []string{"sleep", "1000"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !exists(filepath.Join(m.runcRoot(), "cr", "state.json")) {
+		t.Errorf("no runc state of cr under %s", m.runcRoot())
+	}
+	if running, err := m.runcRunning(ctx, "cr"); err != nil || !running {
+		t.Errorf("runcRunning: %v %v, want true", running, err)
+	}
+	if _, err := c.Delete(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -357,10 +357,12 @@ func (m *Manager) runcOptions() (*anypb.Any, error) {
 // runc shim does.
 const defaultRuncRoot = "/run/containerd/runc"
 
-// runcRoot is the runc root of the Manager's containers.
+// runcRoot is the runc root of the Manager's containers: a directory per
+// namespace, under the runc options' root as under the default one (the
+// shim does the same).
 func (m *Manager) runcRoot() string {
 	if o := m.cfg.RuncOptions; o != nil && o.Root != "" {
-		return o.Root
+		return filepath.Join(o.Root, m.cfg.Namespace)
 	}
 	return filepath.Join(defaultRuncRoot, m.cfg.Namespace)
 }

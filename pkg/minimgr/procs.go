@@ -140,8 +140,8 @@ func (m *Manager) eventsServed() bool {
 
 // runcRunning reports whether runc knows container id as running, paused
 // or created (its processes live), asked within deleteTimeout. When runc
-// keeps state for id but does not answer, whether the processes live is
-// unknown: an error.
+// keeps a state file for id but does not answer, whether the processes live
+// is unknown: an error.
 func (m *Manager) runcRunning(ctx context.Context, id string) (bool, error) {
 	bin := "runc"
 	if o := m.cfg.RuncOptions; o != nil && o.BinaryName != "" {
@@ -157,8 +157,8 @@ func (m *Manager) runcRunning(ctx context.Context, id string) (bool, error) {
 		err = json.Unmarshal(out, &st)
 	}
 	if err != nil {
-		if !exists(filepath.Join(m.runcRoot(), id)) {
-			return false, nil // runc knows no such container
+		if !exists(filepath.Join(m.runcRoot(), id, "state.json")) {
+			return false, nil // runc knows no such container (or never finished creating it)
 		}
 		return false, fmt.Errorf("runc state %s: %w", id, err)
 	}
