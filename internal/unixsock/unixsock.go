@@ -12,13 +12,18 @@ import (
 // itself is not scheduled in time, and its expiry counts as alive.
 const dialBound = time.Second
 
-// Dead reports whether nobody listens on the unix socket at path: a connect
-// is refused, or the path is gone. Any other outcome may be a live server.
+// Dead reports whether no stream server can be reached at path. Alive are
+// a socket that accepts a connect, one whose backlog is full (EAGAIN), and
+// one the connect ran out of time on. Anything else (refused, gone, not a
+// stream socket, not a socket at all, a symlink loop) is dead: the path is
+// of no use to a client and may be taken over.
 func Dead(path string) bool {
 	c, err := net.DialTimeout("unix", path, dialBound)
 	if err == nil {
 		c.Close()
 		return false
 	}
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+	var ne net.Error
+	busy := errors.Is(err, syscall.EAGAIN) || errors.As(err, &ne) && ne.Timeout()
+	return !busy
 }

@@ -2,6 +2,7 @@ package unixsock
 
 import (
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -29,6 +30,23 @@ func TestDead(t *testing.T) {
 	full := filepath.Join(dir, "busy")
 	socktest.Busy(t, full)
 
+	dgram := filepath.Join(dir, "dgram")
+	dl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: dgram, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dl.Close()
+
+	loop := filepath.Join(dir, "loop")
+	if err := os.Symlink(loop, loop); err != nil {
+		t.Fatal(err)
+	}
+
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	for _, c := range []struct {
 		path string
 		dead bool
@@ -37,6 +55,9 @@ func TestDead(t *testing.T) {
 		{full, false},
 		{closed, true},
 		{filepath.Join(dir, "none"), true},
+		{dgram, true},
+		{loop, true},
+		{file, true},
 	} {
 		if got := Dead(c.path); got != c.dead {
 			t.Errorf("Dead(%s) = %v, want %v", filepath.Base(c.path), got, c.dead)
