@@ -140,9 +140,9 @@ func (f *forwarder) Forward(ctx context.Context, r *eventsapi.ForwardRequest) (*
 	return &emptypb.Empty{}, nil
 }
 
-// publishTimeout bounds the best-effort events minimgr sends itself, as
-// the shim bounds each of its forwards: a listener that a loaded machine
-// schedules late still gets them.
+// publishTimeout bounds the best-effort events minimgr sends itself (both
+// of a dead shim's), as the shim bounds a forward: a listener that a loaded
+// machine schedules late still gets them.
 const publishTimeout = 5 * time.Second
 
 // publishDeadExit forwards TaskExit and TaskDelete for a container whose

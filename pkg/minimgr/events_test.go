@@ -152,3 +152,23 @@ func TestListenEventsKeepsBusyServer(t *testing.T) {
 		t.Errorf("listen beside a busy events server: %v, want already exists", err)
 	}
 }
+
+// An events server too busy to accept at once still listens: endShim gives
+// the shim its time to send its last events, and asking does not block.
+func TestEventsServedBusy(t *testing.T) {
+	m := eventsOnlyManager(t)
+	if err := os.MkdirAll(filepath.Dir(m.EventsAddress()), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	socktest.Busy(t, m.EventsAddress())
+	served := make(chan bool, 1)
+	go func() { served <- m.eventsServed() }()
+	select {
+	case ok := <-served:
+		if !ok {
+			t.Error("a busy events server is not served")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("eventsServed blocked on a busy events server")
+	}
+}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mineshim/mine/internal/unixsock"
 )
 
 // shimProc is a shim daemon process of this Manager's root, held by a
@@ -128,14 +130,9 @@ func (m *Manager) endShim(pid int, id string) error {
 }
 
 // eventsServed reports whether an events server listens on the root's
-// events socket.
+// events socket, one too busy to accept at once included.
 func (m *Manager) eventsServed() bool {
-	c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(c)
-	return unix.Connect(c, &unix.SockaddrUnix{Name: m.EventsAddress()}) == nil
+	return !unixsock.Dead(m.EventsAddress())
 }
 
 // runcRunning reports whether runc knows container id as running, paused

@@ -51,7 +51,7 @@ type Phase struct {
 // containerd's work (and their round trips with ctr).
 var phases = []struct{ name, from, to string }{
 	{"ctr and containerd, before the shim", "ctr exec", "shim start exec"},
-	{"shim start, until its daemon serves", "shim start exec", "shim start exit"},
+	{"shim start, until it answers", "shim start exec", "shim start exit"},
 	{"to runc create (Create RPC, rootfs mount)", "shim start exit", "runc create exec"},
 	{"runc create", "runc create exec", "runc create exit"},
 	{"to runc start (Create reply, Wait, Start RPC)", "runc create exit", "runc start exec"},
@@ -413,7 +413,7 @@ func (tr *procTree) milestones(start, end float64, shimBins []string) []namedTim
 		}
 	}
 	mark("ctr exit", ctr.exit)
-	// The shim binary runs as `start` (exits once the daemon serves), then
+	// The shim binary runs as `start` (exits once the daemon is launched), then
 	// as the daemon (re-executed by start), then as `delete`: containerd
 	// 2.x runs it when the shim's connection closes, after shutdown.
 	shimRoles := []string{"shim start", "shim daemon", "shim delete"}

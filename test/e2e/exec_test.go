@@ -242,8 +242,10 @@ func TestExecErrors(t *testing.T) {
 	// holds it back (the mine shim waits up to 5 s for execs it thinks
 	// still run).
 	t.Run("init exit not held", func(t *testing.T) {
-		c.kill(t, syscall.SIGKILL)
+		// Timed from before the kill: a held exit comes 5 s after the
+		// init's, however long the kill call takes to return.
 		start := time.Now()
+		c.kill(t, syscall.SIGKILL)
 		if code := c.waitInit(t); code != 137 {
 			t.Errorf("init exit status %d, want 137", code)
 		}
