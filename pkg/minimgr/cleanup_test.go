@@ -253,7 +253,18 @@ func TestDeleteDeadShimRuncUnknown(t *testing.T) {
 	}
 	shimPid := c.ShimPid()
 	c.Close()
-	if err := unix.Kill(shimPid, unix.SIGKILL); err != nil {
+	// Held through pidfds: neither pid is signalled or judged after its exit.
+	initFD, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(initFD)
+	shimFD, err := unix.PidfdOpen(shimPid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(shimFD)
+	if err := unix.PidfdSendSignal(shimFD, unix.SIGKILL, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := waitGone(shimPid, 10*time.Second); err != nil {
@@ -273,8 +284,8 @@ func TestDeleteDeadShimRuncUnknown(t *testing.T) {
 	if _, err := m2.Delete(ctx, "unk", false); !errdefs.IsUnavailable(err) {
 		t.Errorf("delete without force: %v, want unavailable", err)
 	}
-	if err := unix.Kill(pid, 0); err != nil {
-		t.Fatalf("the container's init is gone after a refused delete: %v", err)
+	if n, err := unix.Poll([]unix.PollFd{{Fd: int32(initFD), Events: unix.POLLIN}}, 0); err != nil || n != 0 {
+		t.Fatalf("the container's init ended with a refused delete (poll %d, %v)", n, err)
 	}
 	if exit, err := m.Delete(ctx, "unk", true); err != nil || exit.Status != 137 {
 		t.Fatalf("forced delete: %+v %v", exit, err)
