@@ -332,7 +332,9 @@ func (c *Container) Update(ctx context.Context, res *specs.LinuxResources) error
 // Delete removes an exec process, or the container when execID is "": the
 // runtime state, the rootfs mount, and the I/O of the init and of every exec
 // left undeleted. The init must have stopped, or not have started (then it
-// is killed). Every wait in it is bounded and none holds a lock.
+// is killed). Every wait in it is bounded and none holds a lock. When it
+// returns nothing is mounted on the rootfs any more; an overlay's teardown,
+// which syncs its upper layer, runs just after (detachRootfs).
 func (c *Container) Delete(ctx context.Context, execID string) (ExitRecord, error) {
 	p, err := c.lookup(execID)
 	if err != nil {
@@ -363,9 +365,12 @@ func (c *Container) Delete(ctx context.Context, execID string) (ExitRecord, erro
 		}
 	}
 	var errs error
+	release := func() {}
 	if c.mounted {
-		errs = mount.UnmountRecursive(filepath.Join(c.cfg.Bundle, "rootfs"), 0)
+		release, errs = detachRootfs(filepath.Join(c.cfg.Bundle, "rootfs"))
 	}
+	// The rootfs's teardown runs beside the reply, not before it.
+	defer func() { go release() }()
 	// The init's I/O, and that of execs nobody deleted: a pod's shim lives
 	// as long as its pod, so nothing of a deleted container may stay.
 	c.mu.Lock()
