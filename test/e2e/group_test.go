@@ -10,6 +10,8 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
+
+	"github.com/mineshim/mine/test/internal/testenv"
 )
 
 // The tasks of a group deleted at the same time, as a kubelet removes a
@@ -93,6 +95,54 @@ func TestGroupParallelDelete(t *testing.T) {
 				return
 			}
 			t.Error(msg)
+		})
+	}
+}
+
+// A container deleted from a group leaves nothing of its rootfs behind in
+// the shim that goes on serving the group (both runtimes): nothing mounted
+// under its bundle when the delete returns, and soon after no descriptor of
+// the shim's on a detached mount. (The mine shim detaches a lone overlay
+// rootfs with its root held open and closes it after the reply, so that
+// the overlay's teardown is not on the delete's path: pkg/process,
+// detachRootfs.)
+func TestGroupDeleteReleasesRootfs(t *testing.T) {
+	h := requireHarness(t)
+	for _, rt := range []string{runtimeMine, runtimeRunc} {
+		t.Run(rt, func(t *testing.T) {
+			h.requireShim(t, rt)
+			group := newID(t)
+			hosts := make([]*execHost, 2)
+			for i := range hosts {
+				hosts[i] = h.startHost(t, rt, fmt.Sprintf("%s-%d", group, i), cio.NullIO,
+					oci.WithProcessArgs(sleeper...), oci.WithAnnotations(map[string]string{groupAnnotation: group}))
+			}
+			pids, err := shimPIDs(h.d.cfg.address(), h.shimExes, hosts[0].ns, hosts[0].id)
+			if err != nil || len(pids) != 1 {
+				t.Fatalf("the group's shim: %v, %v", pids, err)
+			}
+			shim := pids[0]
+			gone := hosts[1]
+			bundle := h.bundleDir(gone.ns, gone.id)
+			if m, err := mountsUnder(bundle); err != nil || len(m) == 0 {
+				t.Fatalf("no rootfs mounted under %s before the delete (%v): the check below would see nothing", bundle, err)
+			}
+			gone.kill(t, syscall.SIGKILL)
+			gone.waitInit(t)
+			gone.delete(t)
+			if m, err := mountsUnder(bundle); err != nil || len(m) != 0 {
+				t.Fatalf("mounted under %s after the delete returned: %v, %v", bundle, m, err)
+			}
+			var held []string
+			if !pollUntil(cleanupTimeout, func() bool {
+				held, err = testenv.DetachedMountFDs(shim)
+				return err == nil && len(held) == 0
+			}) {
+				t.Fatalf("the group's shim (pid %d) still holds detached mounts %v after %v: %v", shim, held, cleanupTimeout, err)
+			}
+			if !pidAlive(shim) {
+				t.Fatalf("the group's shim (pid %d) exited with a container left", shim)
+			}
 		})
 	}
 }
