@@ -30,13 +30,14 @@ var disabledPlugins = []string{
 	"io.containerd.nri.v1.nri",
 }
 
-// startDaemon starts containerd with its state in dir and pathDirs first on
-// its PATH (where it finds the shims), and waits until it serves. The log
-// level is containerd's default, info: the shims then run without -debug,
-// as in production.
-func startDaemon(containerd, dir string, pathDirs []string) (*daemon, error) {
+// startDaemon starts containerd with its state in dir, its root in root and
+// pathDirs first on its PATH (where it finds the shims), and waits until it
+// serves. The log level is containerd's default, info: the shims then run
+// without -debug, as in production.
+func startDaemon(containerd, dir, root string, pathDirs []string) (*daemon, error) {
 	c, err := testenv.StartContainerd(containerd, testenv.Config{
 		Dir:             dir,
+		RootDir:         root,
 		PathDirs:        pathDirs,
 		LogLevel:        "info",
 		DisabledPlugins: disabledPlugins,

@@ -82,6 +82,13 @@ type Config struct {
 	RuncShim string
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
+	// RootParent is where containerd's root directory is made: its
+	// content, metadata and snapshots, the containers' overlay layers.
+	// Empty: /var/lib, on disk as containerd's own /var/lib/containerd is.
+	// (Deleting a container syncs its upper layer's filesystem as its
+	// overlay goes; a tmpfs makes that free.) The state, the bundles and
+	// sockets, stays under /run as containerd's /run/containerd does.
+	RootParent string
 }
 
 // Env is a private containerd with both runtimes, the busybox image
@@ -92,6 +99,8 @@ type Env struct {
 
 	tag         string // random, in every container ID of this Env
 	dir         string // work directory, under /run when possible
+	rootDir     string // containerd roots, under Config.RootParent
+	rootFS      string // rootDir's filesystem
 	binDir      string // first on containerd's PATH: the mine shim
 	containerd  string
 	ctr         string
@@ -162,6 +171,14 @@ func Open(ctx context.Context, cfg Config) (_ *Env, err error) {
 			err = errors.Join(err, e.Close())
 		}
 	}()
+	rootParent := cfg.RootParent
+	if rootParent == "" {
+		rootParent = "/var/lib"
+	}
+	if e.rootDir, err = os.MkdirTemp(rootParent, "mine-bench-"); err != nil {
+		return nil, err
+	}
+	e.rootFS = fsName(e.rootDir)
 	e.binDir = filepath.Join(e.dir, "bin")
 	if err := os.Mkdir(e.binDir, 0o755); err != nil {
 		return nil, err
@@ -199,12 +216,12 @@ func Open(ctx context.Context, cfg Config) (_ *Env, err error) {
 	}
 
 	e.snapshotter = "overlayfs"
-	if err := overlayWorks(e.dir); err != nil {
+	if err := overlayWorks(e.rootDir); err != nil {
 		e.logf("overlay mounts do not work here (%v): native snapshotter", err)
 		e.snapshotter = "native"
 	}
-	e.logf("starting containerd %s in %s", e.containerd, e.dir)
-	if e.d, err = startDaemon(e.containerd, filepath.Join(e.dir, "d"), []string{e.binDir, filepath.Dir(e.containerd)}); err != nil {
+	e.logf("starting containerd %s in %s, its root in %s (%s)", e.containerd, e.dir, e.rootDir, e.rootFS)
+	if e.d, err = startDaemon(e.containerd, filepath.Join(e.dir, "d"), filepath.Join(e.rootDir, "d"), []string{e.binDir, filepath.Dir(e.containerd)}); err != nil {
 		return nil, err
 	}
 	if e.client, err = client.New(e.d.socket(), client.WithTimeout(10*time.Second)); err != nil {
@@ -260,20 +277,47 @@ func (e *Env) Close() error {
 		// Both shims keep runc state in this directory; remove it if empty.
 		_ = os.Remove(filepath.Join(runcStateRoot, Namespace))
 	}
-	if e.dir != "" {
-		mounts, err := mountsUnder(e.dir)
-		for _, m := range mounts {
-			if uerr := syscall.Unmount(m, syscall.MNT_DETACH); uerr != nil {
-				err = errors.Join(err, uerr)
-			}
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s kept: %w", e.dir, err))
-		} else {
-			errs = append(errs, os.RemoveAll(e.dir))
+	for _, dir := range []string{e.dir, e.rootDir} {
+		if dir != "" {
+			errs = append(errs, removeTree(dir))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeTree unmounts everything below dir and removes it.
+func removeTree(dir string) error {
+	mounts, err := mountsUnder(dir)
+	for _, m := range mounts {
+		if uerr := syscall.Unmount(m, syscall.MNT_DETACH); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%s kept: %w", dir, err)
+	}
+	return os.RemoveAll(dir)
+}
+
+// fsName names the filesystem of path, for the report.
+func fsName(path string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return "unknown"
+	}
+	switch st.Type {
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext4"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlay"
+	}
+	return fmt.Sprintf("0x%x", st.Type)
 }
 
 // Snapshotter is the snapshotter containerd uses for the containers.

@@ -112,6 +112,7 @@ func (e *Env) openPods(ctx context.Context) (_ *podEnv, err error) {
 	}
 	c, err := testenv.StartContainerd(e.containerd, testenv.Config{
 		Dir:          dir,
+		RootDir:      filepath.Join(e.rootDir, "pods"),
 		Snapshotter:  e.snapshotter,
 		Runtimes:     map[string]string{string(PodRuncPause): string(RuncV2), string(PodMinePause): string(Mine)},
 		SandboxImage: podPauseImage,

@@ -96,29 +96,32 @@ type Host struct {
 
 // Report is the result of a full run; it is written as JSON.
 type Report struct {
-	Date        string              `json:"date"`
-	Host        Host                `json:"host"`
-	Versions    Versions            `json:"versions"`
-	Snapshotter string              `json:"snapshotter"`
-	Options     Options             `json:"options"`
-	LoadBefore  [3]float64          `json:"load_before"`
-	LoadAfter   [3]float64          `json:"load_after"`
-	StepLoad    []StepLoad          `json:"step_load"`
-	Seconds     float64             `json:"seconds"`
-	Binaries    map[string]Binary   `json:"binaries"`
-	Lifecycle   *LifecycleResult    `json:"lifecycle,omitempty"`
-	Memory      []MemoryPoint       `json:"idle_memory,omitempty"`
-	Exec        *BurstResult        `json:"parallel_exec,omitempty"`
-	Start       *BurstResult        `json:"concurrent_start,omitempty"`
-	OOM         *OOMResult          `json:"oom,omitempty"`
-	ExecExit    *ExecExitResult     `json:"exec_exit,omitempty"`
-	Profile     map[string]*Profile `json:"profile,omitempty"`
-	Pods        *PodResult          `json:"pods,omitempty"`
-	ProfileNote string              `json:"profile_note,omitempty"`
-	StartAlone  *Comparison         `json:"start_alone,omitempty"`
-	Poll        []PollPoint         `json:"stats_polling,omitempty"`
-	Probes      []ProbePoint        `json:"exec_probes,omitempty"`
-	Group       []GroupPoint        `json:"group_shim,omitempty"`
+	Date        string   `json:"date"`
+	Host        Host     `json:"host"`
+	Versions    Versions `json:"versions"`
+	Snapshotter string   `json:"snapshotter"`
+	// ContainerdRoot is the filesystem of containerd's root, where the
+	// snapshots are (not recorded by the runs that had it on tmpfs).
+	ContainerdRoot string              `json:"containerd_root_fs,omitempty"`
+	Options        Options             `json:"options"`
+	LoadBefore     [3]float64          `json:"load_before"`
+	LoadAfter      [3]float64          `json:"load_after"`
+	StepLoad       []StepLoad          `json:"step_load"`
+	Seconds        float64             `json:"seconds"`
+	Binaries       map[string]Binary   `json:"binaries"`
+	Lifecycle      *LifecycleResult    `json:"lifecycle,omitempty"`
+	Memory         []MemoryPoint       `json:"idle_memory,omitempty"`
+	Exec           *BurstResult        `json:"parallel_exec,omitempty"`
+	Start          *BurstResult        `json:"concurrent_start,omitempty"`
+	OOM            *OOMResult          `json:"oom,omitempty"`
+	ExecExit       *ExecExitResult     `json:"exec_exit,omitempty"`
+	Profile        map[string]*Profile `json:"profile,omitempty"`
+	Pods           *PodResult          `json:"pods,omitempty"`
+	ProfileNote    string              `json:"profile_note,omitempty"`
+	StartAlone     *Comparison         `json:"start_alone,omitempty"`
+	Poll           []PollPoint         `json:"stats_polling,omitempty"`
+	Probes         []ProbePoint        `json:"exec_probes,omitempty"`
+	Group          []GroupPoint        `json:"group_shim,omitempty"`
 	// GroupOutput is Group with stdout and stderr FIFOs for every
 	// container, as CRI starts a pod's containers.
 	GroupOutput []GroupPoint `json:"group_shim_output,omitempty"`
@@ -137,12 +140,13 @@ type StepLoad struct {
 func Run(ctx context.Context, e *Env, o Options) (*Report, error) {
 	begin := time.Now()
 	r := &Report{
-		Date:        begin.UTC().Format(time.RFC3339),
-		Host:        hostInfo(),
-		Versions:    e.Versions(ctx),
-		Snapshotter: e.snapshotter,
-		Options:     o,
-		LoadBefore:  LoadAvg(),
+		Date:           begin.UTC().Format(time.RFC3339),
+		Host:           hostInfo(),
+		Versions:       e.Versions(ctx),
+		Snapshotter:    e.snapshotter,
+		ContainerdRoot: e.rootFS,
+		Options:        o,
+		LoadBefore:     LoadAvg(),
 	}
 	defer func() {
 		r.LoadAfter = LoadAvg()

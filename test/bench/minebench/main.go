@@ -53,6 +53,7 @@ func run() int {
 		startRuns = flag.Int("start-runs", def.StartRuns, "start actions alone per runtime")
 		settle    = flag.Duration("settle", def.Settle, "idle time before an idle shim's memory is read")
 		only      = flag.String("only", "", "run only these steps, comma-separated: "+strings.Join(bench.StepNames, ", "))
+		rootPar   = flag.String("root-parent", "", "`dir` where containerd's root (snapshots) is made (default /var/lib, on disk; /run puts it on tmpfs)")
 	)
 	flag.Parse()
 	o := def
@@ -91,7 +92,7 @@ func run() int {
 	defer stop()
 
 	waitForCalm(ctx, *loadMax, *loadWait)
-	env, err := bench.Open(ctx, bench.Config{ContainerdBin: *bin, Shim: *shim, RuncShim: *runcShim, Progress: os.Stderr})
+	env, err := bench.Open(ctx, bench.Config{ContainerdBin: *bin, Shim: *shim, RuncShim: *runcShim, RootParent: *rootPar, Progress: os.Stderr})
 	if errors.Is(err, bench.ErrSkip) {
 		fmt.Fprintf(os.Stderr, "minebench: cannot run here: %v\n", err)
 		return exitSkip

@@ -63,6 +63,9 @@ type Config struct {
 	DisabledPlugins []string
 	// ExtraTOML is appended to the generated config (a CNI section, say).
 	ExtraTOML string
+	// RootDir is containerd's root directory (content, metadata,
+	// snapshots: the containers' overlay layers); empty means Dir/root.
+	RootDir string
 }
 
 // Address is containerd's gRPC socket.
@@ -72,7 +75,12 @@ func (c Config) Address() string { return filepath.Join(c.Dir, "c.sock") }
 func (c Config) TTRPCAddress() string { return filepath.Join(c.Dir, "c.sock.ttrpc") }
 
 // Root is containerd's root directory.
-func (c Config) Root() string { return filepath.Join(c.Dir, "root") }
+func (c Config) Root() string {
+	if c.RootDir != "" {
+		return c.RootDir
+	}
+	return filepath.Join(c.Dir, "root")
+}
 
 // State is containerd's state directory (the shims' bundles are below).
 func (c Config) State() string { return filepath.Join(c.Dir, "state") }
