@@ -18,6 +18,8 @@ import (
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -316,17 +318,30 @@ func TestDaemonRuntimeSettings(t *testing.T) {
 	bundle := t.TempDir()
 	s := startTestShim(t, bundle, filepath.Join(shortTempDir(t), "s"), "c1", nil)
 	defer s.shutdown(t, "c1")
+	// The GC target is the runtime's default until the first Start call
+	// (gcPercent): none of the daemon's start-up and of its first
+	// container's create pays a collection.
 	got := readMemoryDump(t, s.pid, bundle)
 	for k, want := range map[string]string{
 		"/sched/gomaxprocs:threads": "3",
-		"/gc/gogc:percent":          "25",
+		"/gc/gogc:percent":          "100",
 	} {
 		if got[k] != want {
-			t.Errorf("%s = %q, want %q", k, got[k], want)
+			t.Errorf("before any Start: %s = %q, want %q", k, got[k], want)
 		}
 	}
 	if got["/memory/classes/total:bytes"] == "" {
 		t.Errorf("no /memory/classes/total:bytes in %s: %v", memoryFile, got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shimCallTimeout)
+	defer cancel()
+	// No container c1 was created: the call fails, and still ends the
+	// start-up spell.
+	if _, err := s.task.Start(ctx, &taskAPI.StartRequest{ID: "c1"}); !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		t.Fatalf("start of a task never created: %v, want not found", err)
+	}
+	if got := readMemoryDump(t, s.pid, bundle)["/gc/gogc:percent"]; got != "25" {
+		t.Errorf("after the first Start: /gc/gogc:percent = %q, want 25", got)
 	}
 }
 

@@ -53,6 +53,10 @@ type trimmer struct {
 	reclaimable func() uint64
 	freeOS      func()
 	dropExe     func()
+	// tightenGC sets the daemon's GC target (gcPercent) once: after its
+	// first container has started, or at its first trim. Nil: the
+	// environment set GOGC, and the runtime obeys it from the start.
+	tightenGC func()
 
 	running sync.Mutex // held by a trim while it runs: stop waits for it
 
@@ -91,6 +95,13 @@ const collectEvery = time.Minute
 // collection; a shim's live heap is a few hundred KiB, so most of that is
 // garbage kept as private memory in every shim. Measured in
 // docs/BENCHMARKS.md ("GC settings").
+//
+// The daemon sets it only once its first container has started (or at
+// its first trim, whichever comes first): with 25 from its start, the
+// minimum heap target is 1 MiB, and the daemon's start-up and the
+// container's create and start (about 1 MB of allocations) ran two
+// collections on the path of every container's start (docs/BENCHMARKS.md,
+// 25).
 const gcPercent = 25
 
 // daemonProcs caps the daemon's GOMAXPROCS when the environment sets none
@@ -110,8 +121,9 @@ const daemonProcs = 2
 // newTrimmer sets the daemon's memory policy (GC target, processors, idle
 // trim) and returns the trimmer, whose interceptor must see every call.
 func newTrimmer() *trimmer {
+	var tighten func()
 	if _, ok := os.LookupEnv("GOGC"); !ok {
-		debug.SetGCPercent(gcPercent)
+		tighten = sync.OnceFunc(func() { debug.SetGCPercent(gcPercent) })
 	}
 	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
 		runtime.GOMAXPROCS(min(daemonProcs, runtime.NumCPU()))
@@ -123,6 +135,7 @@ func newTrimmer() *trimmer {
 		reclaimable: heapReclaimable,
 		freeOS:      debug.FreeOSMemory,
 		dropExe:     dropCleanExePages,
+		tightenGC:   tighten,
 	})
 }
 
@@ -160,6 +173,9 @@ func (t *trimmer) trim() {
 	}
 	t.trimmed = true
 	t.mu.Unlock()
+	if t.tightenGC != nil {
+		t.tightenGC()
+	}
 	next := t.collect(now)
 	t.dropExe()
 	t.mu.Lock()
@@ -232,6 +248,16 @@ func heapReclaimable() uint64 {
 	return free
 }
 
+// startMethod tells the calls that start a container's init or an exec
+// (the Task API's Start, v2 and v3), or a sandbox.
+func startMethod(fullMethod string) bool {
+	switch path.Base(fullMethod) {
+	case "Start", "StartSandbox":
+		return true
+	}
+	return false
+}
+
 // pollingMethod tells the calls that read state periodically from the
 // calls that change it.
 func pollingMethod(fullMethod string) bool {
@@ -250,6 +276,9 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 	t.mu.Lock()
 	t.inFlight++
 	t.mu.Unlock()
+	if t.tightenGC != nil && startMethod(info.FullMethod) {
+		defer t.tightenGC()
+	}
 	defer func() {
 		t.mu.Lock()
 		t.inFlight--

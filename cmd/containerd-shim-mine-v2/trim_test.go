@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -395,5 +396,48 @@ func TestTrimWhileBusyCountsFromTheFirstWork(t *testing.T) {
 	}
 	if d := tr.nextTrim(tr.lastCall); d != 5*time.Second {
 		t.Errorf("next trim %v after the first work call, want the delay", d)
+	}
+}
+
+// The GC target is set once: after the first Start call (of the Task API
+// or a sandbox; a poll or a create does not), or at the first trim when no
+// Start came.
+func TestTightenGCAfterFirstStart(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		calls []string
+		want  int // tightenings before any trim
+	}{
+		{"start", []string{"/containerd.task.v3.Task/Create", "/containerd.task.v3.Task/Start", "/containerd.task.v2.Task/Start"}, 1},
+		{"sandbox", []string{"/containerd.runtime.sandbox.v1.Sandbox/StartSandbox"}, 1},
+		{"no start", []string{"/containerd.task.v3.Task/Create", "/containerd.task.v3.Task/Stats", "/containerd.task.v3.Task/State"}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &trimmer{
+				delay:       time.Hour,
+				every:       time.Hour,
+				minFree:     1,
+				reclaimable: func() uint64 { return 0 },
+				freeOS:      func() {},
+				dropExe:     func() {},
+			}
+			var n atomic.Int32
+			tr.tightenGC = sync.OnceFunc(func() { n.Add(1) })
+			startTrimmer(tr)
+			defer tr.stop()
+			for _, m := range tc.calls {
+				callThrough(t, tr, m)
+			}
+			if got := int(n.Load()); got != tc.want {
+				t.Fatalf("tightened %d times before any trim, want %d", got, tc.want)
+			}
+			tr.mu.Lock()
+			tr.lastWork = time.Now().Add(-2 * tr.delay) // idle long enough
+			tr.mu.Unlock()
+			tr.trim()
+			if got := n.Load(); got != 1 {
+				t.Fatalf("tightened %d times after a trim, want 1", got)
+			}
+		})
 	}
 }
