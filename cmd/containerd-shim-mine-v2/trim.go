@@ -12,7 +12,6 @@ import (
 	"runtime/metrics"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -54,15 +53,12 @@ type trimmer struct {
 	reclaimable func() uint64
 	freeOS      func()
 	dropExe     func()
-	// tightenGC sets the daemon's GC target (gcPercent) once: at the
-	// first Create or Start call that comes after a Start call (a group's
-	// next container, an exec), tightenDelay after the first Start call,
-	// or at the first trim, whichever comes first. Nil: the environment
-	// set GOGC, and the runtime obeys it from the start.
+	// tightenGC sets the daemon's GC target (gcPercent) once:
+	// tightenDelay after its first Start call, or at its first trim. Nil:
+	// the environment set GOGC, and the runtime obeys it from the start.
 	tightenGC    func()
 	tightenDelay time.Duration
 	tightenTimer sync.Once
-	started      atomic.Bool // a Start call has come
 
 	running sync.Mutex // held by a trim while it runs: stop waits for it
 
@@ -102,16 +98,13 @@ const collectEvery = time.Minute
 // garbage kept as private memory in every shim. Measured in
 // docs/BENCHMARKS.md ("GC settings").
 //
-// The daemon sets it only once its first container has started: at the
-// next Create or Start call, gcTightenDelay after the first Start call, or
-// at its first trim, whichever comes first. With 25 from its start, the
+// The daemon sets it only gcTightenDelay after its first Start call (or at
+// its first trim, whichever comes first): with 25 from its start, the
 // minimum heap target is 1 MiB, and the daemon's start-up and the
 // container's create and start (about 1 MB of allocations) ran two
-// collections on the path of every container's start. Set at the end of
-// the first Start, the collection it started ran beside the exit of a
-// container that ends at once; set only a second later, a group's next
-// containers were created under the default, and a group shim of 50
-// containers with stdio kept 0.6 to 0.9 MiB more (docs/BENCHMARKS.md, 25).
+// collections on the path of every container's start; set right at the
+// Start, the collection it started ran beside the exit of a container
+// that ends at once (docs/BENCHMARKS.md, 25).
 const gcPercent = 25
 
 // gcTightenDelay is how long after the daemon's first Start call its GC
@@ -263,16 +256,6 @@ func heapReclaimable() uint64 {
 	return free
 }
 
-// createMethod tells the calls that create a container's init or an exec
-// (the Task API's Create and Exec), or a sandbox.
-func createMethod(fullMethod string) bool {
-	switch path.Base(fullMethod) {
-	case "Create", "Exec", "CreateSandbox":
-		return true
-	}
-	return false
-}
-
 // startMethod tells the calls that start a container's init or an exec
 // (the Task API's Start, v2 and v3), or a sandbox.
 func startMethod(fullMethod string) bool {
@@ -301,15 +284,8 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 	t.mu.Lock()
 	t.inFlight++
 	t.mu.Unlock()
-	if t.tightenGC != nil {
-		start := startMethod(info.FullMethod)
-		if (start || createMethod(info.FullMethod)) && t.started.Load() {
-			t.tightenGC()
-		}
-		if start {
-			t.started.Store(true)
-			t.tightenTimer.Do(func() { time.AfterFunc(t.tightenDelay, t.tightenGC) })
-		}
+	if t.tightenGC != nil && startMethod(info.FullMethod) {
+		t.tightenTimer.Do(func() { time.AfterFunc(t.tightenDelay, t.tightenGC) })
 	}
 	defer func() {
 		t.mu.Lock()
