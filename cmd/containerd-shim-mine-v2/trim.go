@@ -53,12 +53,10 @@ type trimmer struct {
 	reclaimable func() uint64
 	freeOS      func()
 	dropExe     func()
-	// tightenGC sets the daemon's GC target (gcPercent) once:
-	// tightenDelay after its first Start call, or at its first trim. Nil:
-	// the environment set GOGC, and the runtime obeys it from the start.
-	tightenGC    func()
-	tightenDelay time.Duration
-	tightenTimer sync.Once
+	// tightenGC sets the daemon's GC target (gcPercent) once: after its
+	// first container has started, or at its first trim. Nil: the
+	// environment set GOGC, and the runtime obeys it from the start.
+	tightenGC func()
 
 	running sync.Mutex // held by a trim while it runs: stop waits for it
 
@@ -98,18 +96,13 @@ const collectEvery = time.Minute
 // garbage kept as private memory in every shim. Measured in
 // docs/BENCHMARKS.md ("GC settings").
 //
-// The daemon sets it only gcTightenDelay after its first Start call (or at
+// The daemon sets it only once its first container has started (or at
 // its first trim, whichever comes first): with 25 from its start, the
 // minimum heap target is 1 MiB, and the daemon's start-up and the
 // container's create and start (about 1 MB of allocations) ran two
-// collections on the path of every container's start; set right at the
-// Start, the collection it started ran beside the exit of a container
-// that ends at once (docs/BENCHMARKS.md, 25).
+// collections on the path of every container's start (docs/BENCHMARKS.md,
+// 25).
 const gcPercent = 25
-
-// gcTightenDelay is how long after the daemon's first Start call its GC
-// target becomes gcPercent.
-const gcTightenDelay = time.Second
 
 // daemonProcs caps the daemon's GOMAXPROCS when the environment sets none
 // (containerd starts every shim with GOMAXPROCS=2; a shim started by
@@ -136,14 +129,13 @@ func newTrimmer() *trimmer {
 		runtime.GOMAXPROCS(min(daemonProcs, runtime.NumCPU()))
 	}
 	return startTrimmer(&trimmer{
-		delay:        idleTrimDelay,
-		every:        collectEvery,
-		minFree:      collectMinFree,
-		reclaimable:  heapReclaimable,
-		freeOS:       debug.FreeOSMemory,
-		dropExe:      dropCleanExePages,
-		tightenGC:    tighten,
-		tightenDelay: gcTightenDelay,
+		delay:       idleTrimDelay,
+		every:       collectEvery,
+		minFree:     collectMinFree,
+		reclaimable: heapReclaimable,
+		freeOS:      debug.FreeOSMemory,
+		dropExe:     dropCleanExePages,
+		tightenGC:   tighten,
 	})
 }
 
@@ -285,7 +277,7 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 	t.inFlight++
 	t.mu.Unlock()
 	if t.tightenGC != nil && startMethod(info.FullMethod) {
-		t.tightenTimer.Do(func() { time.AfterFunc(t.tightenDelay, t.tightenGC) })
+		defer t.tightenGC()
 	}
 	defer func() {
 		t.mu.Lock()

@@ -399,9 +399,9 @@ func TestTrimWhileBusyCountsFromTheFirstWork(t *testing.T) {
 	}
 }
 
-// The GC target is set once: tightenDelay after the first Start call (of
-// the Task API or a sandbox; a poll or a create does not), or at the first
-// trim when no Start came.
+// The GC target is set once: after the first Start call (of the Task API
+// or a sandbox; a poll or a create does not), or at the first trim when no
+// Start came.
 func TestTightenGCAfterFirstStart(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -420,9 +420,6 @@ func TestTightenGCAfterFirstStart(t *testing.T) {
 				reclaimable: func() uint64 { return 0 },
 				freeOS:      func() {},
 				dropExe:     func() {},
-				// A delay the test can see pass; none of the calls
-				// below takes it.
-				tightenDelay: 500 * time.Millisecond,
 			}
 			var n atomic.Int32
 			tr.tightenGC = sync.OnceFunc(func() { n.Add(1) })
@@ -431,10 +428,6 @@ func TestTightenGCAfterFirstStart(t *testing.T) {
 			for _, m := range tc.calls {
 				callThrough(t, tr, m)
 			}
-			if got := n.Load(); got != 0 {
-				t.Fatalf("tightened %d times before its delay", got)
-			}
-			time.Sleep(tr.tightenDelay + 500*time.Millisecond)
 			if got := int(n.Load()); got != tc.want {
 				t.Fatalf("tightened %d times before any trim, want %d", got, tc.want)
 			}
