@@ -1,9 +1,7 @@
 package process
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +11,8 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/mineshim/mine/internal/mountfd"
 )
 
 // overlayMount returns the mount of an overlay of fresh lower, upper and
@@ -64,43 +64,15 @@ func mountedUnder(t *testing.T, dir string) []string {
 	return out
 }
 
-// detachedFDs lists this process's descriptors of files on mounts that are
-// in no namespace any more: a detached mount kept alive by them. (Pipes,
-// sockets and anonymous inodes live on the kernel's internal mounts, which
-// mountinfo never lists: they are left out by their link.)
+// detachedFDs lists this process's descriptors that keep a detached mount
+// alive.
 func detachedFDs(t *testing.T) []string {
 	t.Helper()
-	ids := map[string]bool{}
-	f, err := os.Open("/proc/self/mountinfo")
+	held, err := mountfd.Detached(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		ids[strings.Fields(sc.Text())[0]] = true
-	}
-	f.Close()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range ents {
-		link, err := os.Readlink("/proc/self/fd/" + e.Name())
-		if err != nil || !strings.HasPrefix(link, "/") {
-			continue
-		}
-		info, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(info), "\n") {
-			if id, ok := strings.CutPrefix(line, "mnt_id:"); ok && !ids[strings.TrimSpace(id)] {
-				out = append(out, fmt.Sprintf("fd %s -> %s (mount %s)", e.Name(), link, strings.TrimSpace(id)))
-			}
-		}
-	}
-	return out
+	return held
 }
 
 // waitNoDetachedFDs waits (bounded) until no descriptor holds a detached

@@ -11,7 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 
-	"github.com/mineshim/mine/test/internal/testenv"
+	"github.com/mineshim/mine/internal/mountfd"
 )
 
 // The tasks of a group deleted at the same time, as a kubelet removes a
@@ -135,7 +135,7 @@ func TestGroupDeleteReleasesRootfs(t *testing.T) {
 			}
 			var held []string
 			if !pollUntil(cleanupTimeout, func() bool {
-				held, err = testenv.DetachedMountFDs(shim)
+				held, err = mountfd.Detached(shim)
 				return err == nil && len(held) == 0
 			}) {
 				t.Fatalf("the group's shim (pid %d) still holds detached mounts %v after %v: %v", shim, held, cleanupTimeout, err)
