@@ -112,7 +112,39 @@ func newFake(t *testing.T) fakeEnv {
 	t.Setenv("FAKE_RUNTIME_RESTORE_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_CREATE_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_DELETE_KEEPS", "")
+	t.Cleanup(func() { killFakeProcesses(t, argv+".pids") })
 	return fakeEnv{bundle: bundle, argv: argv, rt: Runtime{Binary: script, Root: filepath.Join(dir, "root")}}
+}
+
+// killFakeProcesses ends the processes the fake runtime started and left
+// running: those of execs (its delete kills the init alone), of a delete
+// told to keep them, and of a test that ends with its container running.
+// Orphaned, they are this test binary's children (it is a subreaper); a pid
+// is killed only while it is still such a child running sleep.
+func killFakeProcesses(t *testing.T, list string) {
+	data, err := os.ReadFile(list)
+	if err != nil {
+		return
+	}
+	for _, field := range strings.Fields(string(data)) {
+		pid, err := strconv.Atoi(field)
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		rest := string(stat[bytes.LastIndexByte(stat, ')')+1:])
+		f := strings.Fields(rest)
+		if !bytes.Contains(stat, []byte("(sleep)")) || len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
+			continue
+		}
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			t.Logf("kill fake process %d: %v", pid, err)
+		}
+	}
 }
 
 // calls returns the argv of every runtime call so far.

@@ -8,6 +8,8 @@
 # $FAKE_RUNTIME_CREATE_HOLD and $FAKE_RUNTIME_RESTORE_HOLD ones that create
 # and restore read once the process exists;
 # $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive.
+# Every process it starts is also listed in $FAKE_RUNTIME_LOG.pids, for the
+# test's cleanup to end whatever is left.
 echo "$*" >> "$FAKE_RUNTIME_LOG"
 root=/tmp/fake-runtime
 logfile=
@@ -38,7 +40,7 @@ case "$cmd" in
 create)
 	mkdir -p "$root/$id"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"; echo $! > "$root/$id/pid"
+	echo $! > "$pidfile"; echo $! > "$root/$id/pid"; echo $! >> "$FAKE_RUNTIME_LOG.pids"
 	[ -n "$FAKE_RUNTIME_CREATE_HOLD" ] && read _ < "$FAKE_RUNTIME_CREATE_HOLD"
 	true ;;
 start)
@@ -50,7 +52,7 @@ exec)
 	[ -d "$root/$id" ] || exit 1
 	[ -n "$FAKE_RUNTIME_EXEC_BLOCK" ] && read _ < "$FAKE_RUNTIME_EXEC_BLOCK"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"; echo $! >> "$root/$id/execs"
+	echo $! > "$pidfile"; echo $! >> "$root/$id/execs"; echo $! >> "$FAKE_RUNTIME_LOG.pids"
 	[ -n "$FAKE_RUNTIME_EXEC_HOLD" ] && read _ < "$FAKE_RUNTIME_EXEC_HOLD"
 	true ;;
 kill)
@@ -65,7 +67,7 @@ checkpoint)
 restore)
 	mkdir -p "$root/$id"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"; echo $! > "$root/$id/pid"
+	echo $! > "$pidfile"; echo $! > "$root/$id/pid"; echo $! >> "$FAKE_RUNTIME_LOG.pids"
 	[ -n "$FAKE_RUNTIME_RESTORE_HOLD" ] && read _ < "$FAKE_RUNTIME_RESTORE_HOLD"
 	true ;;
 state)
