@@ -215,19 +215,7 @@ func TestShimRemovesItsSocket(t *testing.T) {
 // (its manager deleted the container, or gave up on the shim) exits on its
 // own, within a bound, instead of living on with nobody able to reach it.
 func TestShimExitsWhenStateRemoved(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: runs a container with runc")
-	}
-	runcBin, err := exec.LookPath("runc")
-	if err != nil {
-		t.Skip("runc not found in PATH (Debian package runc)")
-	}
-	const busybox = "/bin/busybox"
-	if _, err := os.Stat(busybox); err != nil {
-		t.Skipf("no static busybox for the container (Debian package busybox-static): %v", err)
-	}
-	bundle := filepath.Join(t.TempDir(), "c1")
-	writeBusyboxBundle(t, runcBin, busybox, bundle, "sleep", "1000")
+	runcBin, bundle := sleepingBundle(t)
 	runcRoot := t.TempDir()
 	sockDir := filepath.Join(shortTempDir(t), "s")
 	s := startTestShim(t, bundle, sockDir, "c1", &runcoptions.Options{Root: runcRoot})
@@ -261,6 +249,27 @@ func TestShimExitsWhenStateRemoved(t *testing.T) {
 	if _, err := os.Lstat(s.path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket %s left behind (%v)", s.path, err)
 	}
+}
+
+// sleepingBundle makes the bundle of a container c1 that runs `sleep 1000`
+// from busybox, and returns it with the runc binary to run it, or skips the
+// test for what it lacks.
+func sleepingBundle(t *testing.T) (runcBin, bundle string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: runs a container with runc")
+	}
+	runcBin, err := exec.LookPath("runc")
+	if err != nil {
+		t.Skip("runc not found in PATH (Debian package runc)")
+	}
+	const busybox = "/bin/busybox"
+	if _, err := os.Stat(busybox); err != nil {
+		t.Skipf("no static busybox for the container (Debian package busybox-static): %v", err)
+	}
+	bundle = filepath.Join(t.TempDir(), "c1")
+	writeBusyboxBundle(t, runcBin, busybox, bundle, "sleep", "1000")
+	return runcBin, bundle
 }
 
 // writeBusyboxBundle makes an OCI bundle at dir whose rootfs holds busybox
@@ -353,19 +362,7 @@ func TestDaemonTightensGCWhileRuncCreates(t *testing.T) {
 	if _, ok := os.LookupEnv("GOGC"); ok {
 		t.Skip("GOGC is set in the environment, which the daemon inherits and obeys")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a container with runc")
-	}
-	runcBin, err := exec.LookPath("runc")
-	if err != nil {
-		t.Skip("runc not found in PATH (Debian package runc)")
-	}
-	const busybox = "/bin/busybox"
-	if _, err := os.Stat(busybox); err != nil {
-		t.Skipf("no static busybox for the container (Debian package busybox-static): %v", err)
-	}
-	bundle := filepath.Join(t.TempDir(), "c1")
-	writeBusyboxBundle(t, runcBin, busybox, bundle, "sleep", "1000")
+	runcBin, bundle := sleepingBundle(t)
 	runcRoot := t.TempDir()
 	s := startTestShim(t, bundle, filepath.Join(shortTempDir(t), "s"), "c1", &runcoptions.Options{Root: runcRoot})
 	t.Cleanup(func() {
