@@ -112,7 +112,18 @@ func newFake(t *testing.T) fakeEnv {
 	t.Setenv("FAKE_RUNTIME_RESTORE_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_CREATE_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_DELETE_KEEPS", "")
-	t.Cleanup(func() { killFakeProcesses(t, argv+".pids") })
+	pids := filepath.Join(dir, "pids")
+	t.Setenv("FAKE_RUNTIME_PIDS", pids)
+	t.Cleanup(func() {
+		// The bundle goes first, while its processes still run: the
+		// exits of those killed then find no bundle to record them in,
+		// rather than one that the test's temporary directory's removal
+		// is emptying.
+		if err := os.RemoveAll(bundle); err != nil {
+			t.Errorf("remove the bundle: %v", err)
+		}
+		killFakeProcesses(t, pids)
+	})
 	return fakeEnv{bundle: bundle, argv: argv, rt: Runtime{Binary: script, Root: filepath.Join(dir, "root")}}
 }
 

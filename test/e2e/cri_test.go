@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -369,7 +370,14 @@ func TestCRI(t *testing.T) {
 				if st.GetState() != cri.ContainerState_CONTAINER_RUNNING {
 					continue // the OOM container may be gone already
 				}
-				if ppid, err := parentPID(pid); err != nil || ppid != shim {
+				ppid, err := parentPID(pid)
+				if errors.Is(err, os.ErrNotExist) && pollUntil(5*time.Second, func() bool {
+					st, _ := e.status(t, id)
+					return st.GetState() != cri.ContainerState_CONTAINER_RUNNING
+				}) {
+					continue // it ended between the status and the read
+				}
+				if err != nil || ppid != shim {
 					t.Errorf("container %s of pod %s: pid %d has parent %d (%v), want its pod's shim %d",
 						st.GetMetadata().GetName(), p.config.Metadata.Name, pid, ppid, err, shim)
 				}

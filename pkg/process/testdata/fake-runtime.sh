@@ -8,7 +8,7 @@
 # $FAKE_RUNTIME_CREATE_HOLD and $FAKE_RUNTIME_RESTORE_HOLD ones that create
 # and restore read once the process exists;
 # $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive.
-# Every process it starts is also listed in $FAKE_RUNTIME_LOG.pids, for the
+# Every process it starts is also listed in $FAKE_RUNTIME_PIDS, for the
 # test's cleanup to end whatever is left.
 echo "$*" >> "$FAKE_RUNTIME_LOG"
 root=/tmp/fake-runtime
@@ -40,7 +40,8 @@ case "$cmd" in
 create)
 	mkdir -p "$root/$id"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"; echo $! > "$root/$id/pid"; echo $! >> "$FAKE_RUNTIME_LOG.pids"
+	echo $! > "$pidfile"; echo $! > "$root/$id/pid"
+	[ -z "$FAKE_RUNTIME_PIDS" ] || echo $! >> "$FAKE_RUNTIME_PIDS"
 	[ -n "$FAKE_RUNTIME_CREATE_HOLD" ] && read _ < "$FAKE_RUNTIME_CREATE_HOLD"
 	true ;;
 start)
@@ -52,7 +53,8 @@ exec)
 	[ -d "$root/$id" ] || exit 1
 	[ -n "$FAKE_RUNTIME_EXEC_BLOCK" ] && read _ < "$FAKE_RUNTIME_EXEC_BLOCK"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"; echo $! >> "$root/$id/execs"; echo $! >> "$FAKE_RUNTIME_LOG.pids"
+	echo $! > "$pidfile"; echo $! >> "$root/$id/execs"
+	[ -z "$FAKE_RUNTIME_PIDS" ] || echo $! >> "$FAKE_RUNTIME_PIDS"
 	[ -n "$FAKE_RUNTIME_EXEC_HOLD" ] && read _ < "$FAKE_RUNTIME_EXEC_HOLD"
 	true ;;
 kill)
@@ -67,7 +69,8 @@ checkpoint)
 restore)
 	mkdir -p "$root/$id"
 	sleep 1000 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"; echo $! > "$root/$id/pid"; echo $! >> "$FAKE_RUNTIME_LOG.pids"
+	echo $! > "$pidfile"; echo $! > "$root/$id/pid"
+	[ -z "$FAKE_RUNTIME_PIDS" ] || echo $! >> "$FAKE_RUNTIME_PIDS"
 	[ -n "$FAKE_RUNTIME_RESTORE_HOLD" ] && read _ < "$FAKE_RUNTIME_RESTORE_HOLD"
 	true ;;
 state)
