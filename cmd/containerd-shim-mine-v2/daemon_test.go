@@ -327,9 +327,9 @@ func TestDaemonRuntimeSettings(t *testing.T) {
 	bundle := t.TempDir()
 	s := startTestShim(t, bundle, filepath.Join(shortTempDir(t), "s"), "c1", nil)
 	defer s.shutdown(t, "c1")
-	// The GC target is the runtime's default until the first runtime
-	// process or Start call (gcPercent): the daemon's start-up pays no
-	// collection.
+	// The GC target is the runtime's default until the first Start call
+	// (gcPercent): none of the daemon's start-up and of its first
+	// container's create pays a collection.
 	got := readMemoryDump(t, s.pid, bundle)
 	for k, want := range map[string]string{
 		"/sched/gomaxprocs:threads": "3",
@@ -352,52 +352,6 @@ func TestDaemonRuntimeSettings(t *testing.T) {
 	if got := readMemoryDump(t, s.pid, bundle)["/gc/gogc:percent"]; got != "25" {
 		t.Errorf("after the first Start: /gc/gogc:percent = %q, want 25", got)
 	}
-}
-
-// The daemon sets its GC target, and runs one collection, once runc is
-// creating its first container: the Create call has returned, no Start has
-// come, and the collection ran while the shim waited for runc (before, it
-// came after the first Start, beside a short container's exit).
-func TestDaemonTightensGCWhileRuncCreates(t *testing.T) {
-	if _, ok := os.LookupEnv("GOGC"); ok {
-		t.Skip("GOGC is set in the environment, which the daemon inherits and obeys")
-	}
-	runcBin, bundle := sleepingBundle(t)
-	runcRoot := t.TempDir()
-	s := startTestShim(t, bundle, filepath.Join(shortTempDir(t), "s"), "c1", &runcoptions.Options{Root: runcRoot})
-	t.Cleanup(func() {
-		if out, err := exec.Command(runcBin, "--root", filepath.Join(runcRoot, testNamespace), "delete", "--force", "c1").CombinedOutput(); err != nil {
-			t.Logf("runc delete: %v: %s", err, out)
-		}
-	})
-	const forced = "/gc/cycles/forced:gc-cycles"
-	before := readMemoryDump(t, s.pid, bundle)
-	if before["/gc/gogc:percent"] != "100" || before[forced] != "0" {
-		t.Fatalf("before the create: GC target %q, forced collections %q; want 100 and 0", before["/gc/gogc:percent"], before[forced])
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), shimCallTimeout)
-	defer cancel()
-	if _, err := s.task.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: bundle}); err != nil {
-		t.Fatalf("create: %v", err)
-	}
-	// The target is set before runc create returns, so before the reply;
-	// the collection runs in the background and may end after it. Both
-	// are read well before the first trim (idleTrimDelay), which would set
-	// them too.
-	if got := readMemoryDump(t, s.pid, bundle)["/gc/gogc:percent"]; got != "25" {
-		t.Fatalf("after the create, before any Start: GC target %q, want 25", got)
-	}
-	deadline := time.Now().Add(idleTrimDelay / 2)
-	for readMemoryDump(t, s.pid, bundle)[forced] == "0" {
-		if time.Now().After(deadline) {
-			t.Fatalf("no forced collection %v after the create", idleTrimDelay/2)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if _, err := s.task.Delete(ctx, &taskAPI.DeleteRequest{ID: "c1"}); err != nil {
-		t.Fatalf("delete: %v", err)
-	}
-	s.shutdown(t, "c1")
 }
 
 // The daemon takes the OOM score of whoever started it plus one, read from

@@ -192,9 +192,6 @@ func setup(f flags) (_ *daemon, retErr error) {
 	}
 	d.closers = append(d.closers, func() { d.svc.Close() })
 	d.trim = newTrimmer()
-	if d.trim.tightenGC != nil {
-		runc.Monitor = tighteningMonitor{ProcessMonitor: d.reaper, tighten: d.trim.tightenGC}
-	}
 	d.closers = append(d.closers, d.trim.stop)
 	d.server, err = newServer(l, ttrpc.WithChainUnaryServerInterceptor(d.trim.interceptor, d.state.interceptor))
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"io"
 	"os"
-	"os/exec"
 	"path"
 	"runtime"
 	"runtime/debug"
@@ -15,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	runc "github.com/containerd/go-runc"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 )
@@ -55,11 +53,9 @@ type trimmer struct {
 	reclaimable func() uint64
 	freeOS      func()
 	dropExe     func()
-	// tightenGC sets the daemon's GC target (gcPercent) and starts a
-	// collection, once: when its first runtime process has started
-	// (tighteningMonitor), after its first Start call, or at its first
-	// trim. Nil: the environment set GOGC, and the runtime obeys it from
-	// the start.
+	// tightenGC sets the daemon's GC target (gcPercent) once: after its
+	// first container has started, or at its first trim. Nil: the
+	// environment set GOGC, and the runtime obeys it from the start.
 	tightenGC func()
 
 	running sync.Mutex // held by a trim while it runs: stop waits for it
@@ -100,15 +96,12 @@ const collectEvery = time.Minute
 // garbage kept as private memory in every shim. Measured in
 // docs/BENCHMARKS.md ("GC settings").
 //
-// The daemon sets it, and starts one collection, when its first runtime
-// process has started (`runc create` of its first container), or at the
-// end of its first Start call or its first trim, whichever comes first.
-// With 25 from its start, the minimum heap target is 1 MiB, and the
-// daemon's start-up and the container's create and start (about 1 MB of
-// allocations) ran two collections on the path of every container's start
-// (docs/BENCHMARKS.md, 25); set at the end of the first Start, the
-// collection it caused ran beside a short container's exit (26). While
-// runc creates the container the shim only waits.
+// The daemon sets it only once its first container has started (or at
+// its first trim, whichever comes first): with 25 from its start, the
+// minimum heap target is 1 MiB, and the daemon's start-up and the
+// container's create and start (about 1 MB of allocations) ran two
+// collections on the path of every container's start (docs/BENCHMARKS.md,
+// 25).
 const gcPercent = 25
 
 // daemonProcs caps the daemon's GOMAXPROCS when the environment sets none
@@ -130,12 +123,7 @@ const daemonProcs = 2
 func newTrimmer() *trimmer {
 	var tighten func()
 	if _, ok := os.LookupEnv("GOGC"); !ok {
-		tighten = sync.OnceFunc(func() {
-			debug.SetGCPercent(gcPercent)
-			// Now, in the background, rather than when the heap next
-			// reaches the new target: the caller is about to wait.
-			go runtime.GC()
-		})
+		tighten = sync.OnceFunc(func() { debug.SetGCPercent(gcPercent) })
 	}
 	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
 		runtime.GOMAXPROCS(min(daemonProcs, runtime.NumCPU()))
@@ -445,33 +433,4 @@ func splitFields(line []byte, dst [][]byte) int {
 		n++
 	}
 	return n
-}
-
-// tighteningMonitor is go-runc's process monitor of a daemon that has not
-// set its GC target yet: the reaper, which also calls tighten once a runtime
-// process has started. The first is the first container's `runc create`:
-// the collection that tighten starts runs while the shim waits for runc,
-// instead of beside the container's start or its exit (docs/BENCHMARKS.md,
-// 26).
-type tighteningMonitor struct {
-	runc.ProcessMonitor
-	tighten func()
-}
-
-// Start implements runc.ProcessMonitor.
-func (m tighteningMonitor) Start(c *exec.Cmd) (chan runc.Exit, error) {
-	ec, err := m.ProcessMonitor.Start(c)
-	if err == nil {
-		m.tighten()
-	}
-	return ec, err
-}
-
-// StartLocked implements runc.ProcessMonitor.
-func (m tighteningMonitor) StartLocked(c *exec.Cmd) (chan runc.Exit, error) {
-	ec, err := m.ProcessMonitor.StartLocked(c)
-	if err == nil {
-		m.tighten()
-	}
-	return ec, err
 }

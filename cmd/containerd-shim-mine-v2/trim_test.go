@@ -3,16 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	runc "github.com/containerd/go-runc"
 	"github.com/containerd/ttrpc"
 )
 
@@ -403,9 +400,8 @@ func TestTrimWhileBusyCountsFromTheFirstWork(t *testing.T) {
 }
 
 // The GC target is set once: after the first Start call (of the Task API
-// or a sandbox; a poll or a create call does not), or at the first trim
-// when no Start came. (In the daemon, the first runtime process started
-// sets it before either: tighteningMonitor.)
+// or a sandbox; a poll or a create does not), or at the first trim when no
+// Start came.
 func TestTightenGCAfterFirstStart(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -443,57 +439,5 @@ func TestTightenGCAfterFirstStart(t *testing.T) {
 				t.Fatalf("tightened %d times after a trim, want 1", got)
 			}
 		})
-	}
-}
-
-// stubMonitor starts nothing: Start and StartLocked fail with err, or
-// succeed.
-type stubMonitor struct{ err error }
-
-func (m stubMonitor) Start(*exec.Cmd) (chan runc.Exit, error) {
-	return m.result()
-}
-
-func (m stubMonitor) StartLocked(*exec.Cmd) (chan runc.Exit, error) {
-	return m.result()
-}
-
-func (m stubMonitor) Wait(*exec.Cmd, chan runc.Exit) (int, error) { return 0, m.err }
-
-func (m stubMonitor) result() (chan runc.Exit, error) {
-	if m.err != nil {
-		return nil, m.err
-	}
-	return make(chan runc.Exit, 1), nil
-}
-
-// The monitor tightens when a runtime process has started, by either way
-// of starting it, and not when the start failed.
-func TestTighteningMonitor(t *testing.T) {
-	for _, locked := range []bool{false, true} {
-		var n int
-		start := func(m tighteningMonitor) error {
-			var err error
-			if locked {
-				_, err = m.StartLocked(exec.Command("runc"))
-			} else {
-				_, err = m.Start(exec.Command("runc"))
-			}
-			return err
-		}
-		failing := tighteningMonitor{ProcessMonitor: stubMonitor{err: errors.New("no such runtime")}, tighten: func() { n++ }}
-		if err := start(failing); err == nil {
-			t.Fatal("the stub's start did not fail")
-		}
-		if n != 0 {
-			t.Fatalf("locked %v: tightened after a failed start", locked)
-		}
-		ok := tighteningMonitor{ProcessMonitor: stubMonitor{}, tighten: func() { n++ }}
-		if err := start(ok); err != nil {
-			t.Fatal(err)
-		}
-		if n != 1 {
-			t.Fatalf("locked %v: tightened %d times after a start, want 1", locked, n)
-		}
 	}
 }
