@@ -3,7 +3,10 @@ package mountfd
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // Detached lists the descriptors of process pid that refer to files on
@@ -14,15 +17,18 @@ import (
 // a path.
 func Detached(pid int) ([]string, error) {
 	proc := fmt.Sprintf("/proc/%d", pid)
-	data, err := os.ReadFile(proc + "/mountinfo")
+	f, err := os.Open(proc + "/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := mountinfo.GetMountsFromReader(f, nil)
+	f.Close()
 	if err != nil {
 		return nil, err
 	}
 	ids := map[string]bool{}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 0 {
-			ids[f[0]] = true
-		}
+	for _, m := range mounts {
+		ids[strconv.Itoa(m.ID)] = true
 	}
 	ents, err := os.ReadDir(proc + "/fd")
 	if err != nil {
