@@ -130,8 +130,10 @@ func newFake(t *testing.T) fakeEnv {
 // killFakeProcesses ends the processes the fake runtime started and left
 // running: those of execs (its delete kills the init alone), of a delete
 // told to keep them, and of a test that ends with its container running.
-// Orphaned, they are this test binary's children (it is a subreaper); a pid
-// is killed only while it is still such a child running sleep.
+// Orphaned, they are this test binary's children (it is a subreaper). Each
+// is held by a pidfd before it is checked to be such a child running sleep
+// and signalled through that pidfd: a pid whose process has exited, been
+// reaped and whose number went to another process is never signalled.
 func killFakeProcesses(t *testing.T, list string) {
 	data, err := os.ReadFile(list)
 	if err != nil {
@@ -142,19 +144,22 @@ func killFakeProcesses(t *testing.T, list string) {
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		fd, err := unix.PidfdOpen(pid, 0)
 		if err != nil {
-			continue
+			continue // gone already
 		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		// pid (comm) state ppid ...
-		rest := string(stat[bytes.LastIndexByte(stat, ')')+1:])
-		f := strings.Fields(rest)
-		if !bytes.Contains(stat, []byte("(sleep)")) || len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
-			continue
+		var f []string
+		if err == nil {
+			f = strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
 		}
-		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
-			t.Logf("kill fake process %d: %v", pid, err)
+		if err == nil && bytes.Contains(stat, []byte("(sleep)")) && len(f) >= 2 && f[1] == strconv.Itoa(os.Getpid()) {
+			if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+				t.Logf("kill fake process %d: %v", pid, err)
+			}
 		}
+		unix.Close(fd)
 	}
 }
 
