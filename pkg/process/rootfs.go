@@ -11,10 +11,10 @@ import (
 // layer. The umount2 call itself returned in 0.02 to 0.27 ms here; the
 // teardown runs after it, before the thread returns to user space, and
 // took 1.4 to 2.1 ms more on an ext4 upper layer (docs/BENCHMARKS.md, 25):
-// on the path of every Delete, between runc delete and the reply. Here Delete detaches the overlay from
-// the mount namespace while it holds the overlay's root open, replies, and
-// then closes that descriptor: the last reference goes, and the teardown
-// runs in the goroutine that closes it.
+// on the path of every Delete, between runc delete and the reply. Here
+// Delete detaches the overlay from the mount namespace while it holds the
+// overlay's root open, replies, and then closes that descriptor: the last
+// reference goes, and the teardown runs in the goroutine that closes it.
 //
 // Once detached, the mount is in no namespace: nothing can reach the
 // container's files through it, containerd finds the bundle's rootfs an
