@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -230,6 +231,7 @@ func (r *Reaper) dropOrderLocked(pid int) {
 
 // Start implements runc.ProcessMonitor.
 func (r *Reaper) Start(c *exec.Cmd) (chan runc.Exit, error) {
+	boundOutput(c)
 	m := r.Mark()
 	if err := c.Start(); err != nil {
 		return nil, err
@@ -241,6 +243,7 @@ func (r *Reaper) Start(c *exec.Cmd) (chan runc.Exit, error) {
 // goroutine locked to its OS thread, as Pdeathsig requires, and the thread
 // stays locked until the process has exited.
 func (r *Reaper) StartLocked(c *exec.Cmd) (chan runc.Exit, error) {
+	boundOutput(c)
 	started := make(chan error, 1)
 	out := make(chan runc.Exit, 1)
 	go func() {
@@ -286,3 +289,58 @@ func (r *Reaper) Wait(c *exec.Cmd, ec chan runc.Exit) (int, error) {
 }
 
 var _ runc.ProcessMonitor = (*Reaper)(nil)
+
+// outputDrain bounds how long a runtime command's output is still read
+// after the command has exited, or has been killed because its context
+// ended. exec.Cmd otherwise reads until every holder of the pipe has closed
+// it: a child that inherited runc's stdout or stderr (a hook that
+// daemonised, a helper that hangs) held the call, and `shim delete` with
+// it, for as long as that child lived.
+const outputDrain = 500 * time.Millisecond
+
+// boundOutput sets the output bound of a runtime command before it starts.
+func boundOutput(c *exec.Cmd) {
+	if c.WaitDelay == 0 {
+		c.WaitDelay = outputDrain
+	}
+}
+
+// DirectMonitor is go-runc's process monitor for a process that runs the
+// runtime without a Reaper (`shim delete`): exec.Cmd's own Start and Wait,
+// with the Reaper's output bound. The status is the process's own, also
+// when its output was cut: go-runc's default monitor reports 255 then.
+type DirectMonitor struct{}
+
+// Start implements runc.ProcessMonitor.
+func (DirectMonitor) Start(c *exec.Cmd) (chan runc.Exit, error) {
+	boundOutput(c)
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	ec := make(chan runc.Exit, 1)
+	go func() {
+		status := -1
+		_ = c.Wait()
+		if ps := c.ProcessState; ps != nil {
+			if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+				status = exitCode(unix.WaitStatus(ws))
+			}
+		}
+		ec <- runc.Exit{Pid: c.Process.Pid, Status: status, Timestamp: time.Now()}
+	}()
+	return ec, nil
+}
+
+// StartLocked implements runc.ProcessMonitor. The callers of a
+// DirectMonitor clear go-runc's PdeathSignal, so no thread is locked.
+func (m DirectMonitor) StartLocked(c *exec.Cmd) (chan runc.Exit, error) {
+	return m.Start(c)
+}
+
+// Wait implements runc.ProcessMonitor.
+func (DirectMonitor) Wait(_ *exec.Cmd, ec chan runc.Exit) (int, error) {
+	e := <-ec
+	return e.Status, nil
+}
+
+var _ runc.ProcessMonitor = DirectMonitor{}

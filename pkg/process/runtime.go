@@ -174,6 +174,12 @@ func (a *adapter) do(ctx context.Context, op string, call func() error) error {
 	}
 	what := filepath.Base(a.cfg.Binary) + " " + op
 	err = logm.wrap(what, err)
+	if cerr := ctx.Err(); cerr != nil {
+		// The runtime was killed when ctx ended. That is the failure; a
+		// `runc state` to classify it would spend another stateBound of a
+		// caller that has none left.
+		return fmt.Errorf("%w: %w", err, cerr)
+	}
 	if class := a.classify(ctx, op, err); class != nil {
 		return fmt.Errorf("%w: %w", err, class)
 	}
