@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +25,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mineshim/mine/internal/unixsock/socktest"
@@ -360,4 +364,61 @@ func TestBusySocketIsLive(t *testing.T) {
 	if after, err := lstatID(sock); err != nil || after != before {
 		t.Errorf("the busy shim's socket was replaced or removed: %v", err)
 	}
+}
+
+// A runtime that never answers (its child keeps runc's pipes open, as a
+// wedged runc's helpers may): delete still answers within containerd's 5 s
+// cleanup limit, with the saved exit, and says why on stderr.
+func TestDeleteBoundedWithHangingRuntime(t *testing.T) {
+	bundle := t.TempDir()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "c1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	hang, child := filepath.Join(dir, "runc"), filepath.Join(dir, "child")
+	if err := os.WriteFile(hang, []byte("#!/bin/sh\nsleep 60 &\necho $! >"+child+"\nwait\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		// The runtime's child outlives it: end it.
+		b, _ := os.ReadFile(child)
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+				if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.HasPrefix(cmd, []byte("sleep\x00")) {
+					_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+				}
+				unix.Close(fd)
+			}
+		}
+	}()
+	for name, body := range map[string]string{
+		"runtime.json": `{"root":"` + root + `","binary":"` + hang + `"}`,
+		"exit.json":    `{"pid":42,"exit_status":3,"exited_at":"2026-01-02T03:04:05Z"}`,
+	} {
+		if err := os.WriteFile(filepath.Join(bundle, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	start := time.Now()
+	code := run([]string{"-namespace", "ns", "-id", "c1", "-bundle", bundle, "delete"}, bytes.NewReader(nil), &stdout, &stderr)
+	took := time.Since(start)
+	if code != 0 {
+		t.Fatalf("delete exited %d: %s", code, stderr.String())
+	}
+	if took >= 5*time.Second {
+		t.Fatalf("delete took %s, containerd gives it 5 s", took)
+	}
+	var resp taskAPI.DeleteResponse
+	if err := proto.Unmarshal(stdout.Bytes(), &resp); err != nil {
+		t.Fatalf("answer %q: %v", stdout.Bytes(), err)
+	}
+	if resp.ExitStatus != 3 || resp.Pid != 42 {
+		t.Errorf("answer %+v, want the saved exit", &resp)
+	}
+	if stderr.Len() == 0 {
+		t.Error("no warning about the runtime that did not answer")
+	}
+	t.Logf("delete took %s; stderr: %s", took, stderr.String())
 }

@@ -11,6 +11,7 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -19,8 +20,10 @@ import (
 	"github.com/mineshim/mine/pkg/sandbox"
 )
 
-// deleteTimeout keeps `delete` inside containerd's 5 s cleanup limit.
-const deleteTimeout = 4 * time.Second
+// deleteTimeout bounds the runtime's part of `delete`. A runtime killed at
+// its end still has its output read for half a second (pkg/process), so
+// delete answers within about 4 s, inside containerd's 5 s cleanup limit.
+const deleteTimeout = 3500 * time.Millisecond
 
 // deleteAction is the `delete` action, run by containerd after every shim's
 // end: it removes what is left of the container and reports its exit.
@@ -39,6 +42,7 @@ func deleteAction(f flags, stdout, stderr io.Writer) error {
 		}
 		bundle = wd
 	}
+	runc.Monitor = process.DirectMonitor{}
 	ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
 	defer cancel()
 	exit, err := process.Cleanup(ctx, bundle, f.namespace, f.id)
