@@ -272,8 +272,11 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 				t.Stop()
 			case <-clientGone:
 				// A container the client created but never started
-				// would wait forever: it goes now.
-				if info, err := m.Inspect(c.ctx, id); err == nil && info.Status == minimgr.StatusCreated {
+				// would wait forever: it goes now. One whose start
+				// the client had sent is still reported created
+				// until runc start returns, its process already
+				// running: it is left to end by itself.
+				if neverStarted(c.ctx, m, id) {
 					force = true
 					exited <- nil
 				}
@@ -289,6 +292,31 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 			return 0, err
 		}
 		return 0, nil
+	}
+}
+
+// startSettle bounds how long the remover waits for a created container
+// to leave that state once its client is gone: the shim bounds a Start to a
+// minute (pkg/process), and minimgr's client sends one within as long.
+const startSettle = time.Minute
+
+// neverStarted reports whether container id stays created for
+// startSettle: no start of it is under way.
+func neverStarted(parent context.Context, m *minimgr.Manager, id string) bool {
+	ctx, cancel := context.WithTimeout(parent, startSettle)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		info, err := m.Inspect(ctx, id)
+		if err != nil || info.Status != minimgr.StatusCreated {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return parent.Err() == nil
+		case <-tick.C:
+		}
 	}
 }
 

@@ -298,6 +298,70 @@ func TestRunRemoveClientKilled(t *testing.T) {
 	e.assertNoProcesses()
 }
 
+// TestRunRemoveClientKilledDuringStart: the client of run --rm is killed
+// while the shim still reports the container created, its process already
+// running (runc start has not returned: here it lingers 2 s, as on a loaded
+// machine). The remover must not take it for a container that was never
+// started and force-delete it: the container runs on, and is removed once
+// it exits.
+func TestRunRemoveClientKilledDuringStart(t *testing.T) {
+	e := newEnv(t, true)
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		t.Skip("runc not in PATH")
+	}
+	dir := t.TempDir()
+	script := "#!/bin/sh\n" + runc + " \"$@\"\nrc=$?\nfor a in \"$@\"; do [ \"$a\" = start ] && sleep 2; done\nexit $rc\n"
+	if err := os.WriteFile(filepath.Join(dir, "runc"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	run := e.command(ctx, "run", "--rm", e.bundle, "rks", "sh", "-c", "echo ready; read x; exit 0")
+	run.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+	in, err := run.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if l := readLine(t, bufio.NewReader(out), 20*time.Second); l != "ready" {
+		t.Fatalf("run said %q", l)
+	}
+	if got := e.list()["rks"]; got.Status != minimgr.StatusCreated {
+		t.Fatalf("while runc start lingers: %+v, want created", got)
+	}
+	_ = run.Process.Kill()
+	_ = run.Wait()
+	in.Close()
+	// Once the start has returned, the container runs, waiting for a line.
+	var got minimgr.Info
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if got = e.list()["rks"]; got.Status != minimgr.StatusCreated {
+			break
+		}
+	}
+	if got.Status != minimgr.StatusRunning {
+		t.Fatalf("after the client was killed during the start: %+v, want running", got)
+	}
+	e.mustRun("kill", "-s", "KILL", "rks")
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if _, err := os.Stat(filepath.Join(e.root, e.ns, "rks")); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state of rks still there: %v", e.list())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.assertNoLeftovers("rks")
+}
+
 // TestStopIgnoringSIGTERM (bug 6): stop on a PID 1 that ignores SIGTERM
 // returns after -t with SIGKILL; wait prints the status.
 func TestStopIgnoringSIGTERM(t *testing.T) {
