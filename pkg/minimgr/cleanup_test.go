@@ -320,3 +320,55 @@ func TestCustomRuncRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRuncStateBoundedWhenRuncHangs: a runc whose child keeps its output
+// open (here a `sleep 60`) does not hold the state query past its bound:
+// runcRunning answers an error soon after its context ends. Before, it
+// waited for the child.
+func TestRuncStateBoundedWhenRuncHangs(t *testing.T) {
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	if setupErr != nil {
+		t.Fatal(setupErr)
+	}
+	dir := t.TempDir()
+	hang, child := filepath.Join(dir, "runc"), filepath.Join(dir, "child")
+	if err := os.WriteFile(hang, []byte("#!/bin/sh\nsleep 60 &\necho $! >"+child+"\nwait\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		b, _ := os.ReadFile(child)
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+				if cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); bytes.HasPrefix(cmd, []byte("sleep\x00")) {
+					_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+				}
+				unix.Close(fd)
+			}
+		}
+	}()
+	root := t.TempDir()
+	m, err := New(Config{Root: t.TempDir(), Namespace: "hang", RuntimeBinary: shimBin, RuncOptions: &runcoptions.Options{BinaryName: hang, Root: root}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// runc keeps a state file for the container: its answer is needed.
+	if err := os.MkdirAll(filepath.Join(root, "hang", "c1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "hang", "c1", "state.json"), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	begin := time.Now()
+	running, err := m.runcRunning(ctx, "c1")
+	took := time.Since(begin)
+	if err == nil {
+		t.Errorf("runcRunning of a runc that never answered: %v, no error", running)
+	}
+	if limit := time.Second + waitDelay + 2*time.Second; took > limit {
+		t.Errorf("runcRunning took %s, more than %s", took, limit)
+	}
+}

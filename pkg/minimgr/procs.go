@@ -146,7 +146,9 @@ func (m *Manager) runcRunning(ctx context.Context, id string) (bool, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, deleteTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, "--root", m.runcRoot(), "state", id).Output()
+	cmd := exec.CommandContext(ctx, bin, "--root", m.runcRoot(), "state", id)
+	cmd.WaitDelay = waitDelay // a child of runc's may hold its stdout
+	out, err := cmd.Output()
 	var st struct {
 		Status string `json:"status"`
 	}
