@@ -5,13 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -25,7 +22,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mineshim/mine/internal/unixsock/socktest"
@@ -259,6 +255,35 @@ func TestInfo(t *testing.T) {
 	}
 }
 
+// A runtime whose `features` never answers, its child holding the output
+// open: -info still answers, without features, within its bound.
+func TestInfoBoundedWithHangingRuntime(t *testing.T) {
+	// The child ends by itself 20 s later.
+	hang := filepath.Join(t.TempDir(), "runc")
+	if err := os.WriteFile(hang, []byte("#!/bin/sh\nsleep 20 &\nwait\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := typeurl.MarshalAnyToProto(&runcoptions.Options{BinaryName: hang})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	begin := time.Now()
+	if code := run([]string{"-info"}, bytes.NewReader(mustMarshal(t, opts)), &stdout, &stderr); code != 0 {
+		t.Fatalf("-info exited %d: %s", code, stderr.String())
+	}
+	if took, limit := time.Since(begin), featuresTimeout+3*time.Second; took > limit {
+		t.Errorf("-info took %s, more than %s", took, limit)
+	}
+	var info apitypes.RuntimeInfo
+	if err := proto.Unmarshal(stdout.Bytes(), &info); err != nil {
+		t.Fatalf("RuntimeInfo: %v", err)
+	}
+	if info.Features != nil {
+		t.Errorf("features %v from a runtime that never answered", info.Features)
+	}
+}
+
 func TestShimGroup(t *testing.T) {
 	for _, tc := range []struct {
 		name, config, want string
@@ -375,23 +400,12 @@ func TestDeleteBoundedWithHangingRuntime(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(root, "c1"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	hang, child := filepath.Join(dir, "runc"), filepath.Join(dir, "child")
-	if err := os.WriteFile(hang, []byte("#!/bin/sh\nsleep 60 &\necho $! >"+child+"\nwait\n"), 0o755); err != nil {
+	// A runtime whose child keeps its pipes open; the child ends by itself
+	// 8 s later.
+	hang := filepath.Join(t.TempDir(), "runc")
+	if err := os.WriteFile(hang, []byte("#!/bin/sh\nsleep 8 &\nwait\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		// The runtime's child outlives it: end it.
-		b, _ := os.ReadFile(child)
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
-				if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.HasPrefix(cmd, []byte("sleep\x00")) {
-					_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
-				}
-				unix.Close(fd)
-			}
-		}
-	}()
 	for name, body := range map[string]string{
 		"runtime.json": `{"root":"` + root + `","binary":"` + hang + `"}`,
 		"exit.json":    `{"pid":42,"exit_status":3,"exited_at":"2026-01-02T03:04:05Z"}`,

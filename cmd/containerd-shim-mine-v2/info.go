@@ -73,6 +73,7 @@ func runtimeFeatures(binary string) (*anypb.Any, error) {
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, binary, "features")
 	cmd.Stderr = &stderr
+	cmd.WaitDelay = time.Second // a child of the runtime may hold its output
 	out, err := cmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s features: %w: %s", binary, err, stderr.Bytes())
