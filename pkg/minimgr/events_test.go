@@ -172,3 +172,27 @@ func TestEventsServedBusy(t *testing.T) {
 		t.Fatal("eventsServed blocked on a busy events server")
 	}
 }
+
+// An events server that takes the connection and never answers does not
+// hold the exit minimgr forwards for a dead shim past publishTimeout: the
+// Delete that found the shim dead returns.
+func TestPublishDeadExitBounded(t *testing.T) {
+	m := eventsOnlyManager(t)
+	l, err := net.Listen("unix", m.EventsAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close() // never accepts: the connection waits in its backlog
+	done := make(chan time.Duration, 1)
+	begin := time.Now()
+	go func() {
+		m.publishDeadExit(context.Background(), "c1", Exit{Pid: 42, Status: 3, ExitedAt: begin})
+		done <- time.Since(begin)
+	}()
+	select {
+	case took := <-done:
+		t.Logf("gave up after %s", took)
+	case <-time.After(publishTimeout + 5*time.Second):
+		t.Fatalf("publishDeadExit still blocked %s after its %s bound", 5*time.Second, publishTimeout)
+	}
+}
