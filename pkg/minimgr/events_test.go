@@ -2,11 +2,14 @@ package minimgr
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -196,3 +199,59 @@ func TestPublishDeadExitBounded(t *testing.T) {
 		t.Fatalf("publishDeadExit still blocked %s after its %s bound", 5*time.Second, publishTimeout)
 	}
 }
+
+// endShim and a shim told to shut down: with nobody listening for its
+// events it is killed at once; with a listener it is given time to send
+// them and, when it ends by itself, is not killed; one that never ends is
+// killed after shimExitBound. The shims are stand-ins (the test binary)
+// whose command line names the test's namespace, container and address, as
+// a daemon's does.
+func TestEndShim(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		listen   bool
+		lives    string // how long the stand-in lives
+		killed   bool
+		min, max time.Duration
+	}{
+		{"nobody listens", false, "1m", true, 0, 3 * time.Second},
+		{"ends by itself", true, "1s", false, 500 * time.Millisecond, 5 * time.Second},
+		{"never ends", true, "1m", true, shimExitBound, shimExitBound + 5*time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			m := eventsOnlyManager(t)
+			if tc.listen {
+				l, err := net.Listen("unix", m.EventsAddress())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer l.Close()
+			}
+			shim := exec.Command(os.Args[0], "-namespace", m.Namespace(), "-id", "c1", "-address", m.grpcAddress())
+			shim.Env = append(os.Environ(), standInLives+"="+tc.lives)
+			if err := shim.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = shim.Process.Kill(); _ = shim.Wait() })
+			begin := time.Now()
+			if err := m.endShim(shim.Process.Pid, "c1"); err != nil {
+				t.Fatal(err)
+			}
+			took := time.Since(begin)
+			err := shim.Wait()
+			var ee *exec.ExitError
+			killed := errors.As(err, &ee) && ee.ProcessState.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL
+			if killed != tc.killed {
+				t.Errorf("killed %v (%v), want %v", killed, err, tc.killed)
+			}
+			if took < tc.min || took > tc.max {
+				t.Errorf("endShim returned after %s, want %s to %s", took, tc.min, tc.max)
+			}
+		})
+	}
+}
+
+// standInLives is the environment variable that makes the test binary a
+// stand-in shim daemon living that long (a time.Duration).
+const standInLives = "MINIMGR_TEST_STAND_IN_LIVES"
