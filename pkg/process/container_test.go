@@ -35,8 +35,38 @@ func TestMain(m *testing.M) {
 	go testReaper.Run(ctx)
 	runc.Monitor = testReaper
 	code := m.Run()
+	if left := leftSleeps(2 * time.Second); len(left) > 0 && code == 0 {
+		// The fake runtime's processes outlive a test binary that
+		// leaves them: each test's cleanup must end them.
+		fmt.Fprintf(os.Stderr, "FAIL: fake runtime processes left running: %v\n", left)
+		code = 1
+	}
 	cancel()
 	os.Exit(code)
+}
+
+// leftSleeps returns the pids of this binary's children running sleep (the
+// fake runtime's processes, orphaned to this subreaper) that are still
+// alive after grace.
+func leftSleeps(grace time.Duration) []int {
+	deadline := time.Now().Add(grace)
+	for {
+		var left []int
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if zombie, ok := sleepChild(pid); ok && !zombie {
+				left = append(left, pid)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // recorder collects the events a container emits.
@@ -148,19 +178,29 @@ func killFakeProcesses(t *testing.T, list string) {
 		if err != nil {
 			continue // gone already
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		// pid (comm) state ppid ...
-		var f []string
-		if err == nil {
-			f = strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		}
-		if err == nil && bytes.Contains(stat, []byte("(sleep)")) && len(f) >= 2 && f[1] == strconv.Itoa(os.Getpid()) {
+		if _, ok := sleepChild(pid); ok {
 			if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 				t.Logf("kill fake process %d: %v", pid, err)
 			}
 		}
 		unix.Close(fd)
 	}
+}
+
+// sleepChild reports whether pid is a child of this test binary running
+// sleep (a fake runtime process, orphaned to this subreaper), and whether
+// it has exited and waits to be reaped.
+func sleepChild(pid int) (zombie, ok bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil || !bytes.Contains(stat, []byte("(sleep)")) {
+		return false, false
+	}
+	// pid (comm) state ppid ...
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
+		return false, false
+	}
+	return f[0] == "Z", true
 }
 
 // calls returns the argv of every runtime call so far.

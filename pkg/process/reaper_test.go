@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,15 +31,17 @@ func TestReaperBoundsOutputHeldByChild(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
 			defer cancel()
 			// A buffer, not a file: exec.Cmd copies the pipe into it.
-			// The background sleep holds the pipe and ends by itself.
+			// The background sleep holds the pipe.
 			var out bytes.Buffer
 			c := exec.CommandContext(ctx, "sh", "-c", tc.script)
 			c.Stdout = &out
+			c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 			begin := time.Now()
 			ec, err := testReaper.Start(c)
 			if err != nil {
 				t.Fatal(err)
 			}
+			pgid := c.Process.Pid // Wait releases c.Process
 			done := make(chan int, 1)
 			go func() {
 				status, _ := testReaper.Wait(c, ec)
@@ -51,6 +54,9 @@ func TestReaperBoundsOutputHeldByChild(t *testing.T) {
 				t.Fatal("Wait still blocked after 10 s")
 			}
 			took := time.Since(begin)
+			// The sleep, orphaned to this subreaper, is still in the
+			// command's process group.
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
 			if status != tc.status {
 				t.Errorf("status %d, want %d", status, tc.status)
 			}
