@@ -261,36 +261,10 @@ func TestRunRemoveClientKilled(t *testing.T) {
 	e := newEnv(t, true)
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
-	run := e.command(ctx, "run", "--rm", e.bundle, "rmk", "sh", "-c", "echo ready; read x; exit 0")
-	in, err := run.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := run.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if l := readLine(t, bufio.NewReader(out), 20*time.Second); l != "ready" {
-		t.Fatalf("run said %q", l)
-	}
-	_ = run.Process.Kill()
-	_ = run.Wait()
-	in.Close()
+	e.killReadyRun(ctx, "rmk", nil)
 	// The container still runs, waiting for a line: end it.
 	e.mustRun("kill", "-s", "KILL", "rmk")
-	dir := filepath.Join(e.root, e.ns, "rmk")
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("state of rmk still there: %v", e.list())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.waitRemoved("rmk")
 	e.assertNoLeftovers("rmk")
 	for deadline := time.Now().Add(10 * time.Second); len(e.processesOf()) != 0 && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
@@ -317,28 +291,11 @@ func TestRunRemoveClientKilledDuringStart(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
-	run := e.command(ctx, "run", "--rm", e.bundle, "rks", "sh", "-c", "echo ready; read x; exit 0")
-	run.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
-	in, err := run.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := run.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if l := readLine(t, bufio.NewReader(out), 20*time.Second); l != "ready" {
-		t.Fatalf("run said %q", l)
-	}
-	if got := e.list()["rks"]; got.Status != minimgr.StatusCreated {
-		t.Fatalf("while runc start lingers: %+v, want created", got)
-	}
-	_ = run.Process.Kill()
-	_ = run.Wait()
-	in.Close()
+	e.killReadyRun(ctx, "rks", []string{"PATH=" + dir + ":" + os.Getenv("PATH")}, func() {
+		if got := e.list()["rks"]; got.Status != minimgr.StatusCreated {
+			t.Fatalf("while runc start lingers: %+v, want created", got)
+		}
+	})
 	// Once the start has returned, the container runs, waiting for a line.
 	var got minimgr.Info
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -350,16 +307,53 @@ func TestRunRemoveClientKilledDuringStart(t *testing.T) {
 		t.Fatalf("after the client was killed during the start: %+v, want running", got)
 	}
 	e.mustRun("kill", "-s", "KILL", "rks")
+	e.waitRemoved("rks")
+	e.assertNoLeftovers("rks")
+}
+
+// killReadyRun runs `run --rm` of container id with sh reading a line after
+// it said "ready", the client's environment extended by env; once ready,
+// it calls each of before, then kills the client with SIGKILL.
+func (e *env) killReadyRun(ctx context.Context, id string, env []string, before ...func()) {
+	e.t.Helper()
+	run := e.command(ctx, "run", "--rm", e.bundle, id, "sh", "-c", "echo ready; read x; exit 0")
+	if env != nil {
+		run.Env = append(os.Environ(), env...)
+	}
+	in, err := run.StdinPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := run.StdoutPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := run.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	defer func() { _ = run.Process.Kill(); _ = run.Wait() }()
+	if l := readLine(e.t, bufio.NewReader(out), 20*time.Second); l != "ready" {
+		e.t.Fatalf("run said %q", l)
+	}
+	for _, f := range before {
+		f()
+	}
+}
+
+// waitRemoved waits (20 s at most) until the state of container id is gone.
+func (e *env) waitRemoved(id string) {
+	e.t.Helper()
+	dir := filepath.Join(e.root, e.ns, id)
 	for deadline := time.Now().Add(20 * time.Second); ; {
-		if _, err := os.Stat(filepath.Join(e.root, e.ns, "rks")); errors.Is(err, os.ErrNotExist) {
-			break
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("state of rks still there: %v", e.list())
+			e.t.Fatalf("state of %s still there: %v", id, e.list())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	e.assertNoLeftovers("rks")
 }
 
 // TestStopIgnoringSIGTERM (bug 6): stop on a PID 1 that ignores SIGTERM
