@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mineshim/mine/internal/unixsock/socktest"
+	"github.com/mineshim/mine/pkg/process"
 )
 
 func mustMarshal(t testing.TB, m proto.Message) []byte {
@@ -435,4 +436,31 @@ func TestDeleteBoundedWithHangingRuntime(t *testing.T) {
 		t.Error("no warning about the runtime that did not answer")
 	}
 	t.Logf("delete took %s; stderr: %s", took, stderr.String())
+}
+
+// `shim delete`'s monitor (it cannot run beside pkg/process's Reaper, which
+// reaps every child of its test binary): by either way of starting, a
+// command whose child holds its stdout returns within the output bound,
+// with its own status, where go-runc's default monitor reports 255.
+func TestDirectMonitorKeepsStatusOfCutOutput(t *testing.T) {
+	for _, locked := range []bool{false, true} {
+		var out bytes.Buffer
+		// The child ends by itself 8 s later.
+		c := exec.Command("sh", "-c", "sleep 8 & exit 3")
+		c.Stdout = &out
+		m := process.DirectMonitor{}
+		start := m.Start
+		if locked {
+			start = m.StartLocked
+		}
+		begin := time.Now()
+		ec, err := start(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		status, err := m.Wait(c, ec)
+		if took := time.Since(begin); err != nil || status != 3 || took > 3*time.Second {
+			t.Errorf("locked %v: status %d, %v, after %s; want 3 within 3 s", locked, status, err, took)
+		}
+	}
 }

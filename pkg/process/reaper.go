@@ -318,23 +318,44 @@ func (DirectMonitor) Start(c *exec.Cmd) (chan runc.Exit, error) {
 		return nil, err
 	}
 	ec := make(chan runc.Exit, 1)
-	go func() {
-		status := -1
-		_ = c.Wait()
-		if ps := c.ProcessState; ps != nil {
-			if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
-				status = exitCode(unix.WaitStatus(ws))
-			}
-		}
-		ec <- runc.Exit{Pid: c.Process.Pid, Status: status, Timestamp: time.Now()}
-	}()
+	go func() { ec <- directWait(c) }()
 	return ec, nil
 }
 
-// StartLocked implements runc.ProcessMonitor. The callers of a
-// DirectMonitor clear go-runc's PdeathSignal, so no thread is locked.
-func (m DirectMonitor) StartLocked(c *exec.Cmd) (chan runc.Exit, error) {
-	return m.Start(c)
+// StartLocked implements runc.ProcessMonitor: the process is started from a
+// goroutine locked to its OS thread, as Pdeathsig requires, and the thread
+// stays locked until the process has exited.
+func (DirectMonitor) StartLocked(c *exec.Cmd) (chan runc.Exit, error) {
+	boundOutput(c)
+	started := make(chan error, 1)
+	ec := make(chan runc.Exit, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := c.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		ec <- directWait(c)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return ec, nil
+}
+
+// directWait waits for a command DirectMonitor started and returns its exit
+// with the process's own status.
+func directWait(c *exec.Cmd) runc.Exit {
+	status := -1
+	_ = c.Wait()
+	if ps := c.ProcessState; ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+			status = exitCode(unix.WaitStatus(ws))
+		}
+	}
+	return runc.Exit{Pid: c.Process.Pid, Status: status, Timestamp: time.Now()}
 }
 
 // Wait implements runc.ProcessMonitor.

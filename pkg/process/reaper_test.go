@@ -17,7 +17,7 @@ import (
 // the command's own status. Without the bound the call lasted as long as the
 // child. The daemon's Reaper here; `shim delete`'s DirectMonitor cannot run
 // beside a Reaper, which reaps its children first, and is held by the
-// shim's TestDeleteBoundedWithHangingRuntime.
+// shim's TestDirectMonitorKeepsStatusOfCutOutput.
 func TestReaperBoundsOutputHeldByChild(t *testing.T) {
 	for _, tc := range []struct {
 		name, script string
