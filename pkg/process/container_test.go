@@ -160,30 +160,33 @@ func newFake(t *testing.T) fakeEnv {
 // killFakeProcesses ends the processes the fake runtime started and left
 // running: those of execs (its delete kills the init alone), of a delete
 // told to keep them, and of a test that ends with its container running.
-// Orphaned, they are this test binary's children (it is a subreaper). Each
-// is held by a pidfd before it is checked to be such a child running sleep
-// and signalled through that pidfd: a pid whose process has exited, been
-// reaped and whose number went to another process is never signalled.
+// Orphaned, they are this test binary's children (it is a subreaper).
 func killFakeProcesses(t *testing.T, list string) {
 	data, err := os.ReadFile(list)
 	if err != nil {
 		return
 	}
 	for _, field := range strings.Fields(string(data)) {
-		pid, err := strconv.Atoi(field)
-		if err != nil {
-			continue
+		if pid, err := strconv.Atoi(field); err == nil {
+			killSleepChild(t, pid)
 		}
-		fd, err := unix.PidfdOpen(pid, 0)
-		if err != nil {
-			continue // gone already
+	}
+}
+
+// killSleepChild kills pid if it is a child of this test binary running
+// sleep. The pid is held by a pidfd before it is checked, and signalled
+// through it: a pid whose process has exited, been reaped and whose number
+// went to another process is never signalled.
+func killSleepChild(t *testing.T, pid int) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // gone already
+	}
+	defer unix.Close(fd)
+	if _, ok := sleepChild(pid); ok {
+		if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+			t.Logf("kill %d: %v", pid, err)
 		}
-		if _, ok := sleepChild(pid); ok {
-			if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-				t.Logf("kill fake process %d: %v", pid, err)
-			}
-		}
-		unix.Close(fd)
 	}
 }
 

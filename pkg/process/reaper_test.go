@@ -4,7 +4,8 @@ import (
 	"bytes"
 	"context"
 	"os/exec"
-	"syscall"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,8 +25,8 @@ func TestReaperBoundsOutputHeldByChild(t *testing.T) {
 		timeout      time.Duration
 		status       int
 	}{
-		{"exited", "sleep 8 & exit 3", time.Minute, 3},
-		{"killed at its deadline", "sleep 8 & exec sleep 30", 300 * time.Millisecond, 128 + int(unix.SIGKILL)},
+		{"exited", "sleep 8 & echo $!; exit 3", time.Minute, 3},
+		{"killed at its deadline", "sleep 8 & echo $!; exec sleep 30", 300 * time.Millisecond, 128 + int(unix.SIGKILL)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
@@ -35,13 +36,11 @@ func TestReaperBoundsOutputHeldByChild(t *testing.T) {
 			var out bytes.Buffer
 			c := exec.CommandContext(ctx, "sh", "-c", tc.script)
 			c.Stdout = &out
-			c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 			begin := time.Now()
 			ec, err := testReaper.Start(c)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pgid := c.Process.Pid // Wait releases c.Process
 			done := make(chan int, 1)
 			go func() {
 				status, _ := testReaper.Wait(c, ec)
@@ -54,9 +53,13 @@ func TestReaperBoundsOutputHeldByChild(t *testing.T) {
 				t.Fatal("Wait still blocked after 10 s")
 			}
 			took := time.Since(begin)
-			// The sleep, orphaned to this subreaper, is still in the
-			// command's process group.
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			// The sleep, whose pid the script printed, is orphaned to
+			// this subreaper.
+			if pid, err := strconv.Atoi(strings.TrimSpace(out.String())); err == nil {
+				killSleepChild(t, pid)
+			} else {
+				t.Errorf("the script printed %q, not its child's pid", out.String())
+			}
 			if status != tc.status {
 				t.Errorf("status %d, want %d", status, tc.status)
 			}
