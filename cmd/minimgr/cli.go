@@ -165,7 +165,7 @@ func init() {
 		"version": {"", "print minimgr's version", exitError, -1, true, false, versionFlags},
 		// The remover of run --rm: waits for the container to exit, then
 		// deletes it, whatever became of the client that started it.
-		removerCommand: {"[--client-pid PID] ID", "delete a container once it exits", exitError, -1, false, true, removerFlags},
+		removerCommand: {"[--client-pid PID] [--start-settle DURATION] ID", "delete a container once it exits", exitError, -1, false, true, removerFlags},
 	}
 }
 

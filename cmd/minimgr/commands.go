@@ -226,6 +226,7 @@ const removerClientBound = 10 * time.Second
 
 func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 	client := fs.Int("client-pid", 0, "the attached client, which removes the container itself while it lives")
+	settle := fs.Duration("start-settle", startSettle, "how long a created container may stay created once the client is gone before it is taken for one never started")
 	return func(c *cli, args []string) (int, error) {
 		if len(args) != 1 {
 			return 0, usagef("needs exactly one ID")
@@ -276,7 +277,7 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 				// the client had sent is still reported created
 				// until runc start returns, its process already
 				// running: it is left to end by itself.
-				if neverStarted(c.ctx, m, id) {
+				if neverStarted(c.ctx, m, id, *settle) {
 					force = true
 					exited <- nil
 				}
@@ -300,10 +301,10 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 // minute (pkg/process), and minimgr's client sends one within as long.
 const startSettle = time.Minute
 
-// neverStarted reports whether container id stays created for
-// startSettle: no start of it is under way.
-func neverStarted(parent context.Context, m *minimgr.Manager, id string) bool {
-	ctx, cancel := context.WithTimeout(parent, startSettle)
+// neverStarted reports whether container id stays created for settle: no
+// start of it is under way.
+func neverStarted(parent context.Context, m *minimgr.Manager, id string, settle time.Duration) bool {
+	ctx, cancel := context.WithTimeout(parent, settle)
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()

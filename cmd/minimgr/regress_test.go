@@ -341,6 +341,56 @@ func (e *env) killReadyRun(ctx context.Context, id string, env []string, before 
 	}
 }
 
+// TestRemoverDeletesNeverStarted: the client of run --rm dies after its
+// Create, before any Start. The remover waits its settle time (shortened
+// here from the minute) for a start under way to show, then force-deletes
+// the container, which would otherwise stay created for good. While the
+// client lives, the container is left to it.
+func TestRemoverDeletesNeverStarted(t *testing.T) {
+	e := newEnv(t, true)
+	e.mustRun("create", e.bundle, "nvs", "true")
+	client := exec.Command("sleep", "1000")
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = client.Process.Kill(); _ = client.Wait() }()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	const settle = time.Second
+	remover := e.command(ctx, removerCommand, "--client-pid", strconv.Itoa(client.Process.Pid), "--start-settle", settle.String(), "nvs")
+	var stderr bytes.Buffer
+	remover.Stderr = &stderr
+	if err := remover.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- remover.Wait() }()
+	time.Sleep(2 * settle)
+	if got := e.list()["nvs"]; got.Status != minimgr.StatusCreated {
+		t.Fatalf("with its client alive: %+v, want created", got)
+	}
+	_ = client.Process.Kill()
+	_ = client.Wait()
+	gone := time.Now()
+	e.waitRemoved("nvs")
+	if took := time.Since(gone); took < settle {
+		t.Errorf("removed %s after the client died, before the settle time %s", took, settle)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("remover: %v: %s", err, stderr.Bytes())
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the remover still runs after the removal")
+	}
+	e.assertNoLeftovers("nvs")
+	for deadline := time.Now().Add(10 * time.Second); len(e.processesOf()) != 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.assertNoProcesses()
+}
+
 // waitRemoved waits (20 s at most) until the state of container id is gone.
 func (e *env) waitRemoved(id string) {
 	e.t.Helper()
