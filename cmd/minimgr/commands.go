@@ -277,17 +277,16 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 				// the client had sent is still reported created
 				// until runc start returns, its process already
 				// running: it is left to end by itself.
-				if neverStarted(c.ctx, m, id, *settle) {
-					force = true
-					exited <- nil
-				}
+				force = neverStarted(c.ctx, m, id, *settle)
 			}
 		}
-		if err := <-exited; err != nil && !force {
-			if errdefs.IsNotFound(err) {
-				return 0, nil
+		if !force {
+			if err := <-exited; err != nil {
+				if errdefs.IsNotFound(err) {
+					return 0, nil
+				}
+				return 0, err
 			}
-			return 0, err
 		}
 		if _, err := m.Delete(c.ctx, id, force); err != nil && !errdefs.IsNotFound(err) && !errors.Is(err, minimgr.ErrBusy) {
 			return 0, err
@@ -302,10 +301,11 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 const startSettle = time.Minute
 
 // neverStarted reports whether container id stays created for settle: no
-// start of it is under way.
-func neverStarted(parent context.Context, m *minimgr.Manager, id string, settle time.Duration) bool {
-	ctx, cancel := context.WithTimeout(parent, settle)
-	defer cancel()
+// start of it is under way. The settle time bounds the waiting, not a probe:
+// a probe still in flight when it ends is answered, not cut and taken for a
+// dead shim.
+func neverStarted(ctx context.Context, m *minimgr.Manager, id string, settle time.Duration) bool {
+	deadline := time.Now().Add(settle)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -313,9 +313,12 @@ func neverStarted(parent context.Context, m *minimgr.Manager, id string, settle 
 		if err != nil || info.Status != minimgr.StatusCreated {
 			return false
 		}
+		if !time.Now().Before(deadline) {
+			return true
+		}
 		select {
 		case <-ctx.Done():
-			return parent.Err() == nil
+			return false
 		case <-tick.C:
 		}
 	}
