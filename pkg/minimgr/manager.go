@@ -18,6 +18,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/mineshim/mine/internal/runcroot"
 )
 
 // Defaults of Config.
@@ -352,19 +354,14 @@ func (m *Manager) runcOptions() (*anypb.Any, error) {
 	return a, nil
 }
 
-// defaultRuncRoot is where the shim has runc keep its state unless the
-// runc Options name a root: one directory per namespace, as containerd's
-// runc shim does.
-const defaultRuncRoot = "/run/containerd/runc"
-
-// runcRoot is the runc root of the Manager's containers: a directory per
-// namespace, under the runc options' root as under the default one (the
-// shim does the same).
+// runcRoot is the runc root of the Manager's containers, where the shim
+// has runc keep their state.
 func (m *Manager) runcRoot() string {
-	if o := m.cfg.RuncOptions; o != nil && o.Root != "" {
-		return filepath.Join(o.Root, m.cfg.Namespace)
+	root := ""
+	if o := m.cfg.RuncOptions; o != nil {
+		root = o.Root
 	}
-	return filepath.Join(defaultRuncRoot, m.cfg.Namespace)
+	return runcroot.For(root, m.cfg.Namespace)
 }
 
 func exists(path string) bool {

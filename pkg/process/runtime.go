@@ -17,16 +17,14 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-)
 
-// DefaultRuntimeRoot is where runc keeps container state, one directory per
-// namespace, as containerd's runc shim does.
-const DefaultRuntimeRoot = "/run/containerd/runc"
+	"github.com/mineshim/mine/internal/runcroot"
+)
 
 // Runtime names the OCI runtime binary and where it keeps its state.
 type Runtime struct {
 	Binary        string `json:"binary,omitempty"` // default "runc", looked up in PATH
-	Root          string `json:"root,omitempty"`   // default DefaultRuntimeRoot/<namespace>
+	Root          string `json:"root,omitempty"`   // default runcroot.For("", namespace)
 	SystemdCgroup bool   `json:"systemd_cgroup,omitempty"`
 	NoPivotRoot   bool   `json:"no_pivot_root,omitempty"`
 	NoNewKeyring  bool   `json:"no_new_keyring,omitempty"`
@@ -42,7 +40,7 @@ func (r Runtime) WithDefaults(ns string) Runtime {
 		r.Binary = "runc"
 	}
 	if r.Root == "" {
-		r.Root = filepath.Join(DefaultRuntimeRoot, ns)
+		r.Root = runcroot.For("", ns)
 	}
 	return r
 }

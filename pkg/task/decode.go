@@ -3,13 +3,13 @@ package task
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/mineshim/mine/internal/runcroot"
 	"github.com/mineshim/mine/pkg/process"
 )
 
@@ -81,8 +81,8 @@ func runtimeOptions(base process.Runtime, opts typeurl.Any, ns string) (process.
 }
 
 // RuntimeFromOptions is the one mapping of containerd's runc options to the
-// runtime the shim uses, for the bootstrap (over no defaults), for Create
-// (over the bootstrap's) and for minimgr. Options given replace what base
+// runtime the shim uses, for the bootstrap (over no defaults) and for Create
+// (over the bootstrap's). Options given replace what base
 // says, booleans included: they are the runtime handler's whole
 // configuration. Root gets one directory per namespace, as the default root
 // does, so that equal IDs in two namespaces never collide.
@@ -95,7 +95,7 @@ func RuntimeFromOptions(base process.Runtime, o *runcoptions.Options, ns string)
 		r.Binary = o.BinaryName
 	}
 	if o.Root != "" {
-		r.Root = filepath.Join(o.Root, ns)
+		r.Root = runcroot.For(o.Root, ns)
 	}
 	r.SystemdCgroup = o.SystemdCgroup
 	r.NoPivotRoot = o.NoPivotRoot
