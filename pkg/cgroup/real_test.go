@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -378,5 +379,47 @@ func TestStatsKeepsNoSetupBuffer(t *testing.T) {
 		if c := cap(s.r.buf); c != 0 {
 			t.Fatalf("after ForPath the Stats holds a %d-byte buffer, want none before its first reading", c)
 		}
+	}
+}
+
+// TestForProcCgroupAfterExit: the cgroup that a /proc/<pid>/cgroup read
+// while the process lived names is found and read once the process has
+// exited, as Stats must after a container's exit; Exists tells when the
+// cgroup has been removed.
+func TestForProcCgroupAfterExit(t *testing.T) {
+	needRoot(t)
+	path := fmt.Sprintf("/mine-cgroup-exit-test-%d", os.Getpid())
+	pid := startInCgroup(t, path, nil)
+	b, err := ProcCgroup(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	procs := filepath.Join(cgroupDirs(t, path)[0], "cgroup.procs")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if b, err := os.ReadFile(procs); err == nil && len(b) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still lists a process after its kill", procs)
+		}
+	}
+	s, err := ForProcCgroup(b)
+	if err != nil {
+		t.Fatalf("ForProcCgroup(%q) after the exit: %v", b, err)
+	}
+	if !s.Exists() {
+		t.Fatal("Exists: false for a cgroup still there")
+	}
+	if _, err := s.Read(); err != nil {
+		t.Fatalf("read after the exit: %v", err)
+	}
+	if err := Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if s.Exists() {
+		t.Error("Exists: true after the cgroup was removed")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 
 	"github.com/containerd/cgroups/v3"
@@ -33,16 +34,36 @@ func Unified() bool { return cgroups.Mode() == cgroups.Unified }
 // ForPid finds the cgroup of pid (the container's init): on a v1 host each
 // controller's directory, from /proc/<pid>/cgroup and the mounts.
 func ForPid(pid int) (*Stats, error) {
+	b, err := ProcCgroup(pid)
+	if err != nil {
+		return nil, err
+	}
+	return ForProcCgroup(b)
+}
+
+// ProcCgroup returns the content of /proc/<pid>/cgroup: where pid's
+// cgroups are, for ForProcCgroup to resolve later, once pid may be gone.
+func ProcCgroup(pid int) ([]byte, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return nil, fmt.Errorf("cgroups of pid %d: %w", pid, notFound(err))
+	}
+	return b, nil
+}
+
+// ForProcCgroup finds the cgroup that procCgroup, the content of a
+// /proc/<pid>/cgroup file, names.
+func ForProcCgroup(procCgroup []byte) (*Stats, error) {
 	s := &Stats{}
-	var setup fileReader // discarded once the directories are known (see Stats)
 	var err error
 	if Unified() {
 		var g string
-		if g, err = v2GroupOf(&setup, pid); err == nil {
+		if g, err = v2Group(procCgroup); err == nil {
 			s.v2, err = newV2(g)
 		}
 	} else {
-		s.v1, err = newV1ForPid(&setup, pid)
+		var setup fileReader // discarded once the directories are known (see Stats)
+		s.v1, err = newV1(&setup, procCgroup)
 	}
 	if err != nil {
 		return nil, err
@@ -79,6 +100,25 @@ func (s *Stats) Read() (proto.Message, error) {
 		return s.v2.read(&s.r)
 	}
 	return s.v1.read(&s.r)
+}
+
+// Exists tells whether the cgroup is still there: its v2 directory, or on a
+// v1 host its memory directory (or another controller's when the memory
+// controller is not mounted). The runtime removes it at delete, and systemd
+// removes a container's scope once its last process has exited.
+func (s *Stats) Exists() bool {
+	dir := ""
+	if s.v2 != nil {
+		dir = s.v2.dir
+	} else {
+		for _, c := range v1Controllers {
+			if d := *s.v1.dir(c); d != "" && (dir == "" || c == "memory") {
+				dir = d
+			}
+		}
+	}
+	_, err := os.Lstat(dir)
+	return dir != "" && err == nil
 }
 
 // notFound classifies a missing file (a process or cgroup gone) as

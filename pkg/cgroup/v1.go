@@ -85,15 +85,11 @@ func v1Mounts(r *fileReader) ([]v1Mount, error) {
 	return out, nil
 }
 
-// newV1ForPid finds the v1 cgroups of pid, as /proc/<pid>/cgroup names
-// them, below the mounts of their hierarchies.
-func newV1ForPid(r *fileReader, pid int) (*v1Stats, error) {
-	b, err := r.read("/proc/"+strconv.Itoa(pid), "cgroup")
-	if err != nil {
-		return nil, fmt.Errorf("cgroups of pid %d: %w", pid, notFound(err))
-	}
+// newV1 finds the v1 cgroups that procCgroup (the content of a
+// /proc/<pid>/cgroup file) names, below the mounts of their hierarchies.
+func newV1(r *fileReader, procCgroup []byte) (*v1Stats, error) {
 	paths := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(string(procCgroup), "\n") {
 		// "4:memory:/k8s.io/abc", "2:cpu,cpuacct:/k8s.io/abc"
 		_, rest, ok := strings.Cut(line, ":")
 		ctrls, p, ok2 := strings.Cut(rest, ":")
@@ -130,7 +126,7 @@ func newV1ForPid(r *fileReader, pid int) (*v1Stats, error) {
 		*s.dir(c) = joinDir(m.point, rel)
 	}
 	if err := s.keepExisting(r); err != nil {
-		return nil, fmt.Errorf("cgroups of pid %d: %w", pid, err)
+		return nil, fmt.Errorf("cgroups of %q: %w", paths["memory"], err)
 	}
 	return s, nil
 }

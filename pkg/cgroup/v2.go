@@ -30,20 +30,17 @@ func checkGroup(g string) error {
 	return nil
 }
 
-// v2GroupOf returns the cgroup v2 path of pid.
-func v2GroupOf(r *fileReader, pid int) (string, error) {
-	b, err := r.read("/proc/"+strconv.Itoa(pid), "cgroup")
-	if err != nil {
-		return "", fmt.Errorf("cgroup of pid %d: %w", pid, notFound(err))
-	}
-	for len(b) > 0 {
+// v2Group returns the cgroup v2 path that procCgroup (the content of a
+// /proc/<pid>/cgroup file) names.
+func v2Group(procCgroup []byte) (string, error) {
+	for b := procCgroup; len(b) > 0; {
 		var line []byte
 		line, b = nextLine(b)
 		if g, ok := strings.CutPrefix(string(line), "0::"); ok {
 			return g, nil
 		}
 	}
-	return "", fmt.Errorf("cgroup of pid %d: no cgroup v2 line: %w", pid, errdefs.ErrNotFound)
+	return "", fmt.Errorf("no cgroup v2 line in %q: %w", procCgroup, errdefs.ErrNotFound)
 }
 
 func newV2(group string) (*v2Stats, error) {

@@ -12,15 +12,26 @@ import (
 // and CRI decode them.
 type metricsSource interface {
 	metrics() (proto.Message, error)
+	// exists tells whether the cgroup is still there.
+	exists() bool
 }
 
 type cgroupSource struct{ s *cgroup.Stats }
 
 func (c cgroupSource) metrics() (proto.Message, error) { return c.s.Read() }
+func (c cgroupSource) exists() bool                    { return c.s.Exists() }
 
-// loadMetricsSource finds the cgroup of pid.
-func loadMetricsSource(pid int) (metricsSource, error) {
-	s, err := cgroup.ForPid(pid)
+// loadMetricsSource finds the cgroup that procCgroup (the content of the
+// init's /proc/<pid>/cgroup, read while it lived) names, or when that is
+// nil the cgroup of pid.
+func loadMetricsSource(procCgroup []byte, pid int) (metricsSource, error) {
+	var s *cgroup.Stats
+	var err error
+	if procCgroup != nil {
+		s, err = cgroup.ForProcCgroup(procCgroup)
+	} else {
+		s, err = cgroup.ForPid(pid)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,7 @@ import (
 // comparison in the same run.
 func BenchmarkMetrics(b *testing.B) {
 	b.Run("reader", func(b *testing.B) {
-		src, err := loadMetricsSource(os.Getpid())
+		src, err := loadMetricsSource(nil, os.Getpid())
 		if err != nil {
 			b.Skipf("no cgroup metrics here: %v", err)
 		}

@@ -59,6 +59,11 @@ type Container struct {
 	execs   map[string]*proc // guarded by mu
 	seq     *sequencer       // guarded by mu
 	metrics metricsSource    // guarded by mu; loaded on first Stats
+	// cgroupOf is the content of the init's /proc/<pid>/cgroup, read as
+	// it was created, so that Stats finds its cgroup once it has exited
+	// (CRI reads the kill counter after an exit); guarded by mu, dropped
+	// once metrics is loaded.
+	cgroupOf []byte
 }
 
 func (c *Container) stdioOptions() stdio.Options {

@@ -1219,3 +1219,27 @@ func startCanceledWhileHeld(t *testing.T, f fakeEnv, c *Container, holdEnv, call
 		t.Fatalf("init after its caller went away: %+v, %v: want running with its pid", st, err)
 	}
 }
+
+// TestStatsAfterExit: the metrics are there after the init's exit, until
+// Delete, from the cgroup the init was in (read as it was created: the
+// exited process can no longer be looked up), as CRI needs to tell an OOM
+// kill after an exit with 137. None is asked before the exit here.
+func TestStatsAfterExit(t *testing.T) {
+	_, _, c, ctx := startedFake(t)
+	killWait(t, c, "")
+	if st, _ := c.State(""); st.Status != Stopped {
+		t.Fatalf("state after the exit: %s", st.Status)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", c.Pid())); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the init is still in /proc: %v", err)
+	}
+	if _, err := c.Stats(ctx); err != nil {
+		t.Fatalf("stats after the exit: %v", err)
+	}
+	if _, err := c.Delete(ctx, ""); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := c.Stats(ctx); err == nil {
+		t.Error("stats of a deleted container succeeded")
+	}
+}

@@ -13,6 +13,7 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/mineshim/mine/pkg/cgroup"
 	"github.com/mineshim/mine/pkg/stdio"
 )
 
@@ -119,9 +120,12 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		return nil, err
 	}
 	release := c.watchExit(c.init, pid, mark)
+	// The init waits for Start in the runtime: it is there to be read.
+	cgroupOf, _ := cgroup.ProcCgroup(pid)
 
 	c.mu.Lock()
 	c.init.status, c.init.pid, c.init.io = Created, pid, pio
+	c.cgroupOf = cgroupOf
 	c.emitLocked(Event{
 		Kind: EventCreate, ContainerID: c.id, Pid: pid,
 		Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, Stdio: cfg.Stdio, Checkpoint: cfg.Checkpoint,
@@ -194,6 +198,12 @@ func (c *Container) restore(ctx context.Context, p *proc) (int, error) {
 			}
 		}
 	}
+	var cgroupOf []byte
+	if err == nil {
+		// At once: a restored process may end soon, and once it is
+		// reaped its cgroup can no longer be found from its pid.
+		cgroupOf, _ = cgroup.ProcCgroup(pid)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
@@ -201,6 +211,7 @@ func (c *Container) restore(ctx context.Context, p *proc) (int, error) {
 		return 0, err
 	}
 	p.pid, p.status = pid, Running
+	c.cgroupOf = cgroupOf
 	c.watchExit(p, pid, mark)()
 	c.applyLocked(c.seq.endStart("", true))
 	return pid, nil

@@ -2,27 +2,39 @@ package process
 
 import (
 	"context"
+	"fmt"
+
+	"github.com/containerd/errdefs"
 
 	"google.golang.org/protobuf/proto"
 )
 
 // Stats returns the cgroup metrics of the container: a cgroup v1 or v2
-// Metrics message, for the hierarchy in use.
+// Metrics message, for the hierarchy in use. They are there from the create
+// until the delete, after the init's exit too, as long as the cgroup is:
+// CRI reads the kill counter of a container that exited with 137 when the
+// exit reached it before the TaskOOM event. A stopped container whose
+// cgroup is gone (systemd removes a scope once it is empty) has none: not
+// found.
 func (c *Container) Stats(ctx context.Context) (proto.Message, error) {
 	c.mu.Lock()
-	err := check(c.init.status, opStats)
-	src, pid := c.metrics, c.init.pid
+	st := c.init.status
+	err := check(st, opStats)
+	src, where, pid := c.metrics, c.cgroupOf, c.init.pid
 	c.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
 	if src == nil {
-		if src, err = loadMetricsSource(pid); err != nil {
+		if src, err = loadMetricsSource(where, pid); err != nil {
 			return nil, err
 		}
 		c.mu.Lock()
-		c.metrics = src
+		c.metrics, c.cgroupOf = src, nil
 		c.mu.Unlock()
+	}
+	if st == Stopped && !src.exists() {
+		return nil, fmt.Errorf("the cgroup of stopped container %s is gone: %w", c.id, errdefs.ErrNotFound)
 	}
 	return src.metrics()
 }

@@ -90,7 +90,7 @@ var allowed = map[Status]map[op]bool{
 	Running: {opKill: true, opPause: true, opExec: true, opCloseIO: true, opUpdate: true, opStats: true, opCheckpoint: true, opPids: true},
 	Pausing: {opKill: true, opStats: true, opPids: true},
 	Paused:  {opKill: true, opResume: true, opUpdate: true, opStats: true, opCheckpoint: true, opPids: true},
-	Stopped: {opDelete: true},
+	Stopped: {opDelete: true, opStats: true},
 	Deleted: {},
 }
 

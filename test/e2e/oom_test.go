@@ -7,10 +7,13 @@ import (
 	"testing"
 	"time"
 
+	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
+	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	apievents "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -106,5 +109,27 @@ func TestOOMBeforeExit(t *testing.T) {
 	}
 	if ooms != 1 {
 		t.Fatalf("%d /tasks/oom events, want exactly one: %s", ooms, topics(got))
+	}
+	// What CRI reads when the exit with 137 reaches it before the TaskOOM:
+	// the kill counter in the exited task's metrics.
+	m, err := task.Metrics(ctx)
+	if err != nil {
+		t.Fatalf("metrics after the OOM kill: %v", err)
+	}
+	v, err := typeurl.UnmarshalAny(m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kills uint64
+	switch s := v.(type) {
+	case *v1stats.Metrics:
+		kills = s.GetMemoryOomControl().GetOomKill()
+	case *v2stats.Metrics:
+		kills = s.GetMemoryEvents().GetOomKill()
+	default:
+		t.Fatalf("metrics of type %T", v)
+	}
+	if kills == 0 {
+		t.Errorf("the metrics after the OOM kill count no kill: %v", v)
 	}
 }

@@ -258,6 +258,47 @@ func TestStats(t *testing.T) {
 	r.killAndDelete(t)
 }
 
+// TestStatsAfterExit: a task whose process has exited, and that is not yet
+// deleted, still answers Metrics from its cgroup (both runtimes). CRI reads
+// them after an exit with 137 to tell an OOM kill from another SIGKILL
+// when the exit reaches it before the TaskOOM event.
+func TestStatsAfterExit(t *testing.T) {
+	h := requireHarness(t)
+	for _, rt := range []string{runtimeMine, runtimeRunc} {
+		t.Run(rt, func(t *testing.T) {
+			h.requireShim(t, rt)
+			ns, id := defaultNamespace, newID(t)
+			r := h.startTask(t, ns, rt, id, "sh", "-c", "exit 3")
+			if code := r.wait(t); code != 3 {
+				t.Fatalf("exit status %d, want 3", code)
+			}
+			m, err := r.task.Metrics(nsContext(t, ns, opTimeout))
+			if err != nil {
+				t.Fatalf("metrics of the exited task: %v", err)
+			}
+			v, err := typeurl.UnmarshalAny(m.Data)
+			if err != nil {
+				t.Fatalf("decode metrics of type %s: %v", m.Data.GetTypeUrl(), err)
+			}
+			switch s := v.(type) {
+			case *v1stats.Metrics:
+				if s.GetMemory().GetUsage().GetLimit() == 0 || s.GetMemoryOomControl() == nil {
+					t.Errorf("v1 metrics of the exited task without the memory limit or the OOM control: %v", s)
+				}
+			case *v2stats.Metrics:
+				if s.GetMemoryEvents() == nil {
+					t.Errorf("v2 metrics of the exited task without the memory events: %v", s)
+				}
+			default:
+				t.Fatalf("metrics of type %T", v)
+			}
+			if code := r.delete(t); code != 3 {
+				t.Errorf("delete reported %d, want 3", code)
+			}
+		})
+	}
+}
+
 func TestPids(t *testing.T) {
 	h := requireHarness(t)
 	ns, id := defaultNamespace, newID(t)
