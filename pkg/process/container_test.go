@@ -142,6 +142,7 @@ func newFake(t *testing.T) fakeEnv {
 	t.Setenv("FAKE_RUNTIME_RESTORE_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_CREATE_HOLD", "")
 	t.Setenv("FAKE_RUNTIME_DELETE_KEEPS", "")
+	t.Setenv("FAKE_RUNTIME_DELETE_HOLD", "")
 	pids := filepath.Join(dir, "pids")
 	t.Setenv("FAKE_RUNTIME_PIDS", pids)
 	t.Cleanup(func() {
@@ -1174,6 +1175,38 @@ func TestCreateCanceledLeavesNothing(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the abandoned create's process %d still runs", pid)
 		}
+	}
+}
+
+// The cleanup of a failed create is bounded: a runtime whose delete hangs
+// (a poststop hook that never ends) does not hold the Create call, and with
+// it the shim, for good.
+func TestCreateCleanupBounded(t *testing.T) {
+	f := newFake(t)
+	defer func(b time.Duration) { createCleanupBound = b }(createCleanupBound)
+	createCleanupBound = time.Second
+	newHold(t, "FAKE_RUNTIME_CREATE_HOLD") // never released: the cancel ends the create
+	newHold(t, "FAKE_RUNTIME_DELETE_HOLD") // never released
+	cctx, cancel := context.WithCancel(context.Background())
+	created := make(chan error, 1)
+	go func() {
+		_, err := Create(cctx, Config{
+			ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+			Reaper: testReaper, Emit: newRecorder().emit,
+		})
+		created <- err
+	}()
+	waitWritten(t, filepath.Join(f.rt.Root, "c1", "pid"), "the container's process")
+	begin := time.Now()
+	cancel() // kills the runtime's create, held on its FIFO
+	select {
+	case err := <-created:
+		if err == nil {
+			t.Fatal("create succeeded after its caller went away")
+		}
+		t.Logf("create returned %s after the cancel: %v", time.Since(begin).Round(time.Millisecond), err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("create did not return: its cleanup waits for the hung delete")
 	}
 }
 

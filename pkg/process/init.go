@@ -24,6 +24,9 @@ import (
 // the exit of the init it killed. (A variable for the tests.)
 var deleteExitBound = 5 * time.Second
 
+// createCleanupBound bounds the runtime's delete after a failed create.
+var createCleanupBound = 10 * time.Second
+
 // Create creates the container with the runtime (runc create): the init
 // process exists, stopped before the user's program, until Start.
 func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
@@ -116,7 +119,12 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	}
 	if err != nil {
 		pio.Close(0)
-		_ = c.rt.delete(context.WithoutCancel(ctx))
+		// Not under the caller's context, which may be what ended the
+		// create, but bounded: a delete whose hook hangs must not hold the
+		// Create call, and the shim with it, for good.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), createCleanupBound)
+		_ = c.rt.delete(dctx)
+		cancel()
 		return nil, err
 	}
 	release := c.watchExit(c.init, pid, mark)

@@ -7,6 +7,7 @@
 # has not returned), $FAKE_RUNTIME_START_HOLD one that start reads last,
 # $FAKE_RUNTIME_CREATE_HOLD and $FAKE_RUNTIME_RESTORE_HOLD ones that create
 # and restore read once the process exists;
+# $FAKE_RUNTIME_DELETE_HOLD one that delete reads first;
 # $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive.
 # Every process it starts is also listed in $FAKE_RUNTIME_PIDS, for the
 # test's cleanup to end whatever is left.
@@ -61,6 +62,7 @@ kill)
 	[ -f "$root/$id/pid" ] || exit 1
 	kill -"$sig" "$(cat "$root/$id/pid")" 2>/dev/null || exit 1 ;;
 delete)
+	[ -n "$FAKE_RUNTIME_DELETE_HOLD" ] && read _ < "$FAKE_RUNTIME_DELETE_HOLD"
 	if [ -f "$root/$id/pid" ] && [ -z "$FAKE_RUNTIME_DELETE_KEEPS" ]; then kill -9 "$(cat "$root/$id/pid")" 2>/dev/null; fi
 	rm -rf "$root/$id" ;;
 checkpoint)
