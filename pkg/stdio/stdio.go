@@ -495,11 +495,17 @@ func (i *IO) Started(ctx context.Context) error {
 		r.con.Close()
 		return err
 	}
+	in, err := newTTYInput(r.con)
+	if err != nil {
+		_ = ec.Shutdown(i.opts.Consoles.remove)
+		r.con.Close()
+		return err
+	}
 	i.conMu.Lock()
 	i.con, i.ec = r.con, ec
 	i.conMu.Unlock()
+	i.stdinDst = in
 	if i.stdinSrc != nil {
-		i.stdinDst = nopWriteCloser{ec}
 		i.startStdin()
 	}
 	octx, cancel := context.WithTimeout(ctx, openTimeout)
@@ -507,9 +513,44 @@ func (i *IO) Started(ctx context.Context) error {
 	return i.startOutputs(octx, ec, nil)
 }
 
-type nopWriteCloser struct{ io.Writer }
+// ttyInput is the process's stdin on a terminal: the master, through a
+// descriptor of its own that the Go runtime's poller waits on. The
+// console's own Write (EpollConsole) waits for room in the terminal's input
+// on a condition variable, with no bound, and once the console has left the
+// epoll set nothing wakes it: a process that read no stdin held the copy,
+// CloseStdin's EOF and the Close after it (Delete) for good.
+type ttyInput struct{ f *os.File }
 
-func (nopWriteCloser) Close() error { return nil }
+func newTTYInput(con console.Console) (*ttyInput, error) {
+	fd, err := unix.FcntlInt(con.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("terminal input: %w", err)
+	}
+	// The master is non-blocking (the epoller made it so), and os.NewFile
+	// hands such a descriptor to the poller: writes wait there, and
+	// deadlines and Close end them.
+	return &ttyInput{f: os.NewFile(uintptr(fd), "terminal input")}, nil
+}
+
+func (t *ttyInput) Write(p []byte) (int, error) { return t.f.Write(p) }
+
+func (t *ttyInput) Close() error { return t.f.Close() }
+
+// cut ends a write that waits for room, and fails the later ones, until
+// writeEOF sets a deadline of its own.
+func (t *ttyInput) cut() { _ = t.f.SetWriteDeadline(time.Unix(1, 0)) }
+
+// writeEOF sends ^D, EOF in canonical mode, waiting at most bound for room.
+func (t *ttyInput) writeEOF(bound time.Duration) error {
+	if err := t.f.SetWriteDeadline(time.Now().Add(bound)); err != nil {
+		return err
+	}
+	_, err := t.f.Write([]byte{4})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("the terminal's input stays full: EOF not sent within %s: %w", bound, errdefs.ErrUnavailable)
+	}
+	return err
+}
 
 // Resize sets the terminal size; it fails without a terminal. It may run
 // while the process exits and its I/O closes.
@@ -534,7 +575,7 @@ func (i *IO) CloseStdin() error {
 }
 
 // closeStdin ends the process's stdin; what clients wrote may flow for up to
-// drain first. It never waits longer than drain plus closeBound.
+// drain first. It never waits longer than drain plus two closeBounds.
 func (i *IO) closeStdin(drain time.Duration) error {
 	var err error
 	i.stdinOnce.Do(func() {
@@ -554,7 +595,9 @@ func (i *IO) closeStdin(drain time.Duration) error {
 			if i.stdinSrc != nil {
 				_ = i.stdinSrc.Close()
 			}
-			if i.stdinDst != nil {
+			if in, ok := i.stdinDst.(*ttyInput); ok {
+				in.cut() // closed below, after the EOF
+			} else if i.stdinDst != nil {
 				_ = i.stdinDst.Close()
 			}
 			if !waitBound(i.stdinDone, closeBound) {
@@ -564,14 +607,14 @@ func (i *IO) closeStdin(drain time.Duration) error {
 		if i.stdinSrc != nil {
 			_ = i.stdinSrc.Close()
 		}
-		if i.cfg.Terminal {
+		if in, ok := i.stdinDst.(*ttyInput); ok {
 			i.conMu.Lock()
-			ec := i.ec
 			closed := i.con == nil
 			i.conMu.Unlock()
-			if ec != nil && !closed && drain > 0 {
-				_, err = ec.Write([]byte{4}) // ^D: EOF in canonical mode
+			if !closed && drain > 0 {
+				err = in.writeEOF(closeBound)
 			}
+			_ = in.Close()
 		} else if i.stdinDst != nil {
 			if cerr := i.stdinDst.Close(); cerr != nil && !errors.Is(cerr, os.ErrClosed) {
 				err = cerr

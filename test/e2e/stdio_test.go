@@ -601,3 +601,77 @@ func forceDeleteRunc(t *testing.T, ns, id string) {
 		t.Logf("runc delete --force %s: %v: %s", id, err, out)
 	}
 }
+
+// TestTTYStdinNotReadCloses: a client writes 256 KiB of lines into the stdin
+// of a terminal process that reads none. The terminal's input fills and a
+// write to its master waits for room that never comes. CloseIO, the kill
+// and the delete still each return within their bounds (both runtimes).
+func TestTTYStdinNotReadCloses(t *testing.T) {
+	h := requireHarness(t)
+	for _, rt := range []string{runtimeMine, runtimeRunc} {
+		t.Run(rt, func(t *testing.T) {
+			h.requireShim(t, rt)
+			stdinR, stdinW := io.Pipe()
+			t.Cleanup(func() { stdinW.Close() })
+			ioc := cio.NewCreator(cio.WithStreams(stdinR, io.Discard, nil), cio.WithTerminal)
+			c := h.startHost(t, rt, newID(t), ioc, oci.WithTTY, oci.WithProcessArgs("sleep", "1000"))
+			line := []byte(strings.Repeat("x", 63) + "\n")
+			go func() {
+				for range (256 << 10) / len(line) {
+					if _, err := stdinW.Write(line); err != nil {
+						return
+					}
+				}
+			}()
+			time.Sleep(time.Second) // the terminal's input fills meanwhile
+			timed := func(what string, bound time.Duration, f func(ctx context.Context) error) {
+				t.Helper()
+				begin := time.Now()
+				err := f(c.ctx(t, opTimeout))
+				took := time.Since(begin)
+				t.Logf("%s: %s, %v", what, took.Round(time.Millisecond), err)
+				if took > bound {
+					t.Errorf("%s took %s, more than %s", what, took.Round(time.Millisecond), bound)
+				}
+			}
+			timed("CloseIO", 10*time.Second, func(ctx context.Context) error {
+				return c.task.CloseIO(ctx, client.WithStdinCloser)
+			})
+			timed("kill", 5*time.Second, func(ctx context.Context) error {
+				return c.task.Kill(ctx, syscall.SIGKILL)
+			})
+			if code := c.waitInit(t); code != 137 {
+				t.Errorf("exit status %d, want 137", code)
+			}
+			timed("delete", 15*time.Second, func(ctx context.Context) error {
+				_, err := c.task.Delete(ctx)
+				return err
+			})
+		})
+	}
+}
+
+// TestTTYCloseIOSendsEOF: CloseIO of a terminal process sends it EOF (^D in
+// canonical mode): cat reading the terminal ends. (containerd's runc shim
+// closes the stdin FIFO only, and a terminal process never sees EOF.)
+func TestTTYCloseIOSendsEOF(t *testing.T) {
+	h := requireHarness(t)
+	for _, kind := range procKinds {
+		t.Run(kind, func(t *testing.T) {
+			stdinR, stdinW := io.Pipe()
+			out := newOutputBuffer()
+			p := h.startProc(t, kind, cio.NewCreator(cio.WithStreams(stdinR, out, nil), cio.WithTerminal), true,
+				"sh", "-c", "cat >/dev/null; echo cat-ended")
+			if _, err := stdinW.Write([]byte("hello\n")); err != nil {
+				t.Fatal(err)
+			}
+			out.waitFor(t, "hello", ioTimeout) // the terminal's echo: cat reads
+			stdinW.Close()
+			if err := p.closeStdin(nsContext(t, defaultNamespace, opTimeout)); err != nil {
+				t.Fatalf("CloseIO: %v", err)
+			}
+			out.waitFor(t, "cat-ended", ioTimeout)
+			p.end(t, 0)
+		})
+	}
+}
