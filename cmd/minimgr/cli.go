@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"sort"
 	"strings"
@@ -60,11 +61,23 @@ func (g *globals) register(fs *pflag.FlagSet) {
 }
 
 // args gives the global flags back as arguments, for a minimgr started by
-// this one.
+// this one, which runs in another directory: relative paths are made
+// absolute. (A runtime named without a slash is looked up in PATH, which
+// the child inherits.)
 func (g *globals) args() []string {
-	a := []string{"--namespace", g.namespace, "--state-dir", g.stateDir}
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return a
+		}
+		return p
+	}
+	a := []string{"--namespace", g.namespace, "--state-dir", abs(g.stateDir)}
 	if g.runtime != "" {
-		a = append(a, "--runtime-binary", g.runtime)
+		rt := g.runtime
+		if strings.Contains(rt, "/") {
+			rt = abs(rt)
+		}
+		a = append(a, "--runtime-binary", rt)
 	}
 	if g.debug {
 		a = append(a, "--debug")

@@ -235,12 +235,28 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		cfd := -1
+		// clientGone is closed once the client has ended; nil when there
+		// is no client to follow.
+		var clientGone chan struct{}
 		if *client > 0 {
-			if cfd, err = unix.PidfdOpen(*client, 0); err != nil {
-				cfd = -1
-			} else {
+			clientGone = make(chan struct{})
+			cfd, err := unix.PidfdOpen(*client, 0)
+			switch {
+			case err == nil:
 				defer unix.Close(cfd)
+				go func() {
+					defer close(clientGone)
+					fds := []unix.PollFd{{Fd: int32(cfd), Events: unix.POLLIN}}
+					for {
+						if _, err := unix.Poll(fds, -1); !errors.Is(err, unix.EINTR) {
+							return
+						}
+					}
+				}()
+			case errors.Is(err, unix.ESRCH):
+				close(clientGone) // killed before this remover began
+			default:
+				clientGone = nil
 			}
 		}
 		id := args[0]
@@ -250,17 +266,7 @@ func removerFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 			exited <- err
 		}()
 		force := false
-		if cfd >= 0 {
-			clientGone := make(chan struct{})
-			go func() {
-				defer close(clientGone)
-				fds := []unix.PollFd{{Fd: int32(cfd), Events: unix.POLLIN}}
-				for {
-					if _, err := unix.Poll(fds, -1); !errors.Is(err, unix.EINTR) {
-						return
-					}
-				}
-			}()
+		if clientGone != nil {
 			select {
 			case err := <-exited:
 				exited <- err

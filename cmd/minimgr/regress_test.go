@@ -393,6 +393,48 @@ func TestRemoverDeletesNeverStarted(t *testing.T) {
 	e.assertNoProcesses()
 }
 
+// TestRunRemoveRelativeStateDir: run --rm with a relative --state-dir. The
+// remover runs from / and must find the state where the client did.
+func TestRunRemoveRelativeStateDir(t *testing.T) {
+	e := newEnv(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, minimgrBin, "--state-dir", filepath.Base(e.root), "--namespace", e.ns,
+		"--runtime-binary", shimBin, "run", "-d", "--rm", e.bundle, "rel", "true")
+	cmd.Dir = filepath.Dir(e.root)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("run: %v: %s", err, out)
+	}
+	e.waitRemoved("rel")
+	e.assertNoLeftovers("rel")
+}
+
+// TestRemoverClientGoneBeforeIt: the client of run --rm was killed before
+// its remover began. The remover takes it for gone (it cannot follow a pid
+// that no longer exists), and a container that stays created goes.
+func TestRemoverClientGoneBeforeIt(t *testing.T) {
+	e := newEnv(t, true)
+	e.mustRun("create", e.bundle, "cgb", "true")
+	client := exec.Command("true")
+	if err := client.Run(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	remover := e.command(ctx, removerCommand, "--client-pid", strconv.Itoa(client.Process.Pid), "--start-settle", "1s", "cgb")
+	done := make(chan error, 1)
+	go func() { done <- remover.Run() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("remover: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the remover of a created container whose client was already gone still runs: %v", e.list())
+	}
+	e.assertNoLeftovers("cgb")
+}
+
 // waitRemoved waits (20 s at most) until the state of container id is gone.
 func (e *env) waitRemoved(id string) {
 	e.t.Helper()
