@@ -435,6 +435,39 @@ func TestRemoverClientGoneBeforeIt(t *testing.T) {
 	e.assertNoLeftovers("cgb")
 }
 
+// TestCreateKilledDuringShimStart: minimgr is killed while its `shim start`
+// runs, and that start then fails: the state has a record but no shim
+// address. The ID is not stuck: list says dead, delete -f and cleanup
+// remove it, and run takes it again.
+func TestCreateKilledDuringShimStart(t *testing.T) {
+	e := newEnv(t, true)
+	wrapper := filepath.Join(t.TempDir(), "shim")
+	script := "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = start ] && { sleep 2; exit 1; }; done\nexec " + shimBin + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	run := exec.CommandContext(ctx, minimgrBin, "--state-dir", e.root, "--namespace", e.ns, "--runtime-binary", wrapper,
+		"run", "-d", e.bundle, "ks", "true")
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	_ = run.Process.Kill()
+	_ = run.Wait()
+	time.Sleep(1500 * time.Millisecond) // the wrapper's start fails meanwhile
+	if got := e.list()["ks"]; got.Status != minimgr.StatusDead {
+		t.Errorf("list: %+v, want dead", got)
+	}
+	e.mustRun("delete", "-f", "ks")
+	e.assertNoLeftovers("ks")
+	e.mustRun("run", "-d", e.bundle, "ks", "true")
+	e.mustRun("wait", "ks")
+	e.mustRun("delete", "ks")
+	e.assertNoLeftovers("ks")
+}
+
 // waitRemoved waits (20 s at most) until the state of container id is gone.
 func (e *env) waitRemoved(id string) {
 	e.t.Helper()

@@ -401,6 +401,16 @@ func (m *Manager) load(id string) (string, record, error) {
 			rec.Address = strings.TrimSpace(string(data))
 		}
 	}
+	if err == nil && rec.Address == "" && rec.Exit == nil {
+		// Killed before its shim served: a create in progress, or one
+		// that died with no shim to ask.
+		lk, lerr := tryLock(dir)
+		if lerr != nil {
+			return dir, rec, lerr
+		}
+		lk.unlock()
+		return dir, rec, fmt.Errorf("container %q: creation never finished: no shim address: %w", id, ErrShimDead)
+	}
 	return dir, rec, err
 }
 
