@@ -362,3 +362,37 @@ func TestRuncStateBoundedWhenRuncHangs(t *testing.T) {
 		t.Errorf("runcRunning took %s, more than %s", took, limit)
 	}
 }
+
+// TestOpenCanceledIsNotDead: a call whose own context has ended says nothing
+// of the shim. Open does not report it dead, and a forced Delete under that
+// context neither kills the shim nor removes the container.
+func TestOpenCanceledIsNotDead(t *testing.T) {
+	m, bundle := newTestManager(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := m.Create(ctx, CreateOpts{Bundle: bundle, ID: "cx", Args: []string{"sleep", "1000"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shimPid := c.ShimPid()
+	c.Close()
+	defer m.Delete(ctx, "cx", true)
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	if _, err := m.Open(done, "cx"); err == nil || errors.Is(err, ErrShimDead) {
+		t.Errorf("Open under a canceled context: %v, want its context's error, not a dead shim", err)
+	}
+	if _, err := m.Delete(done, "cx", true); err == nil {
+		t.Error("Delete under a canceled context succeeded")
+	}
+	if err := unix.Kill(shimPid, 0); err != nil {
+		t.Fatalf("the shim is gone after a Delete whose context was canceled: %v", err)
+	}
+	info, err := m.Inspect(ctx, "cx")
+	if err != nil || info.Status != StatusRunning {
+		t.Fatalf("after the canceled Delete: %+v, %v; want running", info, err)
+	}
+}

@@ -46,17 +46,26 @@ type Container struct {
 }
 
 // connect dials the shim of rec and asks Connect, both within dialTimeout.
+// A shim that does not answer within that bound is taken for dead; the
+// caller's own context ending first says nothing of the shim, and its error
+// is returned as it is.
 func (m *Manager) connect(ctx context.Context, dir string, rec record) (*Container, error) {
 	cctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	client, err := dial(cctx, rec.Address)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("container %q: dial: %w", rec.ID, ctx.Err())
+		}
 		return nil, fmt.Errorf("container %q: %w", rec.ID, err)
 	}
 	c := &Container{m: m, dir: dir, rec: rec, client: client, task: taskAPI.NewTTRPCTaskClient(client)}
 	resp, err := c.task.Connect(cctx, &taskAPI.ConnectRequest{ID: rec.ID})
 	if err != nil {
 		client.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("container %q: connect: %w", rec.ID, ctx.Err())
+		}
 		err = fromShim(err)
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("no answer within %s: %w", dialTimeout, ErrShimDead)
