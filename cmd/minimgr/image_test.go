@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -210,4 +211,41 @@ func TestImages(t *testing.T) {
 		t.Errorf("stop did not send the image's stop signal: wait %d", r.code)
 	}
 	e.mustRun("delete", "sig")
+}
+
+// TestRestartImageRelativePath: a container run from an image named by a
+// relative path is restarted from another directory: the image is found
+// where it was, not relative to the new working directory.
+func TestRestartImageRelativePath(t *testing.T) {
+	e := newEnv(t, true)
+	layers, config := testImage(t)
+	dir := t.TempDir()
+	writeTree(t, filepath.Join(dir, "layout"), ociLayout(t, layers, config))
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	in := func(wd string, args ...string) {
+		t.Helper()
+		cmd := e.command(ctx, args...)
+		cmd.Dir = wd
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("minimgr %v in %s: %v: %s", args, wd, err, out)
+		}
+	}
+	in(dir, "run", "-d", "--image", "layout:v1", "imgr", "sleep", "1000")
+	in("/", "restart", "-t", "1", "imgr")
+	if got := e.list()["imgr"]; got.Status != minimgr.StatusRunning {
+		t.Fatalf("after the restart: %+v, want running", got)
+	}
+	// With its image gone, a restart fails before it tears anything down.
+	if err := os.Rename(filepath.Join(dir, "layout"), filepath.Join(dir, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run(nil, "restart", "-t", "1", "imgr"); r.code == 0 || !strings.Contains(r.stderr, "gone") {
+		t.Errorf("restart without its image: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if got := e.list()["imgr"]; got.Status != minimgr.StatusRunning {
+		t.Fatalf("after a restart that could not be done: %+v, want running", got)
+	}
+	e.mustRun("delete", "-f", "imgr")
+	e.assertNoLeftovers("imgr")
 }

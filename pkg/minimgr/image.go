@@ -148,6 +148,20 @@ func splitImageRef(ref string) (string, string) {
 	return ref[:i], ref[i+1:]
 }
 
+// absImageRef makes the path of PATH[:TAG] absolute: the ref is recorded,
+// and a restart from another directory unpacks it again.
+func absImageRef(ref string) string {
+	path, tag := splitImageRef(ref)
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return ref
+	}
+	if tag != "" {
+		return abs + ":" + tag
+	}
+	return abs
+}
+
 // pickManifest chooses the image of the index named tag.
 func pickManifest(idx ocispec.Index, tag string) (ocispec.Descriptor, error) {
 	if tag == "" {

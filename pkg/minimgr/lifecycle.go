@@ -101,6 +101,13 @@ func (m *Manager) Restart(ctx context.Context, id string, timeout time.Duration)
 	if err != nil {
 		return err
 	}
+	if rec.OwnBundle {
+		// Its bundle goes with the delete and is unpacked again: the
+		// image must still be there before anything is torn down.
+		if path, _ := splitImageRef(rec.Image); !exists(path) {
+			return fmt.Errorf("restart %s: its image %s is gone: %w", id, path, errdefs.ErrNotFound)
+		}
+	}
 	if _, err := m.Stop(ctx, id, timeout, 0); err != nil {
 		return err
 	}

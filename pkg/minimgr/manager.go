@@ -179,6 +179,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 		if o.Bundle != "" {
 			return nil, fmt.Errorf("a bundle or an image, not both: %w", errdefs.ErrInvalidArgument)
 		}
+		o.Image = absImageRef(o.Image)
 		ownBundle = filepath.Join(m.cfg.Root, "bundles", m.cfg.Namespace, o.ID)
 		if exists(ownBundle) {
 			if _, err := os.Stat(m.StateDir(o.ID)); err == nil {
