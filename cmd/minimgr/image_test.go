@@ -249,3 +249,41 @@ func TestRestartImageRelativePath(t *testing.T) {
 	e.mustRun("delete", "-f", "imgr")
 	e.assertNoLeftovers("imgr")
 }
+
+// TestImageCreatesOfOneID: two runs of one ID from an image at the same
+// time. Exactly one wins, and its container has its whole rootfs: the other
+// neither unpacks into it nor removes it.
+func TestImageCreatesOfOneID(t *testing.T) {
+	e := newEnv(t, true)
+	layers, config := testImage(t)
+	layout := filepath.Join(t.TempDir(), "layout")
+	writeTree(t, layout, ociLayout(t, layers, config))
+	for round := range 5 {
+		results := make(chan result, 2)
+		for range 2 {
+			go func() { results <- e.run(nil, "run", "-d", "--image", layout, "race", "sleep", "100") }()
+		}
+		won := 0
+		for range 2 {
+			if r := <-results; r.code == 0 {
+				won++
+			} else if !strings.Contains(r.stderr, "already exists") {
+				t.Errorf("round %d: the losing run: exit %d, %q", round, r.code, r.stderr)
+			}
+		}
+		if won != 1 {
+			t.Fatalf("round %d: %d runs succeeded, want 1", round, won)
+		}
+		if got := e.list()["race"]; got.Status != minimgr.StatusRunning {
+			t.Fatalf("round %d: %+v, want running", round, got)
+		}
+		if _, err := os.Stat(filepath.Join(e.root, "bundles", e.ns, "race", "rootfs", "bin", "busybox")); err != nil {
+			t.Fatalf("round %d: the winner's rootfs: %v", round, err)
+		}
+		e.mustRun("delete", "-f", "race")
+		e.assertNoLeftovers("race")
+	}
+	if left, _ := filepath.Glob(filepath.Join(e.root, "bundles", e.ns, "*")); len(left) != 0 {
+		t.Errorf("bundles left: %v", left)
+	}
+}

@@ -160,6 +160,69 @@ type CreateOpts struct {
 	Spec func(*specs.Spec) error
 }
 
+// unpackOwnBundle unpacks image into a new directory and makes it the
+// bundle of container id, ROOT/bundles/NS/ID, locked until the caller
+// unlocks it. The unpack goes to a directory of its own, renamed into place
+// only if no other create holds that place: two creates of one ID never
+// unpack into, or remove, each other's bundle. A bundle left there by a
+// create that died (unlocked, and no container of that ID) is replaced.
+func (m *Manager) unpackOwnBundle(ctx context.Context, id, image string) (_ string, _ *stateLock, retErr error) {
+	taken := func() error {
+		return fmt.Errorf("container %q in namespace %q: %w", id, m.cfg.Namespace, errdefs.ErrAlreadyExists)
+	}
+	if _, err := os.Stat(m.StateDir(id)); err == nil {
+		return "", nil, taken()
+	}
+	parent := filepath.Join(m.cfg.Root, "bundles", m.cfg.Namespace)
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return "", nil, err
+	}
+	// IDs never start with a dot, so temporary names never clash with one.
+	tmp, err := os.MkdirTemp(parent, "."+id+".")
+	if err != nil {
+		return "", nil, err
+	}
+	lk, err := tryLockNew(tmp)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			os.RemoveAll(tmp)
+			lk.unlock()
+		}
+	}()
+	if err := InitImageBundle(ctx, image, tmp); err != nil {
+		return "", nil, err
+	}
+	dst := filepath.Join(parent, id)
+	if _, err := os.Lstat(dst); err == nil {
+		old, err := tryLockNew(dst)
+		if err != nil {
+			return "", nil, taken() // another create's, under way
+		}
+		// Unlocked: its create has ended. It is a leftover unless that
+		// create made the container.
+		if _, err := os.Stat(m.StateDir(id)); err == nil {
+			old.unlock()
+			return "", nil, taken()
+		}
+		err = os.RemoveAll(dst)
+		old.unlock()
+		if err != nil {
+			return "", nil, err
+		}
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+			return "", nil, taken()
+		}
+		return "", nil, err
+	}
+	return dst, lk, nil
+}
+
 // Create spawns a shim for a new container and creates the container in it
 // (runc create): its init process waits for Start.
 //
@@ -180,21 +243,12 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 			return nil, fmt.Errorf("a bundle or an image, not both: %w", errdefs.ErrInvalidArgument)
 		}
 		o.Image = absImageRef(o.Image)
-		ownBundle = filepath.Join(m.cfg.Root, "bundles", m.cfg.Namespace, o.ID)
-		if exists(ownBundle) {
-			if _, err := os.Stat(m.StateDir(o.ID)); err == nil {
-				return nil, fmt.Errorf("container %q in namespace %q: %w", o.ID, m.cfg.Namespace, errdefs.ErrAlreadyExists)
-			}
-			os.RemoveAll(ownBundle) // left by a create that died
-		}
-		if err := os.MkdirAll(ownBundle, 0o700); err != nil {
+		b, lk, err := m.unpackOwnBundle(ctx, o.ID, o.Image)
+		if err != nil {
 			return nil, err
 		}
-		if err := InitImageBundle(ctx, o.Image, ownBundle); err != nil {
-			os.RemoveAll(ownBundle)
-			return nil, err
-		}
-		o.Bundle = ownBundle
+		defer lk.unlock() // after the removal below, on failure
+		ownBundle, o.Bundle = b, b
 		defer func() {
 			if retErr != nil {
 				os.RemoveAll(ownBundle)
