@@ -1,6 +1,7 @@
 package cgroup
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -48,7 +49,9 @@ func ProcCgroup(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cgroups of pid %d: %w", pid, notFound(err))
 	}
-	return b, nil
+	// Kept per container: no larger than the content (ReadFile's buffer
+	// has room to spare).
+	return bytes.Clone(b), nil
 }
 
 // ForProcCgroup finds the cgroup that procCgroup, the content of a
