@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(allocatorEnv); mode != "" {
 		os.Exit(allocate(mode))
 	}
+	if dir := os.Getenv(noInotifyEnv); dir != "" {
+		os.Exit(withoutInotify(dir))
+	}
 	os.Exit(m.Run())
 }
 

@@ -50,7 +50,7 @@ type Watcher struct {
 	// !stopped; closed by the loop when it ends.
 	epfd    int // epoll set
 	wakefd  int // eventfd written by Close to stop the loop
-	inofd   int // one inotify instance for every v2 cgroup
+	inofd   int // one inotify instance for every v2 cgroup, made at the first; guarded by mu
 	timerfd int // times the loop's re-reads of pending v1 counters
 
 	// kmsg witnesses the kills of a cgroup removed before its counter was
@@ -138,9 +138,6 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 	if w.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	if w.inofd, err = unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK); err != nil {
-		return nil, fmt.Errorf("inotify_init1: %w", err)
-	}
 	// A timerfd, not epoll_wait's timeout: the first re-read comes well
 	// under a millisecond after the signal (epoll_wait counts whole
 	// milliseconds).
@@ -151,9 +148,6 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 		return nil, err
 	}
 	if err := epollAdd(w.epfd, w.timerfd, tokenRetry); err != nil {
-		return nil, err
-	}
-	if err := epollAdd(w.epfd, w.inofd, tokenInotify); err != nil {
 		return nil, err
 	}
 	if k, err := openKmsg(); err != nil {
@@ -300,6 +294,9 @@ func (w *Watcher) addV2(e *entry) error {
 	if err := w.canAddLocked(e.id); err != nil {
 		return err
 	}
+	if err := w.inotifyLocked(); err != nil {
+		return err
+	}
 	// The same file watched twice gets the same watch descriptor: byWD
 	// keeps every entry on it and the watch lives until the last one goes.
 	wd, err := unix.InotifyAddWatch(w.inofd, filepath.Join(e.cg.Dir, eventsFile), unix.IN_MODIFY)
@@ -309,6 +306,29 @@ func (w *Watcher) addV2(e *entry) error {
 	e.wd = int32(wd)
 	w.entries[e.id] = e
 	w.byWD[e.wd] = append(w.byWD[e.wd], e)
+	return nil
+}
+
+// inotifyLocked makes the inotify instance at the first v2 watch. A host
+// with cgroup v1 never needs one, and a shim must not fail to start because
+// the node ran out of instances (fs.inotify.max_user_instances, 128 per
+// user by default): only the v2 watches fail then.
+func (w *Watcher) inotifyLocked() error {
+	if w.inofd >= 0 {
+		return nil
+	}
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+		return fmt.Errorf("inotify_init1: %w: %w", errdefs.ErrResourceExhausted, err)
+	}
+	if err != nil {
+		return classify("inotify_init1", err)
+	}
+	if err := epollAdd(w.epfd, fd, tokenInotify); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	w.inofd = fd
 	return nil
 }
 
@@ -499,9 +519,14 @@ func (w *Watcher) run() {
 	clear(w.entries)
 	clear(w.byToken)
 	clear(w.byWD)
+	fds := []int{w.timerfd, w.wakefd, w.epfd}
+	if w.inofd >= 0 {
+		fds = append(fds, w.inofd)
+		w.inofd = -1
+	}
 	w.mu.Unlock()
 
-	for _, fd := range []int{w.inofd, w.timerfd, w.wakefd, w.epfd} {
+	for _, fd := range fds {
 		if err := unix.Close(fd); err != nil {
 			errs = append(errs, fmt.Errorf("close fd %d: %w", fd, err))
 		}
@@ -706,8 +731,11 @@ func (w *Watcher) readInotify(buf []byte) ([]*entry, error) {
 		ignored  []int32
 		overflow bool
 	)
+	w.mu.Lock()
+	fd := w.inofd // set before its first event could come
+	w.mu.Unlock()
 	for {
-		n, err := unix.Read(w.inofd, buf)
+		n, err := unix.Read(fd, buf)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue

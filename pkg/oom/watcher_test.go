@@ -7,14 +7,18 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 func TestNewNilNotify(t *testing.T) {
@@ -608,5 +612,73 @@ func TestLoopKeepsGoroutineStacksSmall(t *testing.T) {
 	}
 	if size > 4096 {
 		t.Fatalf("goroutines start with %d-byte stacks while the loop runs, want at most 4096", size)
+	}
+}
+
+const noInotifyEnv = "MINE_OOM_TEST_NO_INOTIFY"
+
+// withoutInotify is the child of TestStartsWithoutInotify: it takes every
+// inotify instance its user may have, then starts a Watcher and watches
+// the fake v2 cgroup at dir. It prints what happened.
+func withoutInotify(dir string) int {
+	for n := 0; ; n++ {
+		if _, err := unix.InotifyInit1(unix.IN_CLOEXEC); err != nil {
+			if !errors.Is(err, unix.EMFILE) {
+				fmt.Println("inotify_init1:", err)
+				return 2
+			}
+			break
+		}
+		if n > 1<<16 {
+			fmt.Println("no limit on inotify instances")
+			return 3
+		}
+	}
+	w, err := New(func(Event) {})
+	if err != nil {
+		fmt.Println("New:", err)
+		return 1
+	}
+	defer w.Close()
+	err = w.AddPath("v2", CgroupPath{Version: 2, Dir: dir})
+	fmt.Println("v2 watch:", err, errdefs.IsResourceExhausted(err))
+	return 0
+}
+
+// TestStartsWithoutInotify: a node has run out of inotify instances
+// (fs.inotify.max_user_instances is per user, 128 by default, and every
+// shim runs as root). The watcher starts all the same, as a cgroup v1 host
+// needs none; only a v2 watch fails, as resource exhausted. The instances
+// are taken in a child running as another user, so that nothing else of
+// root's on the machine runs short meanwhile.
+func TestStartsWithoutInotify(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the child as another user")
+	}
+	dir := filepath.Join(t.TempDir(), "cg")
+	newFakeV2(t, dir)
+	for d := filepath.Dir(dir); d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil { // t.TempDir makes them root's alone
+			t.Fatal(err)
+		}
+	}
+	// The test binary's own directory is root's alone: the child runs a copy.
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(filepath.Dir(dir), "oom.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run", "^$")
+	cmd.Env = append(os.Environ(), noInotifyEnv+"="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); !strings.HasPrefix(got, "v2 watch: ") || !strings.HasSuffix(got, " true") {
+		t.Fatalf("child said %q, want a v2 watch failed as resource exhausted", got)
 	}
 }
