@@ -381,6 +381,46 @@ func testRealOOM(t *testing.T, h hierarchy, waitLoop bool) {
 	}
 }
 
+// TestRealOOMBelow: a container's limit kills a process in a cgroup below
+// the container's (its init is systemd, or docker runs in it). The kill is
+// the container's OOM: one event, on both hierarchies. (On v1 the kernel
+// counts it only in the victim's own cgroup.)
+func TestRealOOMBelow(t *testing.T) {
+	for _, version := range []int{1, 2} {
+		t.Run(fmt.Sprintf("v%d", version), func(t *testing.T) {
+			h := requireHierarchy(t, version)
+			rec := newRecorder()
+			w, err := New(rec.notify)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			cg := newRealCgroup(t, h, 16<<20)
+			init := startAllocator(t, "small", cg) // waits on stdin: the container's init
+			worker := filepath.Join(cg.Dir, "worker")
+			if err := os.Mkdir(worker, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { removeCgroup(t, worker) })
+			if err := w.Add("ctr", init.pid); err != nil {
+				t.Fatal(err)
+			}
+			a := startAllocator(t, "oom", CgroupPath{Version: version, Dir: worker})
+			a.start(t)
+			if sig, ok := killedBy(a.wait(t)); !ok || sig != syscall.SIGKILL {
+				t.Fatalf("allocator below the container: not killed by SIGKILL; output:\n%s", a.out)
+			}
+			rec.wait(t, 1)
+			init.start(t)
+			init.wait(t)
+			w.Check("ctr")
+			if n := rec.count("ctr"); n != 1 {
+				t.Fatalf("%d events for the container, want 1", n)
+			}
+		})
+	}
+}
+
 // TestRealNoOOM runs a process that stays below its limit and removes its
 // cgroup, with and without Remove first: no Event.
 func TestRealNoOOM(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -357,8 +358,33 @@ func (e *entry) baseline() error {
 		return fmt.Errorf("parse %s: %w", file, err)
 	}
 	e.legacy = !ok
-	e.state.last = v
+	e.state.last = v + e.belowKills(&st)
 	return nil
+}
+
+// belowKills adds up the v1 kill counters of the cgroups below e's, when
+// there are any (a directory's link count is 2 plus its subdirectories). A
+// v1 memory cgroup counts a kill only in the victim's own cgroup, not in
+// its parents, while a limit of the container's cgroup kills in the
+// cgroups below it too: a container whose init is systemd, or docker in
+// docker. v2 counts a kill in every cgroup above the victim already.
+func (e *entry) belowKills(st *unix.Stat_t) uint64 {
+	if e.cg.Version != 1 || st.Nlink <= 2 {
+		return 0
+	}
+	var sum uint64
+	_ = filepath.WalkDir(e.cg.Dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() || path == e.cg.Dir {
+			return nil // a cgroup removed meanwhile, or a file
+		}
+		if data, err := os.ReadFile(filepath.Join(path, oomControlFile)); err == nil {
+			if v, ok, err := parseCounter(data, counterKey); err == nil && ok {
+				sum += v
+			}
+		}
+		return nil
+	})
+	return sum
 }
 
 func (e *entry) counterFile() string {
@@ -390,6 +416,9 @@ func (e *entry) read() (reading, error) {
 	v, ok, err := parseCounter(data, counterKey)
 	if err != nil {
 		return reading{}, err
+	}
+	if ok {
+		v += e.belowKills(&st)
 	}
 	return reading{counter: v, ok: ok}, nil
 }
