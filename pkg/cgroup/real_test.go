@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -384,28 +383,31 @@ func TestStatsKeepsNoSetupBuffer(t *testing.T) {
 
 // TestForProcCgroupAfterExit: the cgroup that a /proc/<pid>/cgroup read
 // while the process lived names is found and read once the process has
-// exited, as Stats must after a container's exit; Exists tells when the
-// cgroup has been removed.
+// exited and been reaped, as Stats must after a container's exit; Exists
+// tells when the cgroup has been removed.
 func TestForProcCgroupAfterExit(t *testing.T) {
 	needRoot(t)
 	path := fmt.Sprintf("/mine-cgroup-exit-test-%d", os.Getpid())
-	pid := startInCgroup(t, path, nil)
-	b, err := ProcCgroup(pid)
+	cmd := exec.Command("sleep", "1000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if err := Remove(path); err != nil {
+			t.Errorf("Remove(%s): %v", path, err)
+		}
+	})
+	if err := Join(path, cmd.Process.Pid); err != nil {
+		t.Fatalf("Join(%s): %v", path, err)
+	}
+	b, err := ProcCgroup(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	procs := filepath.Join(cgroupDirs(t, path)[0], "cgroup.procs")
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if b, err := os.ReadFile(procs); err == nil && len(b) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still lists a process after its kill", procs)
-		}
-	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait() // reaped: its pid says nothing any more
 	s, err := ForProcCgroup(b)
 	if err != nil {
 		t.Fatalf("ForProcCgroup(%q) after the exit: %v", b, err)
