@@ -518,3 +518,44 @@ func TestSandboxHostNamespaces(t *testing.T) {
 	s.conn.Close()
 	waitGone(t, s.pid, sandboxWaitBound)
 }
+
+// TestSandboxNeverStartedAbandoned: CRI's RunPodSandbox failed between
+// CreateSandbox and StartSandbox (the pause image's pull): it removed the
+// pod's network namespace and never calls the shim again, neither
+// StartSandbox nor ShutdownSandbox. The shim waits while the namespace is
+// there (the pull may be slow), and exits, its sandbox's /dev/shm released,
+// once it is gone.
+func TestSandboxNeverStartedAbandoned(t *testing.T) {
+	requireRoot(t)
+	id := fmt.Sprintf("sbab%d", time.Now().UnixNano())
+	s := startSandboxShim(t, id)
+	netns, _ := newNetns(t, t.TempDir())
+	if _, err := s.sb.CreateSandbox(callCtx(t), &sandboxAPI.CreateSandboxRequest{
+		SandboxID: id, BundlePath: s.bundle, Options: podOptions(t, &cri.PodSandboxConfig{Hostname: "p"}), NetnsPath: netns,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.conn.Close()
+	fd, err := unix.PidfdOpen(s.pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	exitedWithin := func(d time.Duration) bool {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(d.Milliseconds()))
+		return err == nil && n == 1
+	}
+	if exitedWithin(orphanTimeout + 2*idleCheckInterval) {
+		t.Fatal("the shim exited while its created sandbox's network namespace was still there")
+	}
+	_ = unix.Unmount(netns, unix.MNT_DETACH)
+	if err := os.Remove(netns); err != nil {
+		t.Fatal(err)
+	}
+	if !exitedWithin(3 * idleCheckInterval) {
+		t.Fatalf("the shim of a never-started sandbox still runs %v after its network namespace went", 3*idleCheckInterval)
+	}
+	if mounted(t, filepath.Join(s.bundle, "shm")) {
+		t.Error("the sandbox's /dev/shm is still mounted after the shim exited")
+	}
+}

@@ -218,9 +218,15 @@ func (d *daemon) run() (shutdownCall bool) {
 			// A shim that serves nothing and is called by no one has been
 			// forgotten: containerd died between start and Create, or lost
 			// the bundle. Without this it would live forever.
-			if d.svc.Count() == 0 && !d.sb.Alive() && d.trim.idleFor() > orphanTimeout {
-				log.G(ctx).WithField("idle", d.trim.idleFor().String()).Warn("no container and no caller; exiting")
-				return false
+			if idle := d.trim.idleFor(); d.svc.Count() == 0 && idle > orphanTimeout {
+				if !d.sb.Alive() {
+					log.G(ctx).WithField("idle", idle.String()).Warn("no container and no caller; exiting")
+					return false
+				}
+				if d.sb.Abandoned(idle) {
+					log.G(ctx).WithField("idle", idle.String()).Warn("sandbox created, never started and given up by its caller; exiting")
+					return false
+				}
 			}
 			// Nobody can reach a shim whose state is gone: its manager
 			// deleted the container, or gave up on this shim.

@@ -117,6 +117,36 @@ func (s *Service) Alive() bool {
 	return s.phase != phaseNone && s.phase != phaseShutdown
 }
 
+// abandonedAfter is how long a sandbox created but never started, with no
+// network namespace to tell, waits for its start before the shim takes it
+// for abandoned: well past kubelet's deadline for RunPodSandbox (2 min by
+// default), which a pull of the pause image between CreateSandbox and
+// StartSandbox may take.
+const abandonedAfter = 5 * time.Minute
+
+// Abandoned reports whether the shim holds a sandbox that was created and
+// will never be started, idle being how long no call came. CRI's
+// RunPodSandbox, failing between CreateSandbox and StartSandbox (the pull
+// of the pause image), rolls back its own side, the pod's network
+// namespace included, and never calls the shim again: neither
+// StartSandbox nor ShutdownSandbox. A namespace gone says so at once; a
+// pod without one (host network) is taken for abandoned after
+// abandonedAfter.
+func (s *Service) Abandoned(idle time.Duration) bool {
+	s.mu.Lock()
+	phase, netns := s.phase, s.netns
+	s.mu.Unlock()
+	if phase != phaseCreated {
+		return false
+	}
+	if netns != "" {
+		if _, err := os.Stat(netns); errors.Is(err, os.ErrNotExist) {
+			return true
+		}
+	}
+	return idle > abandonedAfter
+}
+
 func wire(err error) error {
 	if err == nil {
 		return nil
