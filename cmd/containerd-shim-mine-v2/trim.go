@@ -259,10 +259,12 @@ func startMethod(fullMethod string) bool {
 }
 
 // pollingMethod tells the calls that read state periodically from the
-// calls that change it.
+// calls that change it: containerd's CRI reads every task's Stats, and
+// every sandbox's SandboxMetrics, once a second; kubelet's status checks
+// read State and SandboxStatus.
 func pollingMethod(fullMethod string) bool {
 	switch path.Base(fullMethod) {
-	case "Stats", "State":
+	case "Stats", "State", "SandboxMetrics", "SandboxStatus":
 		return true
 	}
 	return false

@@ -122,6 +122,10 @@ func TestPollingMethods(t *testing.T) {
 		"/containerd.task.v2.Task/State": true,
 		"/containerd.task.v3.Task/Exec":  false,
 		"/containerd.task.v3.Task/Wait":  false,
+		// CRI polls a pod without a pause container through the Sandbox API.
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxMetrics": true,
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus":  true,
+		"/containerd.runtime.sandbox.v1.Sandbox/StartSandbox":   false,
 	} {
 		if got := pollingMethod(m); got != want {
 			t.Errorf("pollingMethod(%q) = %v, want %v", m, got, want)
