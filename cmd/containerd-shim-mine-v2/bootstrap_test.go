@@ -363,6 +363,30 @@ func TestDeleteRemovesDeadSocketOnly(t *testing.T) {
 	}
 }
 
+// A live shim's socket that goes (the shim ends) between start's bind and
+// its look at what holds the path: start binds again, rather than announce
+// a socket that no longer exists.
+func TestListenAfterLiveSocketWent(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s")
+	live, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	defer func() { afterAddrInUse = func(string) {} }()
+	afterAddrInUse = func(string) { live.Close() } // unlinks the socket
+	l, err := listen(sock)
+	if err != nil {
+		t.Fatalf("listen after the live socket went: %v", err)
+	}
+	defer l.Close()
+	if got, err := lstatID(sock); err != nil {
+		t.Fatalf("no socket after listen: %v", err)
+	} else if _, err := net.Dial("unix", sock); err != nil {
+		t.Errorf("the new socket (%v) does not accept: %v", got, err)
+	}
+}
+
 // A shim too busy to accept at once is alive: neither start nor delete
 // takes its socket for a dead one.
 func TestBusySocketIsLive(t *testing.T) {

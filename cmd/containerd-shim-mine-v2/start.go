@@ -146,6 +146,10 @@ func reply(stdout io.Writer, req startRequest, address string) error {
 	return err
 }
 
+// afterAddrInUse runs between a bind that found the path taken and the look
+// at what holds it: a test's way into that window.
+var afterAddrInUse = func(string) {}
+
 // listen creates the unix socket, 0600 in a 0700 directory. A stale socket
 // nobody answers on is replaced; a socket a live shim serves is not, and
 // listen returns EADDRINUSE.
@@ -154,8 +158,16 @@ func listen(path string) (*net.UnixListener, error) {
 		return nil, err
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if errors.Is(err, syscall.EADDRINUSE) {
+	for tries := 0; errors.Is(err, syscall.EADDRINUSE) && tries < 3; tries++ {
+		afterAddrInUse(path)
 		stale, serr := lstatID(path)
+		if errors.Is(serr, os.ErrNotExist) {
+			// The shim that served it has ended and removed it since
+			// the bind: bind again (else start would announce a socket
+			// that no longer exists).
+			l, err = net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+			continue
+		}
 		if serr != nil {
 			return nil, err
 		}
