@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -162,6 +163,39 @@ func TestDecodePodConfig(t *testing.T) {
 	}
 	if _, err := decodePod(&anypb.Any{TypeUrl: "other.Type", Value: []byte{0x12, 0x00}}, ""); err == nil {
 		t.Fatal("options of another type decoded without error")
+	}
+}
+
+// TestDecodePodUserNamespace: a pod with a user namespace of its own
+// (hostUsers: false) is refused at create, not implemented: CRI would have
+// its every container join the holder's user namespace, the host's, which
+// runc refuses. The host's user namespace, asked for or left unsaid, is
+// fine.
+func TestDecodePodUserNamespace(t *testing.T) {
+	decode := func(ns *cri.NamespaceOption) error {
+		t.Helper()
+		b, err := proto.Marshal(&cri.PodSandboxConfig{Hostname: "h", Linux: &cri.LinuxPodSandboxConfig{
+			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: ns},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = decodePod(&anypb.Any{TypeUrl: podConfigName, Value: b}, "/var/run/netns/x")
+		return err
+	}
+	own := &cri.NamespaceOption{UsernsOptions: &cri.UserNamespace{
+		Mode: cri.NamespaceMode_POD,
+		Uids: []*cri.IDMapping{{HostId: 65536, ContainerId: 0, Length: 65536}},
+		Gids: []*cri.IDMapping{{HostId: 65536, ContainerId: 0, Length: 65536}},
+	}}
+	if err := decode(own); !errdefs.IsNotImplemented(err) {
+		t.Errorf("pod with its own user namespace: %v, want not implemented", err)
+	}
+	if err := decode(&cri.NamespaceOption{UsernsOptions: &cri.UserNamespace{Mode: cri.NamespaceMode_NODE}}); err != nil {
+		t.Errorf("pod in the host's user namespace: %v", err)
+	}
+	if err := decode(&cri.NamespaceOption{}); err != nil {
+		t.Errorf("pod saying nothing of user namespaces: %v", err)
 	}
 }
 

@@ -22,6 +22,9 @@ type Pod struct {
 	HostIPC      bool
 	HostPID      bool
 	CgroupParent string
+	// OwnUserNS: the pod asked for a user namespace of its own
+	// (hostUsers: false), which the holder does not make.
+	OwnUserNS bool
 }
 
 // podConfigName is the protobuf name of CRI's PodSandboxConfig, which
@@ -41,6 +44,13 @@ func decodePod(options *anypb.Any, netnsPath string) (Pod, error) {
 		if err := decodePodConfig(options.GetValue(), &p); err != nil {
 			return p, fmt.Errorf("decode %s: %v: %w", podConfigName, err, errdefs.ErrInvalidArgument)
 		}
+	}
+	if p.OwnUserNS {
+		// CRI makes such a pod's network namespace inside a new user
+		// namespace and has every container join the holder's user
+		// namespace, which is the host's here: runc would refuse each
+		// container (setns into its own user namespace: EINVAL).
+		return p, fmt.Errorf("a pod with a user namespace of its own (hostUsers: false) is not supported without a pause container: %w", errdefs.ErrNotImplemented)
 	}
 	p.HostNetwork = netnsPath == ""
 	if p.Hostname == "" {

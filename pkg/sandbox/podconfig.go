@@ -26,9 +26,11 @@ const (
 
 	fieldSecurityNamespaces = 1 // LinuxSandboxSecurityContext.namespace_options
 
-	fieldNSNetwork = 1 // NamespaceOption.network
-	fieldNSPid     = 2 // NamespaceOption.pid
-	fieldNSIpc     = 3 // NamespaceOption.ipc
+	fieldNSNetwork  = 1 // NamespaceOption.network
+	fieldNSPid      = 2 // NamespaceOption.pid
+	fieldNSIpc      = 3 // NamespaceOption.ipc
+	fieldNSUserns   = 5 // NamespaceOption.userns_options (UserNamespace)
+	fieldUsernsMode = 1 // UserNamespace.mode
 
 	fieldMapKey   = 1
 	fieldMapValue = 2
@@ -146,7 +148,20 @@ func decodeLinux(b []byte, p *Pod) error {
 }
 
 func decodeNamespaces(b []byte, p *Pod) error {
-	return eachField(b, func(num protowire.Number, typ protowire.Type, _ []byte, v uint64) error {
+	return eachField(b, func(num protowire.Number, typ protowire.Type, data []byte, v uint64) error {
+		if num == fieldNSUserns && typ == protowire.BytesType {
+			// Present, its mode POD (0, the default) asks for a user
+			// namespace of the pod's own; NODE is the host's.
+			mode := uint64(0)
+			err := eachField(data, func(num protowire.Number, typ protowire.Type, _ []byte, v uint64) error {
+				if num == fieldUsernsMode && typ == protowire.VarintType {
+					mode = v
+				}
+				return nil
+			})
+			p.OwnUserNS = mode != namespaceModeNode
+			return err
+		}
 		if typ != protowire.VarintType {
 			return nil
 		}
