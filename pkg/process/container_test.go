@@ -1144,14 +1144,7 @@ func TestCreateCanceledLeavesNothing(t *testing.T) {
 	f := newFake(t)
 	hold := newHold(t, "FAKE_RUNTIME_CREATE_HOLD")
 	cctx, cancel := context.WithCancel(context.Background())
-	created := make(chan error, 1)
-	go func() {
-		_, err := Create(cctx, Config{
-			ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
-			Reaper: testReaper, Emit: newRecorder().emit,
-		})
-		created <- err
-	}()
+	created := f.createInBackground(cctx)
 	pidFile := filepath.Join(f.rt.Root, "c1", "pid")
 	pid, err := strconv.Atoi(waitWritten(t, pidFile, "the container's process"))
 	if err != nil {
@@ -1188,14 +1181,7 @@ func TestCreateCleanupBounded(t *testing.T) {
 	newHold(t, "FAKE_RUNTIME_CREATE_HOLD") // never released: the cancel ends the create
 	newHold(t, "FAKE_RUNTIME_DELETE_HOLD") // never released
 	cctx, cancel := context.WithCancel(context.Background())
-	created := make(chan error, 1)
-	go func() {
-		_, err := Create(cctx, Config{
-			ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
-			Reaper: testReaper, Emit: newRecorder().emit,
-		})
-		created <- err
-	}()
+	created := f.createInBackground(cctx)
 	waitWritten(t, filepath.Join(f.rt.Root, "c1", "pid"), "the container's process")
 	begin := time.Now()
 	cancel() // kills the runtime's create, held on its FIFO
@@ -1208,6 +1194,20 @@ func TestCreateCleanupBounded(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("create did not return: its cleanup waits for the hung delete")
 	}
+}
+
+// createInBackground runs the Create of container c1 with f's runtime under
+// ctx in a goroutine; its error comes on the channel.
+func (f fakeEnv) createInBackground(ctx context.Context) <-chan error {
+	created := make(chan error, 1)
+	go func() {
+		_, err := Create(ctx, Config{
+			ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
+			Reaper: testReaper, Emit: newRecorder().emit,
+		})
+		created <- err
+	}()
+	return created
 }
 
 // newHold makes a FIFO for the fake runtime to hold on and names it in env.
