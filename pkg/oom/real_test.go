@@ -396,13 +396,24 @@ func TestRealOOMBelow(t *testing.T) {
 			}
 			defer w.Close()
 			cg := newRealCgroup(t, h, 16<<20)
-			init := startAllocator(t, "small", cg) // waits on stdin: the container's init
+			// The container's init: small, so that the OOM killer picks
+			// the allocator (a copy of the test binary, built with -race,
+			// could be the larger when the limit is hit).
+			init := exec.Command("sleep", "1000")
+			if err := init.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = init.Process.Kill(); _ = init.Wait() })
+			pid := strconv.Itoa(init.Process.Pid)
+			if err := os.WriteFile(filepath.Join(cg.Dir, "cgroup.procs"), []byte(pid), 0); err != nil {
+				t.Fatal(err)
+			}
 			worker := filepath.Join(cg.Dir, "worker")
 			if err := os.Mkdir(worker, 0o755); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { removeCgroup(t, worker) })
-			if err := w.Add("ctr", init.pid); err != nil {
+			if err := w.Add("ctr", init.Process.Pid); err != nil {
 				t.Fatal(err)
 			}
 			a := startAllocator(t, "oom", CgroupPath{Version: version, Dir: worker})
@@ -411,8 +422,8 @@ func TestRealOOMBelow(t *testing.T) {
 				t.Fatalf("allocator below the container: not killed by SIGKILL; output:\n%s", a.out)
 			}
 			rec.wait(t, 1)
-			init.start(t)
-			init.wait(t)
+			_ = init.Process.Kill()
+			_ = init.Wait()
 			w.Check("ctr")
 			if n := rec.count("ctr"); n != 1 {
 				t.Fatalf("%d events for the container, want 1", n)
