@@ -12,8 +12,10 @@
 //
 // # Hierarchies
 //
-// For cgroup v2 the Watcher keeps one inotify instance, registered in the
-// epoll set, with an IN_MODIFY watch on memory.events of each cgroup. The
+// For cgroup v2 the Watcher keeps one inotify instance, made at the first v2
+// watch (a v1 host needs none, and a node out of instances fails only the
+// v2 watches, not the Watcher) and registered in the epoll set, with an
+// IN_MODIFY watch on memory.events of each cgroup. The
 // kernel marks that file modified for every counter in it (low, high, max,
 // oom, oom_kill), so each wake-up re-reads the file and only an increase of
 // oom_kill is reported. oom_kill counts the kills in the cgroup and its
@@ -37,7 +39,11 @@
 // reports nothing and closes the eventfd: a cgroup is removed only when it
 // has no process left, and the kills before that were counted while it
 // existed (see Check). On kernels without the counter each signal of a
-// cgroup that still exists counts as one kill.
+// cgroup that still exists counts as one kill. v1 counts a kill only in the
+// victim's own cgroup, while a container's limit kills in the cgroups below
+// it too (its init is systemd, or docker runs in it): the counter of a v1
+// watch is the sum over the cgroup and those below it, walked only when the
+// cgroup has subdirectories.
 //
 // A kill by the global OOM killer (no memory limit hit) moves the v1 counter
 // without an eventfd signal: [Watcher.Check] finds it when the container

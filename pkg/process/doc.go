@@ -13,7 +13,8 @@
 // Pausing, Paused, Stopped, Deleted); the table in status.go says which
 // operation may begin in which state, and an illegal one returns an error
 // wrapping errdefs.ErrFailedPrecondition (or ErrNotFound for a kill of a
-// stopped process).
+// stopped process). Stats answers from the create until the delete, after
+// the init's exit too: CRI reads the kill counter then.
 //
 // Locking: no lock is held across a runtime call, an I/O close or a wait.
 // The container's mutex guards the state of all its processes and is held

@@ -26,7 +26,12 @@
 // containerd sends after every member's Delete, is ignored (the task
 // service's KeepAlive is Alive). After ShutdownSandbox the shim exits once
 // no member remains; as after the Task API's Shutdown, it first lets
-// containerd hang up (for up to 3 s), so that the reply is not cut.
+// containerd hang up (for up to 3 s), so that the reply is not cut. A
+// sandbox created but never started, whose caller gave it up (CRI rolls
+// back a failed RunPodSandbox, its network namespace included, and calls
+// no more), is Abandoned: the shim then exits as an orphan does. A pod
+// with a user namespace of its own (hostUsers: false) is refused at
+// create: CRI would have its containers join the holder's, the host's.
 //
 // Needs: root; a kernel with PID, UTS, IPC and network namespaces; cgroup v1
 // or v2 for the holder's placement under the pod's cgroup parent
