@@ -234,6 +234,18 @@ func TestEndShim(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = shim.Process.Kill(); _ = shim.Wait() })
+			// Start returns once the exec began: the new program's
+			// arguments are in /proc a moment later (under -race, 1 of 24
+			// subtests here, and one in CI, read none, and endShim took
+			// the stand-in for no shim at all).
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+				if _, _, _, ok := shimArgs(shim.Process.Pid); ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the stand-in's command line never showed its arguments")
+				}
+			}
 			begin := time.Now()
 			if err := m.endShim(shim.Process.Pid, "c1"); err != nil {
 				t.Fatal(err)
