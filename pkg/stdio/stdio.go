@@ -757,6 +757,11 @@ func (i *IO) started() bool {
 // process, its children or the clients do.
 func (i *IO) Close(bound time.Duration) error {
 	i.closeStdin(0)
+	if in, ok := i.stdinDst.(*ttyInput); ok {
+		// A CloseStdin that came before the terminal did (an exec's
+		// CloseIO before its Start) left this one open.
+		_ = in.Close()
+	}
 	if i.ec != nil {
 		_ = i.ec.Shutdown(i.opts.Consoles.remove)
 	}

@@ -799,3 +799,29 @@ func TestOutputFIFOHoldsTwoDescriptors(t *testing.T) {
 	}
 	runtime.KeepAlive(outs)
 }
+
+// A CloseStdin that came before the terminal (an exec's CloseIO before its
+// Start) does not leave the terminal's input descriptor open: Close
+// releases it.
+func TestCloseReleasesTTYInputAfterEarlyCloseStdin(t *testing.T) {
+	con, _, err := console.NewPty()
+	if err != nil {
+		t.Skipf("no pty: %v", err)
+	}
+	i := &IO{cfg: Config{Terminal: true}}
+	if err := i.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
+	in, err := newTTYInput(con)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i.conMu.Lock()
+	i.con = con
+	i.conMu.Unlock()
+	i.stdinDst = in
+	i.Close(0)
+	if _, err := in.Write([]byte{'x'}); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("write to the terminal's input after Close: %v, want it closed", err)
+	}
+}
