@@ -68,6 +68,7 @@ declare -A pkg=(
 )
 declare -A required=(
 	[oom.test]='TestRealOOM/v2
+TestRealOOMBelow/v2
 TestRealNoOOM/v2
 TestRealRemovedBeforeRead/v2
 TestManyAddRemove/v2_real_and_v2_fake'
