@@ -51,8 +51,10 @@ type Publisher struct {
 
 	// closing is set by Close: from then on an event that cannot be
 	// delivered at once is dropped rather than retried, so that a shim
-	// whose events address is gone exits without waiting.
+	// whose events address is gone exits without waiting. closeCh is
+	// closed then too: it cuts a retry's pause.
 	closing atomic.Bool
+	closeCh chan struct{}
 
 	// Owned by the sending goroutine.
 	client *ttrpc.Client
@@ -66,6 +68,7 @@ func NewPublisher(address string) *Publisher {
 		address: strings.TrimPrefix(address, "unix://"),
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
+		closeCh: make(chan struct{}),
 	}
 	go p.run()
 	return p
@@ -211,7 +214,7 @@ func (p *Publisher) sendHeld() bool {
 }
 
 // send forwards one event: one try and, with retry, one more after
-// retryDelay.
+// retryDelay, unless Close comes first.
 func (p *Publisher) send(req *eventsapi.ForwardRequest, retry bool) bool {
 	if p.forward(req) == nil {
 		return true
@@ -219,7 +222,13 @@ func (p *Publisher) send(req *eventsapi.ForwardRequest, retry bool) bool {
 	if !retry {
 		return false
 	}
-	time.Sleep(retryDelay)
+	t := time.NewTimer(retryDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-p.closeCh:
+		return false
+	}
 	return p.forward(req) == nil
 }
 
@@ -249,6 +258,7 @@ func (p *Publisher) Close(ctx context.Context) error {
 	if !p.closed {
 		p.closed = true
 		p.closing.Store(true)
+		close(p.closeCh)
 	}
 	p.mu.Unlock()
 	p.signal()

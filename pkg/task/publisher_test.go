@@ -34,6 +34,24 @@ func TestPublisherCloseWithoutListener(t *testing.T) {
 	p.Publish("ns", TopicExit, &eventstypes.TaskExit{ContainerID: "c"})
 }
 
+// Close does not wait out the pause before an event's second try: the
+// shim's last Delete event, sent when nobody listens, would otherwise hold
+// every shim's exit that long.
+func TestPublisherCloseCutsRetryPause(t *testing.T) {
+	p := NewPublisher(filepath.Join(t.TempDir(), "nobody.sock"))
+	p.Publish("ns", TopicDelete, &eventstypes.TaskDelete{ContainerID: "c"})
+	time.Sleep(retryDelay / 10) // its first try has failed
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > retryDelay/2 {
+		t.Fatalf("close took %s, waiting for a retry %s after the first try", d, retryDelay)
+	}
+}
+
 // Events are forwarded in the order they were published, and Close drains
 // what is queued.
 func TestPublisherOrder(t *testing.T) {
