@@ -18,8 +18,9 @@
 //     when it has no container and no caller for a while, and when every
 //     state directory it serves (its bundle, its containers' bundles) has
 //     been removed. At its end it stops accepting; after a Shutdown call
-//     it lets its clients hang up (up to 3 s) before it closes their
-//     connections, so that the calls in flight are answered. It refuses
+//     it waits for the calls in flight to be answered (up to 10 s) and
+//     lets its clients hang up (3 s after the last answer) before it
+//     closes their connections. It refuses
 //     creates from that Shutdown on. It removes its socket and address
 //     file only while the paths still name the files it created: a new
 //     shim for the same container may have put its own there.

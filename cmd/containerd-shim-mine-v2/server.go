@@ -13,8 +13,14 @@ import (
 )
 
 // drainGrace bounds how long an ending daemon waits for its clients to hang
-// up before it closes their connections itself.
-const drainGrace = 3 * time.Second
+// up before it closes their connections itself, counted from the end of
+// its last call in flight. callDrainBound bounds the wait for the calls in
+// flight: a client's Kill, whose exit made the container's manager delete
+// it and shut the shim down, is still answered when runc takes its time.
+const (
+	drainGrace     = 3 * time.Second
+	callDrainBound = 10 * time.Second
+)
 
 // server is the daemon's ttrpc server: it accepts on the socket start
 // handed over, from clients of the daemon's own user, and counts the
@@ -35,18 +41,24 @@ const drainGrace = 3 * time.Second
 // written.
 type server struct {
 	*ttrpc.Server
-	listener *closeOnceListener
-	conns    *connections
+	listener  *closeOnceListener
+	conns     *connections
+	callDrain time.Duration // bound of stop's wait for the calls in flight
 }
 
+// newServer makes the server; its own interceptor, which counts the calls
+// in flight, runs before those of opts.
 func newServer(l net.Listener, opts ...ttrpc.ServerOpt) (*server, error) {
 	conns := newConnections()
-	opts = append([]ttrpc.ServerOpt{ttrpc.WithServerHandshaker(conns.handshaker(ttrpc.UnixSocketRequireSameUser()))}, opts...)
+	opts = append([]ttrpc.ServerOpt{
+		ttrpc.WithServerHandshaker(conns.handshaker(ttrpc.UnixSocketRequireSameUser())),
+		ttrpc.WithChainUnaryServerInterceptor(conns.interceptor),
+	}, opts...)
 	srv, err := ttrpc.NewServer(opts...)
 	if err != nil {
 		return nil, err
 	}
-	return &server{Server: srv, listener: &closeOnceListener{Listener: l}, conns: conns}, nil
+	return &server{Server: srv, listener: &closeOnceListener{Listener: l}, conns: conns, callDrain: callDrainBound}, nil
 }
 
 // serve serves until stop.
@@ -54,13 +66,17 @@ func (s *server) serve(ctx context.Context) error {
 	return s.Server.Serve(ctx, s.listener)
 }
 
-// stop stops accepting, waits up to grace for the clients to close their
-// connections, then shuts the server down (which closes what is still
-// open), bounded by ctx. It returns how many connections were still open
-// after grace.
+// stop stops accepting and, with a grace (after a Shutdown call), waits
+// for the calls in flight to end (at most callDrain) and then up to grace
+// for the clients to close their connections; then it shuts the server
+// down (which closes what is still open), bounded by ctx. It returns how
+// many connections were still open when it stopped waiting.
 func (s *server) stop(ctx context.Context, grace time.Duration) (int, error) {
 	lerr := s.listener.Close()
-	open := s.conns.waitClosed(grace)
+	open := 0
+	if grace > 0 {
+		open = s.conns.waitClosed(grace, s.callDrain)
+	}
 	err := s.Server.Shutdown(ctx)
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		err = nil
@@ -68,11 +84,14 @@ func (s *server) stop(ctx context.Context, grace time.Duration) (int, error) {
 	return open, errors.Join(lerr, err)
 }
 
-// connections counts the connections a server serves.
+// connections counts the connections a server serves and the calls in
+// flight on them.
 type connections struct {
-	mu      sync.Mutex
-	open    int           // guarded by mu
-	changed chan struct{} // a connection closed (buffered, one pending)
+	mu       sync.Mutex
+	open     int           // guarded by mu
+	inFlight int           // guarded by mu
+	lastEnd  time.Time     // when the last call ended; guarded by mu
+	changed  chan struct{} // a connection closed or a call ended (buffered, one pending)
 }
 
 func newConnections() *connections {
@@ -85,22 +104,56 @@ func (c *connections) handshaker(inner ttrpc.Handshaker) ttrpc.Handshaker {
 	return countingHandshaker{inner: inner, c: c}
 }
 
-// waitClosed waits up to grace for every connection to close; it returns
-// how many are still open.
-func (c *connections) waitClosed(grace time.Duration) int {
+// interceptor counts a call in flight until its handler returns.
+func (c *connections) interceptor(ctx context.Context, u ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+	c.mu.Lock()
+	c.inFlight++
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.inFlight--
+		c.lastEnd = time.Now()
+		c.mu.Unlock()
+		c.signal()
+	}()
+	return m(ctx, u)
+}
+
+// waitClosed waits for every connection to close: while calls are in
+// flight, up to callBound; then up to grace after the later of its start
+// and the last call's end (the answer is written after the handler
+// returns, and the client hangs up after reading it). It returns how many
+// connections are still open.
+func (c *connections) waitClosed(grace, callBound time.Duration) int {
+	begin := time.Now()
+	hard := begin.Add(max(callBound, grace))
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	for {
 		c.mu.Lock()
-		n := c.open
+		n, inFlight, lastEnd := c.open, c.inFlight, c.lastEnd
 		c.mu.Unlock()
 		if n == 0 {
 			return 0
 		}
+		deadline := hard
+		if inFlight == 0 {
+			since := begin
+			if lastEnd.After(begin) {
+				since = lastEnd
+			}
+			if d := since.Add(grace); d.Before(hard) {
+				deadline = d
+			}
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return n
+		}
+		timer.Reset(wait)
 		select {
 		case <-c.changed:
 		case <-timer.C:
-			return n
 		}
 	}
 }
@@ -109,6 +162,10 @@ func (c *connections) closed() {
 	c.mu.Lock()
 	c.open--
 	c.mu.Unlock()
+	c.signal()
+}
+
+func (c *connections) signal() {
 	select {
 	case c.changed <- struct{}{}:
 	default:

@@ -168,6 +168,56 @@ func TestStopClosesLingeringConnections(t *testing.T) {
 	}
 }
 
+// A call in flight is answered even when it takes longer than the grace
+// for clients to hang up: another client's Kill, whose exit made the
+// container's manager delete it and shut the shim down, gets its answer.
+func TestStopWaitsForSlowCallPastGrace(t *testing.T) {
+	h := startHeldServer(t)
+	client, done := h.call(t)
+	const grace = 200 * time.Millisecond
+	stopped := h.stopAsync(grace)
+	select {
+	case err := <-done:
+		t.Fatalf("the call in flight ended when the server stopped: %v", err)
+	case r := <-stopped:
+		t.Fatalf("stop returned (%d open, %v) with a call in flight", r.open, r.err)
+	case <-time.After(5 * grace):
+	}
+	close(h.release)
+	if err := <-done; err != nil {
+		t.Fatalf("the call in flight got no answer: %v", err)
+	}
+	client.Close()
+	select {
+	case r := <-stopped:
+		if r.err != nil || r.open != 0 {
+			t.Fatalf("stop: %d connections left open, %v", r.open, r.err)
+		}
+	case <-time.After(shutdownTimeout):
+		t.Fatal("stop did not return after the last client hung up")
+	}
+}
+
+// A call that never ends holds the server's end for callDrain only.
+func TestStopBoundsCallInFlight(t *testing.T) {
+	h := startHeldServer(t)
+	h.callDrain = time.Second
+	_, done := h.call(t)
+	defer close(h.release)
+	begin := time.Now()
+	select {
+	case r := <-h.stopAsync(100 * time.Millisecond):
+		if took := time.Since(begin); took < h.callDrain || r.open != 1 {
+			t.Fatalf("stop returned after %s with %d open (%v), want after %s with 1 open", took, r.open, r.err, h.callDrain)
+		}
+	case <-time.After(h.callDrain + shutdownTimeout + time.Second):
+		t.Fatal("stop did not return")
+	}
+	if err := <-done; err == nil {
+		t.Fatal("a call cut by stop got an answer")
+	}
+}
+
 // ttrpc records a request's stream only after it has started the request's
 // handler, and forgets the stream when the reply is written: a reply written
 // first leaves the stream recorded until the connection closes
