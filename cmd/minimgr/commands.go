@@ -156,6 +156,9 @@ func runFlags(fs *pflag.FlagSet) func(*cli, []string) (int, error) {
 		ct.WaitIO(outputDrain)
 		term.restore()
 		if *rm {
+			// Our connection is not held open over the removal: the shim,
+			// told to shut down, waits for its clients to hang up.
+			ct.Close()
 			_, err := m.Delete(c.ctx, opts.ID, false)
 			stopRemover(remover)
 			if err != nil && !errdefs.IsNotFound(err) {

@@ -95,6 +95,40 @@ type env struct {
 	bundle string
 	// shim is the shim binary minimgr runs; default the one built here.
 	shim string
+	// environ, when set, is minimgr's environment (and so its shims').
+	environ []string
+}
+
+// shimCase names a shim binary a test runs: "" is the one built here.
+type shimCase struct{ name, shim string }
+
+// bothShims is ours and containerd's runc shim, for tests that hold a
+// behaviour for both.
+func bothShims() []shimCase {
+	runcShim := ""
+	if dir := os.Getenv("MINE_CONTAINERD_BIN"); dir != "" {
+		runcShim = filepath.Join(dir, "containerd-shim-runc-v2")
+	} else if p, err := exec.LookPath("containerd-shim-runc-v2"); err == nil {
+		runcShim = p
+	} else if cache := os.Getenv("MINE_CACHE"); cache != "" {
+		// Where hack/install-deps.sh puts containerd's binaries.
+		runcShim = filepath.Join(cache, "bin", "containerd-shim-runc-v2")
+	} else if home, err := os.UserHomeDir(); err == nil {
+		runcShim = filepath.Join(home, ".cache", "mine", "bin", "containerd-shim-runc-v2")
+	}
+	return []shimCase{{"mine", ""}, {"runc", runcShim}}
+}
+
+// useShim makes e run shim ("" keeps ours); it skips when shim is missing.
+func (e *env) useShim(shim string) {
+	e.t.Helper()
+	if shim == "" {
+		return
+	}
+	if _, err := os.Stat(shim); err != nil {
+		e.t.Skipf("containerd's runc shim: %v (set MINE_CONTAINERD_BIN)", err)
+	}
+	e.shim = shim
 }
 
 var nsSeq atomic.Int64
@@ -146,6 +180,7 @@ func (e *env) command(ctx context.Context, args ...string) *exec.Cmd {
 	}
 	full := append([]string{"--state-dir", e.root, "--namespace", e.ns, "--runtime-binary", shim}, args...)
 	cmd := exec.CommandContext(ctx, minimgrBin, full...)
+	cmd.Env = e.environ
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
 }

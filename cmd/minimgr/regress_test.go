@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -505,26 +506,10 @@ func TestStopIgnoringSIGTERM(t *testing.T) {
 // PID 1 that ignores SIGTERM, wait, delete, the ID taken again at once, no
 // process left) through our shim and through containerd's runc shim.
 func TestDetachedLifecycleBothShims(t *testing.T) {
-	runcShim := ""
-	if dir := os.Getenv("MINE_CONTAINERD_BIN"); dir != "" {
-		runcShim = filepath.Join(dir, "containerd-shim-runc-v2")
-	} else if p, err := exec.LookPath("containerd-shim-runc-v2"); err == nil {
-		runcShim = p
-	} else if cache := os.Getenv("MINE_CACHE"); cache != "" {
-		// Where hack/install-deps.sh puts containerd's binaries.
-		runcShim = filepath.Join(cache, "bin", "containerd-shim-runc-v2")
-	} else if home, err := os.UserHomeDir(); err == nil {
-		runcShim = filepath.Join(home, ".cache", "mine", "bin", "containerd-shim-runc-v2")
-	}
-	for _, tc := range []struct{ name, shim string }{{"mine", ""}, {"runc", runcShim}} {
+	for _, tc := range bothShims() {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, true)
-			if tc.shim != "" {
-				if _, err := os.Stat(tc.shim); err != nil {
-					t.Skipf("containerd's runc shim: %v (set MINE_CONTAINERD_BIN)", err)
-				}
-				e.shim = tc.shim
-			}
+			e.useShim(tc.shim)
 			for round := range 3 {
 				e.mustRun("run", "-d", e.bundle, "bs", "sh", "-c", "echo hi; exec sleep 1000")
 				if got := e.list()["bs"]; got.Status != minimgr.StatusRunning {
@@ -557,4 +542,52 @@ func TestRunUnreadStdin(t *testing.T) {
 	}
 	e.assertNoLeftovers("unread")
 	e.assertNoProcesses()
+}
+
+// slowKillRunc is a runc that answers `kill` only a while after it has
+// signalled, as a loaded machine may: the container's exit, and the removal
+// that `run -d --rm` makes of it, can then come while the Kill call that
+// caused them is still in flight.
+const slowKillRunc = `#!/bin/sh
+for a in "$@"; do
+	if [ "$a" = kill ]; then %[1]q "$@"; rc=$?; sleep %[2]d; exit $rc; fi
+done
+exec %[1]q "$@"
+`
+
+// TestKillAnsweredWhileRemoved: `minimgr kill` of a `run -d --rm`
+// container gets its answer although the container is removed (Delete,
+// Shutdown, the shim's end) before the shim has answered: the removal does
+// not end the shim under a call in flight. containerd's runc shim answers
+// too: it records the exit only once the Kill has returned.
+func TestKillAnsweredWhileRemoved(t *testing.T) {
+	realRunc, err := exec.LookPath("runc")
+	if err != nil {
+		t.Skip("needs runc in PATH")
+	}
+	// Seconds after the signal: longer than the 3 s the shim gives its
+	// clients to hang up once told to shut down.
+	const answerAfter = 4
+	for _, tc := range bothShims() {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.useShim(tc.shim)
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "runc"), fmt.Appendf(nil, slowKillRunc, realRunc, answerAfter), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			e.environ = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+
+			e.mustRun("run", "-d", "--rm", e.bundle, "slowkill", "sleep", "1000")
+			begin := time.Now()
+			r := e.run(nil, "kill", "-s", "KILL", "slowkill")
+			took := time.Since(begin)
+			if r.code != 0 {
+				t.Errorf("kill: exit %d after %s: %s", r.code, took, r.stderr)
+			}
+			e.waitRemoved("slowkill")
+			e.assertNoLeftovers("slowkill")
+			e.assertNoProcesses()
+		})
+	}
 }

@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/mineshim/mine/internal/unixsock"
 )
 
 // shimProc is a shim daemon process of this Manager's root, held by a
@@ -107,32 +105,26 @@ func (p *shimProc) close() { unix.Close(p.fd) }
 const killBound = 5 * time.Second
 
 // shimExitBound bounds how long a shim that was told to shut down may take
-// to send its last events when someone listens for them. The shim bounds
-// its own teardown to 10 s (5 s to stop its server, then 5 s to send its
-// events): a slow but healthy shim is not killed with events still queued.
-const shimExitBound = 15 * time.Second
+// to end by itself. The shim bounds its own teardown to 20 s: up to 10 s for
+// the calls in flight (another client's among them) to be answered and 3 s
+// more for its clients to hang up, 5 s to stop its server, then 5 s to send
+// its last events, which it drops at once when nobody listens for them. A
+// slow but healthy shim is not killed under a call or with events queued.
+const shimExitBound = 25 * time.Second
 
 // endShim makes sure that the shim daemon (pid) of container id is gone
-// once its container was deleted and it was told to shut down: it may
-// still be sending its last events, which it is given shimExitBound for
-// when an events server listens; then, or at once when none listens (the
-// events have nowhere to go), it is killed.
+// once its container was deleted and it was told to shut down: it is given
+// shimExitBound to end by itself, then killed.
 func (m *Manager) endShim(pid int, id string) error {
 	p, ok := m.findShim(pid, id)
 	if !ok {
 		return nil
 	}
 	defer p.close()
-	if m.eventsServed() && p.waitExit(shimExitBound) {
+	if p.waitExit(shimExitBound) {
 		return nil
 	}
 	return p.kill()
-}
-
-// eventsServed reports whether an events server listens on the root's
-// events socket, one too busy to accept at once included.
-func (m *Manager) eventsServed() bool {
-	return !unixsock.Dead(m.EventsAddress())
 }
 
 // runcRunning reports whether runc knows container id as running, paused
