@@ -396,3 +396,45 @@ func TestOpenCanceledIsNotDead(t *testing.T) {
 		t.Fatalf("after the canceled Delete: %+v, %v; want running", info, err)
 	}
 }
+
+// TestCleanupImageLeftovers: a `run --image` killed while it unpacked
+// leaves its temporary directory under ROOT/bundles/NS, and one killed after
+// the rename a bundle with no container; Cleanup removes both, and leaves
+// what a create in progress holds locked.
+func TestCleanupImageLeftovers(t *testing.T) {
+	m := eventsOnlyManager(t)
+	parent := filepath.Join(m.Root(), "bundles", m.Namespace())
+	mk := func(name string) string {
+		dir := filepath.Join(parent, name)
+		if err := os.MkdirAll(filepath.Join(dir, "rootfs"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	unpacking := mk(".killed.123")
+	renamed := mk("killed")
+	busyTmp := mk(".busy.456")
+	busyRenamed := mk("busy")
+	for _, dir := range []string{busyTmp, busyRenamed} {
+		lk, err := tryLockNew(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(lk.unlock)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := m.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{unpacking, renamed} {
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left by a killed create: %v", dir, err)
+		}
+	}
+	for _, dir := range []string{busyTmp, busyRenamed} {
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("%s of a create in progress: %v", dir, err)
+		}
+	}
+}

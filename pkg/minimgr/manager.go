@@ -757,11 +757,12 @@ type Removed struct {
 }
 
 // Cleanup removes the state of dead shims (after `shim delete`), of stopped
-// containers (Delete, Shutdown) and of creates that never finished, and
-// kills the shims of this root and namespace whose state directory is gone. Running,
-// created and paused containers, and those another minimgr is working on,
-// are left alone.
+// containers (Delete, Shutdown) and of creates that never finished (their
+// unpacked images included), and kills the shims of this root and
+// namespace whose state directory is gone. Running, created and paused
+// containers, and those another minimgr is working on, are left alone.
 func (m *Manager) Cleanup(ctx context.Context) ([]Removed, error) {
+	defer m.cleanupOwnBundles()
 	parent := nsDir(m.cfg.Root, m.cfg.Namespace)
 	orphans, oerr := m.endOrphanShims()
 	entries, err := os.ReadDir(parent)
@@ -792,10 +793,7 @@ func (m *Manager) Cleanup(ctx context.Context) ([]Removed, error) {
 			}
 			// A temporary directory of a create that died before it
 			// was renamed into place: no shim was ever started.
-			if lk, err := tryLockNew(tmp); err == nil {
-				os.RemoveAll(tmp)
-				lk.unlock()
-			}
+			removeUnlocked(tmp)
 			continue
 		}
 		wg.Go(func() {
@@ -813,6 +811,35 @@ func (m *Manager) Cleanup(ctx context.Context) ([]Removed, error) {
 	wg.Wait()
 	os.Remove(parent) // only when empty
 	return removed, errors.Join(errs...)
+}
+
+// cleanupOwnBundles removes what image creates that died left under
+// ROOT/bundles/NS: a temporary unpack directory, or a bundle renamed into
+// place whose container was never recorded. A create in progress holds
+// its directory locked; the bundle of a container goes with the container.
+func (m *Manager) cleanupOwnBundles() {
+	parent := filepath.Join(m.cfg.Root, "bundles", m.cfg.Namespace)
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		if name := e.Name(); strings.HasPrefix(name, ".") || !exists(m.StateDir(name)) {
+			removeUnlocked(filepath.Join(parent, name))
+		}
+	}
+	os.Remove(parent) // only when empty
+}
+
+// removeUnlocked removes dir unless some create holds it locked.
+func removeUnlocked(dir string) {
+	if lk, err := tryLockNew(dir); err == nil {
+		os.RemoveAll(dir)
+		lk.unlock()
+	}
 }
 
 func (m *Manager) cleanupOne(ctx context.Context, id string) (Removed, bool, error) {
