@@ -68,12 +68,12 @@
 // # Ordering
 //
 // The kernel increments oom_kill before it sends SIGKILL to the victim. The
-// task service calls [Watcher.Check] when a container's init has exited and
-// before it queues the TaskExit: Check re-reads the counter and calls notify
-// for any kill not reported yet before it returns, and waits for a report
-// the loop has in progress for that cgroup. So the TaskOOM always precedes
-// the TaskExit it caused. This rule lives in Check; the task service only
-// calls it at that point.
+// task service calls [Watcher.Check] when a container's init or one of its
+// execs has exited and before it queues the TaskExit: Check re-reads the
+// counter and calls notify for any kill not reported yet before it returns,
+// and waits for a report the loop has in progress for that cgroup. So the
+// TaskOOM always precedes the TaskExit it caused. This rule lives in Check;
+// the task service only calls it at that point.
 //
 // # Cgroups removed before they are read
 //

@@ -32,10 +32,11 @@ type Config struct {
 	// is called with the container's lock held and must not block or call
 	// back into the container.
 	Emit func(Event)
-	// BeforeInitExit runs right before the init's exit is published (the
-	// OOM watcher's final read, so that TaskOOM precedes TaskExit). It is
-	// called with the container's lock held and must not call back into it.
-	BeforeInitExit func()
+	// BeforeExit runs right before the exit of the init or of an exec is
+	// published (the OOM watcher's read, so that a TaskOOM precedes the
+	// TaskExit it caused). It is called with the container's lock held and
+	// must not call back into it.
+	BeforeExit func()
 }
 
 // Container is one container: its init process, the registry of its exec

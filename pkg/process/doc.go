@@ -35,7 +35,7 @@
 // Events: a Container emits its lifecycle events through Config.Emit in the
 // order containerd requires. Every ordering rule of exits lives in the
 // sequencer (see its doc comment): exit after start, exec exits before the
-// init's, the OOM check and exit.json before the init's exit.
+// init's, the OOM check before every exit, exit.json before the init's.
 //
 // Errors of the runtime are classified once, in the adapter, from the
 // runtime's state after the failure, never from its text.

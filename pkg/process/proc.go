@@ -188,8 +188,8 @@ func (c *Container) applyLocked(steps []step) {
 				c.applyLocked(steps)
 			})
 		case stepCheckOOM:
-			if c.cfg.BeforeInitExit != nil {
-				c.cfg.BeforeInitExit()
+			if c.cfg.BeforeExit != nil {
+				c.cfg.BeforeExit()
 			}
 		case stepSaveExit:
 			rec := ExitRecord{Pid: p.pid, Status: s.exit.Status, ExitedAt: s.exit.Time}

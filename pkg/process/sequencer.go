@@ -13,7 +13,8 @@ const (
 	// stepArmInitDeadline bounds how long the init's exit waits for the
 	// exits of those execs (initExitBound), then calls expireInit.
 	stepArmInitDeadline
-	// stepCheckOOM is the OOM watcher's last read of the container.
+	// stepCheckOOM is the OOM watcher's read of the container before an
+	// exit is published.
 	stepCheckOOM
 	// stepSaveExit writes the init's exit into the bundle (exit.json).
 	stepSaveExit
@@ -60,7 +61,9 @@ type step struct {
 //     deadline armed with it expires (an exec that cannot be killed must not
 //     hold the container's exit forever).
 //  3. OOM before exit, exit.json before TaskExit: the init's exit is always
-//     the steps check-oom, save-exit, publish-exit, in that order.
+//     the steps check-oom, save-exit, publish-exit, in that order; an
+//     exec's is check-oom, publish-exit (an exec can be the OOM killer's
+//     victim too).
 type sequencer struct {
 	starting map[string]bool // processes between their runtime start and the start event
 	held     map[string]Exit // exits that arrived while their process was starting
@@ -126,7 +129,10 @@ func (s *sequencer) exited(execID string, e Exit) []step {
 		return initExitSteps(e)
 	}
 	s.live--
-	return append([]step{{kind: stepPublishExit, execID: execID, exit: e}}, s.releaseInit()...)
+	return append([]step{
+		{kind: stepCheckOOM, execID: execID},
+		{kind: stepPublishExit, execID: execID, exit: e},
+	}, s.releaseInit()...)
 }
 
 // expireInit releases the init's exit although execs have not exited.

@@ -35,12 +35,12 @@ func TestSequencer(t *testing.T) {
 		{
 			name: "exec exit during its start is held",
 			ins:  []in{{"begin", ""}, {"end", ""}, {"begin", "e1"}, {"exit", "e1"}, {"end", "e1"}},
-			want: "| publish-start: | | | publish-start:e1 publish-exit:e1",
+			want: "| publish-start: | | | publish-start:e1 check-oom:e1 publish-exit:e1",
 		},
 		{
 			name: "init exit waits for the running exec, which is killed",
 			ins:  []in{{"begin", ""}, {"end", ""}, {"begin", "e1"}, {"end", "e1"}, {"exit", ""}, {"exit", "e1"}},
-			want: "| publish-start: | | publish-start:e1 | kill-execs: arm-init-deadline: | publish-exit:e1 check-oom: save-exit: publish-exit:",
+			want: "| publish-start: | | publish-start:e1 | kill-execs: arm-init-deadline: | check-oom:e1 publish-exit:e1 check-oom: save-exit: publish-exit:",
 		},
 		{
 			name: "init exit waits for a starting exec, released when its start fails",
@@ -50,23 +50,23 @@ func TestSequencer(t *testing.T) {
 		{
 			name: "an exec that starts after the init exited is killed",
 			ins:  []in{{"begin", ""}, {"end", ""}, {"begin", "e1"}, {"exit", ""}, {"end", "e1"}, {"exit", "e1"}},
-			want: "| publish-start: | | kill-execs: arm-init-deadline: | publish-start:e1 kill-execs: | publish-exit:e1 check-oom: save-exit: publish-exit:",
+			want: "| publish-start: | | kill-execs: arm-init-deadline: | publish-start:e1 kill-execs: | check-oom:e1 publish-exit:e1 check-oom: save-exit: publish-exit:",
 		},
 		{
 			name: "init exit after every exec of two",
 			ins: []in{{"begin", ""}, {"end", ""}, {"begin", "e1"}, {"end", "e1"}, {"begin", "e2"}, {"end", "e2"},
 				{"exit", ""}, {"exit", "e2"}, {"exit", "e1"}},
-			want: "| publish-start: | | publish-start:e1 | | publish-start:e2 | kill-execs: arm-init-deadline: | publish-exit:e2 | publish-exit:e1 check-oom: save-exit: publish-exit:",
+			want: "| publish-start: | | publish-start:e1 | | publish-start:e2 | kill-execs: arm-init-deadline: | check-oom:e2 publish-exit:e2 | check-oom:e1 publish-exit:e1 check-oom: save-exit: publish-exit:",
 		},
 		{
 			name: "deadline releases the init's exit; the late exec exit still goes out",
 			ins:  []in{{"begin", ""}, {"end", ""}, {"begin", "e1"}, {"end", "e1"}, {"exit", ""}, {"expire", ""}, {"exit", "e1"}, {"expire", ""}},
-			want: "| publish-start: | | publish-start:e1 | kill-execs: arm-init-deadline: | check-oom: save-exit: publish-exit: | publish-exit:e1 |",
+			want: "| publish-start: | | publish-start:e1 | kill-execs: arm-init-deadline: | check-oom: save-exit: publish-exit: | check-oom:e1 publish-exit:e1 |",
 		},
 		{
 			name: "an exec that exited before the init does not hold it",
 			ins:  []in{{"begin", ""}, {"end", ""}, {"begin", "e1"}, {"end", "e1"}, {"exit", "e1"}, {"exit", ""}},
-			want: "| publish-start: | | publish-start:e1 | publish-exit:e1 | check-oom: save-exit: publish-exit:",
+			want: "| publish-start: | | publish-start:e1 | check-oom:e1 publish-exit:e1 | check-oom: save-exit: publish-exit:",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

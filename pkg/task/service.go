@@ -265,9 +265,9 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 		Reaper:     s.cfg.Reaper,
 		Consoles:   s.cfg.Consoles,
 		Emit:       s.emit,
-		// The final OOM read, before the init's exit is published, so
-		// that TaskOOM precedes the TaskExit it caused.
-		BeforeInitExit: func() { s.oom.Check(r.ID) },
+		// The OOM read before an exit is published, so that TaskOOM
+		// precedes the TaskExit it caused.
+		BeforeExit: func() { s.oom.Check(r.ID) },
 	})
 	if err != nil {
 		return nil, err
