@@ -254,19 +254,18 @@ func (d *daemon) run() (shutdownCall bool) {
 	}
 }
 
-// teardown stops accepting, lets the clients hang up for up to grace (after
-// a Shutdown call, so that the calls in flight, that Shutdown among them,
-// are answered), stops the server, drains the events, removes the socket
-// and address file if they are still ours, and releases the rest.
+// teardown stops accepting; after a Shutdown call (grace > 0) it waits
+// for the calls in flight (that Shutdown among them) to be answered and
+// lets the clients hang up for up to grace after the last answer; it stops
+// the server, drains the events, removes the socket and address file if
+// they are still ours, and releases the rest.
 func (d *daemon) teardown(grace time.Duration) error {
 	defer d.release()
-	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer scancel()
 	// A container that joins the group from now on gets a shim of its own:
 	// start replaces a socket that refuses connections.
-	open, serr := d.server.stop(sctx, grace)
+	open, serr := d.server.stop(grace, shutdownTimeout)
 	if open > 0 && grace > 0 {
-		log.G(d.ctx).WithField("connections", open).Warnf("clients still connected after %v; closing their connections", grace)
+		log.G(d.ctx).WithField("connections", open).Warn("clients still connected after the drain; closing their connections")
 	}
 	pctx, pcancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer pcancel()

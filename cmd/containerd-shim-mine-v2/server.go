@@ -15,7 +15,7 @@ import (
 // drainGrace bounds how long an ending daemon waits for its clients to hang
 // up before it closes their connections itself, counted from the end of
 // its last call in flight. callDrainBound bounds the wait for the calls in
-// flight: a client's Kill, whose exit made the container's manager delete
+// flight (so the whole wait is at most their sum): a client's Kill, whose exit made the container's manager delete
 // it and shut the shim down, is still answered when runc takes its time.
 const (
 	drainGrace     = 3 * time.Second
@@ -68,18 +68,24 @@ func (s *server) serve(ctx context.Context) error {
 
 // stop stops accepting and, with a grace (after a Shutdown call), waits
 // for the calls in flight to end (at most callDrain) and then up to grace
-// for the clients to close their connections; then it shuts the server
-// down (which closes what is still open), bounded by ctx. It returns how
-// many connections were still open when it stopped waiting.
-func (s *server) stop(ctx context.Context, grace time.Duration) (int, error) {
+// after the last of them for the clients to close their connections; then
+// it shuts the server down, which closes the idle connections and waits up
+// to bound for the others, and closes what is still open after that. It
+// returns how many connections were still open when it stopped waiting.
+func (s *server) stop(grace, bound time.Duration) (int, error) {
 	lerr := s.listener.Close()
 	open := 0
 	if grace > 0 {
 		open = s.conns.waitClosed(grace, s.callDrain)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
 	err := s.Server.Shutdown(ctx)
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		err = nil
+	}
+	if err != nil {
+		err = errors.Join(err, s.Server.Close())
 	}
 	return open, errors.Join(lerr, err)
 }
@@ -126,7 +132,7 @@ func (c *connections) interceptor(ctx context.Context, u ttrpc.Unmarshaler, _ *t
 // connections are still open.
 func (c *connections) waitClosed(grace, callBound time.Duration) int {
 	begin := time.Now()
-	hard := begin.Add(max(callBound, grace))
+	hard := begin.Add(callBound + grace)
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	for {
@@ -136,15 +142,16 @@ func (c *connections) waitClosed(grace, callBound time.Duration) int {
 		if n == 0 {
 			return 0
 		}
-		deadline := hard
+		deadline := begin.Add(callBound)
 		if inFlight == 0 {
 			since := begin
 			if lastEnd.After(begin) {
 				since = lastEnd
 			}
-			if d := since.Add(grace); d.Before(hard) {
-				deadline = d
-			}
+			deadline = since.Add(grace)
+		}
+		if deadline.After(hard) {
+			deadline = hard
 		}
 		wait := time.Until(deadline)
 		if wait <= 0 {

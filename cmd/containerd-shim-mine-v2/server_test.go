@@ -93,9 +93,7 @@ type stopResult struct {
 func (h *heldServer) stopAsync(grace time.Duration) <-chan stopResult {
 	stopped := make(chan stopResult, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-		defer cancel()
-		open, err := h.stop(ctx, grace)
+		open, err := h.stop(grace, shutdownTimeout)
 		stopped <- stopResult{open, err}
 	}()
 	return stopped
