@@ -216,7 +216,13 @@ func (p *Publisher) sendHeld() bool {
 // send forwards one event: one try and, with retry, one more after
 // retryDelay, unless Close comes first.
 func (p *Publisher) send(req *eventsapi.ForwardRequest, retry bool) bool {
+	cached := p.client != nil
 	if p.forward(req) == nil {
+		return true
+	}
+	// The connection kept from an earlier event may be one the events
+	// service closed when it restarted: a new one is tried at once.
+	if cached && p.forward(req) == nil {
 		return true
 	}
 	if !retry {

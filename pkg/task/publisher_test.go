@@ -3,6 +3,7 @@ package task
 import (
 	"context"
 	"errors"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -49,6 +50,46 @@ func TestPublisherCloseCutsRetryPause(t *testing.T) {
 	}
 	if d := time.Since(start); d > retryDelay/2 {
 		t.Fatalf("close took %s, waiting for a retry %s after the first try", d, retryDelay)
+	}
+}
+
+// An exit published while the shim shuts down, after the events service
+// restarted, goes to the new service: the connection kept from before the
+// restart fails, and a new one is tried at once although Close allows no
+// retry.
+func TestPublisherRedialsAfterRestart(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "events.sock")
+	before := &eventsServer{got: make(chan string, 16)}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventsapi.RegisterTTRPCEventsService(srv, before)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background(), l)
+	p := NewPublisher("unix://" + sock)
+	p.Publish("ns", TopicStart, &eventstypes.TaskStart{ContainerID: "c"})
+	before.waitFor(t, 1)
+	srv.Close() // the restart: the connection is closed, the socket goes
+
+	after := &eventsServer{got: make(chan string, 16)}
+	serveUnix(t, sock, func(s *ttrpc.Server) { eventsapi.RegisterTTRPCEventsService(s, after) })
+	p.Publish("ns", TopicExit, &eventstypes.TaskExit{ContainerID: "c"})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-after.got:
+		if got != TopicExit {
+			t.Fatalf("delivered %s, want %s", got, TopicExit)
+		}
+	default:
+		t.Fatal("the exit published at shutdown was dropped after the events service restarted")
 	}
 }
 
