@@ -56,6 +56,9 @@ func TestCleanupInterruptedCreates(t *testing.T) {
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	if past := time.Now().Add(-time.Minute); os.Chtimes(tmp, past, past) != nil {
+		t.Fatal("chtimes")
+	}
 	// A create in progress elsewhere: locked, left alone.
 	busyDir, busy, err := makeStateDir(m.Root(), m.Namespace(), "busy")
 	if err != nil {
@@ -415,12 +418,19 @@ func TestCleanupImageLeftovers(t *testing.T) {
 	renamed := mk("killed")
 	busyTmp := mk(".busy.456")
 	busyRenamed := mk("busy")
+	fresh := mk(".fresh.789") // made, not yet locked, by a create under way
 	for _, dir := range []string{busyTmp, busyRenamed} {
 		lk, err := tryLockNew(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(lk.unlock)
+	}
+	past := time.Now().Add(-time.Minute)
+	for _, dir := range []string{unpacking, renamed, busyTmp, busyRenamed} {
+		if err := os.Chtimes(dir, past, past); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -432,7 +442,7 @@ func TestCleanupImageLeftovers(t *testing.T) {
 			t.Errorf("%s left by a killed create: %v", dir, err)
 		}
 	}
-	for _, dir := range []string{busyTmp, busyRenamed} {
+	for _, dir := range []string{busyTmp, busyRenamed, fresh} {
 		if _, err := os.Stat(dir); err != nil {
 			t.Errorf("%s of a create in progress: %v", dir, err)
 		}

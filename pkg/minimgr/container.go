@@ -467,22 +467,25 @@ func (c *Container) Delete(ctx context.Context, force bool) (Exit, error) {
 	return exit, err
 }
 
-// teardown asks the shim to shut down and closes the connection. The shim
-// process ends on its own once it has sent (or given up on) its queued
+// teardown asks the shim to shut down and closes the connection; it
+// reports whether the shim answered. The shim process ends on its own once
+// it has answered its calls in flight and sent (or given up on) its queued
 // events; nothing here waits for that.
-func (c *Container) teardown(ctx context.Context) {
+func (c *Container) teardown(ctx context.Context) bool {
 	sctx, cancel := context.WithTimeout(ctx, shutdownTimeout)
-	_, _ = c.task.Shutdown(sctx, &taskAPI.ShutdownRequest{ID: c.rec.ID})
+	_, err := c.task.Shutdown(sctx, &taskAPI.ShutdownRequest{ID: c.rec.ID})
 	cancel()
 	c.Close()
+	return err == nil
 }
 
 // finish ends the shim and removes what is left of the container. It
 // returns the exit `shim delete` reports.
 func (c *Container) finish(ctx context.Context) (Exit, error) {
 	ctx = context.WithoutCancel(ctx)
-	c.teardown(ctx)
-	eerr := c.m.endShim(c.rec.ShimPid, c.rec.ID)
+	// The container is gone from the shim: a shim that answered the
+	// Shutdown ends by itself.
+	eerr := c.m.endShim(c.rec.ShimPid, c.rec.ID, c.teardown(ctx))
 	endLoggers(c.dir)
 	exit, derr := c.m.deleteShim(ctx, c.dir, c.rec)
 	derr = errors.Join(eerr, derr)

@@ -69,9 +69,10 @@
 //
 // Container.Delete: Delete, Shutdown (3 s), then the shim process is given
 // 25 s to end by itself (to answer the calls of other clients still in
-// flight and to send its last events), else killed (through a pidfd, after
-// its command line was checked); then `shim delete` (harmless when all is gone already, as after every
-// containerd teardown), removal of its socket directory and of the state
+// flight and to send its last events), else killed, at once when it did
+// not answer the Shutdown (through a pidfd, after its command line was
+// checked); then `shim delete` (harmless when all is gone already, as after
+// every containerd teardown), removal of its socket directory and of the state
 // directory. No shim outlives Delete, so an ID can be taken again at once.
 //
 // A shim that runs but does not answer, or a container whose processes

@@ -183,21 +183,24 @@ func TestPublishDeadExitBounded(t *testing.T) {
 // endShim and a shim told to shut down: it is given time to answer the
 // calls in flight and to send its last events and, when it ends by itself,
 // is not killed, whether or not anyone listens for its events; one that
-// never ends is killed after shimExitBound. The shims are stand-ins (the test binary)
+// never ends is killed after shimExitBound; one that was not told (or did
+// not answer) is killed at once. The shims are stand-ins (the test binary)
 // whose command line names the test's namespace, container and address, as
 // a daemon's does.
 func TestEndShim(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
+		told     bool
 		listen   bool
 		lives    string // how long the stand-in lives
 		killed   bool
 		min, max time.Duration
 	}{
-		{"nobody listens", false, "1s", false, 500 * time.Millisecond, 5 * time.Second},
-		{"ends by itself", true, "1s", false, 500 * time.Millisecond, 5 * time.Second},
-		{"never ends, nobody listens", false, "1m", true, shimExitBound, shimExitBound + 5*time.Second},
-		{"never ends", true, "1m", true, shimExitBound, shimExitBound + 5*time.Second},
+		{"nobody listens", true, false, "1s", false, 500 * time.Millisecond, 5 * time.Second},
+		{"ends by itself", true, true, "1s", false, 500 * time.Millisecond, 5 * time.Second},
+		{"never ends, nobody listens", true, false, "1m", true, shimExitBound, shimExitBound + 5*time.Second},
+		{"not told", false, false, "1m", true, 0, 3 * time.Second},
+		{"never ends", true, true, "1m", true, shimExitBound, shimExitBound + 5*time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -228,7 +231,7 @@ func TestEndShim(t *testing.T) {
 				}
 			}
 			begin := time.Now()
-			if err := m.endShim(shim.Process.Pid, "c1"); err != nil {
+			if err := m.endShim(shim.Process.Pid, "c1", tc.told); err != nil {
 				t.Fatal(err)
 			}
 			took := time.Since(begin)

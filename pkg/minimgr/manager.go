@@ -312,8 +312,10 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 			c, _ = m.connect(cctx, dir, rec)
 		}
 		if c != nil {
+			// A shim that created the container ignores the
+			// Shutdown, and nobody else uses it: it is killed.
 			c.teardown(cctx)
-			_ = m.endShim(c.rec.ShimPid, o.ID)
+			_ = m.endShim(c.rec.ShimPid, o.ID, false)
 		}
 		_, _ = m.deleteShim(cctx, dir, rec)
 		removeSocket(rec.Address)
@@ -831,11 +833,21 @@ func (m *Manager) cleanupOwnBundles() {
 			removeUnlocked(filepath.Join(parent, name))
 		}
 	}
-	os.Remove(parent) // only when empty
+	// parent stays: a create may have made it and not yet its directory.
 }
 
-// removeUnlocked removes dir unless some create holds it locked.
+// tmpSettle is how old a create's temporary directory must be before
+// Cleanup takes it for a leftover: a create makes it, then locks it.
+const tmpSettle = 10 * time.Second
+
+// removeUnlocked removes dir unless some create holds it locked, or, for a
+// temporary directory (a name beginning with a dot), may be about to.
 func removeUnlocked(dir string) {
+	if strings.HasPrefix(filepath.Base(dir), ".") {
+		if fi, err := os.Stat(dir); err != nil || time.Since(fi.ModTime()) < tmpSettle {
+			return
+		}
+	}
 	if lk, err := tryLockNew(dir); err == nil {
 		os.RemoveAll(dir)
 		lk.unlock()

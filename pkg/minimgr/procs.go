@@ -104,24 +104,26 @@ func (p *shimProc) close() { unix.Close(p.fd) }
 // killBound bounds the wait for a process killed with SIGKILL.
 const killBound = 5 * time.Second
 
-// shimExitBound bounds how long a shim that was told to shut down may take
-// to end by itself. The shim bounds its own teardown to 20 s: up to 10 s for
-// the calls in flight (another client's among them) to be answered and 3 s
-// more for its clients to hang up, 5 s to stop its server, then 5 s to send
-// its last events, which it drops at once when nobody listens for them. A
-// slow but healthy shim is not killed under a call or with events queued.
+// shimExitBound bounds how long a shim that was told to shut down, and
+// answered, may take to end by itself. The shim bounds its own teardown to
+// 23 s: up to 10 s for the calls in flight (another client's among them)
+// to be answered and 3 s more for its clients to hang up, 5 s to stop its
+// server, then 5 s to send its last events, which it drops at once when
+// nobody listens for them. A slow but healthy shim is not killed under a
+// call or with events queued.
 const shimExitBound = 25 * time.Second
 
-// endShim makes sure that the shim daemon (pid) of container id is gone
-// once its container was deleted and it was told to shut down: it is given
-// shimExitBound to end by itself, then killed.
-func (m *Manager) endShim(pid int, id string) error {
+// endShim makes sure that the shim daemon (pid) of container id is gone.
+// One that was told to shut down and answered (told) is given
+// shimExitBound to end by itself; then, or at once when it was not told or
+// did not answer, it is killed.
+func (m *Manager) endShim(pid int, id string, told bool) error {
 	p, ok := m.findShim(pid, id)
 	if !ok {
 		return nil
 	}
 	defer p.close()
-	if p.waitExit(shimExitBound) {
+	if told && p.waitExit(shimExitBound) {
 		return nil
 	}
 	return p.kill()

@@ -426,9 +426,10 @@ func (e *entry) read() (reading, error) {
 // Check reads the kill counter of id's cgroup now and calls notify, in the
 // caller's goroutine and before it returns, for every kill not reported yet.
 // It waits for a report of id that the loop has in progress. Call it when
-// the container's init has exited and before publishing that exit: the
-// kernel counts a kill before it sends SIGKILL, so the OOM event precedes
-// the exit it caused. Check of an unknown id does nothing.
+// a process of the container (its init or an exec) has exited and before
+// publishing that exit: the kernel counts a kill before it sends SIGKILL,
+// so the OOM event precedes the exit it caused. Check of an unknown id does
+// nothing.
 func (w *Watcher) Check(id string) {
 	w.mu.Lock()
 	e := w.entries[id]
