@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -247,6 +248,33 @@ func (e *env) state(id string) minimgr.Info {
 		e.t.Fatalf("state: %v: %s", err, r.stdout)
 	}
 	return info
+}
+
+// waitRuns waits (10 s at most) until the init of container id runs its
+// program: args[0] of its command line is prog. runc start returns once
+// runc's init was told to exec the program, a moment before it has: a
+// signal in between reaches runc's init (a Go program, which as the PID 1
+// of its namespace exits 2 on SIGTERM) instead of the program.
+func (e *env) waitRuns(id, prog string) {
+	e.t.Helper()
+	pid := e.state(id).Pid
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if args := procCmdline(pid); len(args) > 0 && args[0] == prog {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the init of %s (pid %d) does not run %s: %q", id, pid, prog, procCmdline(pid))
+		}
+	}
+}
+
+// procCmdline is the command line of pid, nil when it is gone.
+func procCmdline(pid int) []string {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil || len(data) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
 }
 
 // readLine reads one line from r within bound.

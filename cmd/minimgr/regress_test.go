@@ -489,6 +489,7 @@ func (e *env) waitRemoved(id string) {
 func TestStopIgnoringSIGTERM(t *testing.T) {
 	e := newEnv(t, true)
 	e.mustRun("run", "-d", e.bundle, "c2", "sleep", "1000")
+	e.waitRuns("c2", "sleep")
 	start := time.Now()
 	e.mustRun("stop", "-t", "1", "c2")
 	if d := time.Since(start); d < time.Second {
@@ -515,6 +516,7 @@ func TestDetachedLifecycleBothShims(t *testing.T) {
 				if got := e.list()["bs"]; got.Status != minimgr.StatusRunning {
 					t.Fatalf("round %d: %+v", round, got)
 				}
+				e.waitRuns("bs", "sleep")
 				e.mustRun("stop", "-t", "1", "bs")
 				if r := e.run(nil, "wait", "bs"); r.code != 137 {
 					t.Errorf("round %d: wait %d (%s)", round, r.code, r.stderr)
