@@ -322,12 +322,14 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, wire(err)
 	}
 	if r.ExecID == "" {
-		s.mu.Lock()
-		delete(s.containers, r.ID)
-		s.mu.Unlock()
+		// The watch goes first: once the ID is free, a new container of
+		// the same ID may be created and watched under it.
 		if err := s.oom.Remove(r.ID); err != nil && !errdefs.IsNotFound(err) {
 			log.G(ctx).WithError(err).WithField("container_id", r.ID).Warn("oom watch not removed")
 		}
+		s.mu.Lock()
+		delete(s.containers, r.ID)
+		s.mu.Unlock()
 	}
 	return &taskAPI.DeleteResponse{
 		Pid:        uint32(st.Pid),
