@@ -21,6 +21,7 @@ import (
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	ctrdevents "github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -329,31 +330,17 @@ func (s *stack) running(t *testing.T, rt string) {
 	cg := s.cgroupDir(t, c)
 
 	// exec
-	var execOut syncBuffer
 	spec, err := c.Spec(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pspec := *spec.Process
 	pspec.Args = []string{"sh", "-c", "echo exec in $(cat /proc/self/cgroup); exit 5"}
-	proc, err := task.Exec(ctx, "e1", &pspec, cio.NewCreator(cio.WithStreams(nil, &execOut, &execOut)))
-	if err != nil {
-		t.Fatal(err)
+	code, execOut := s.runExec(t, task, "e1", &pspec)
+	if code != 5 {
+		t.Errorf("exec exit status %d, want 5", code)
 	}
-	ew, err := proc.Wait(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proc.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if st := <-ew; st.ExitCode() != 5 {
-		t.Errorf("exec exit status %d, want 5", st.ExitCode())
-	}
-	if _, err := proc.Delete(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := strings.TrimSpace(execOut.String()), "exec in 0::"+strings.TrimPrefix(cg, "/sys/fs/cgroup"); got != want {
+	if got, want := strings.TrimSpace(execOut), "exec in 0::"+strings.TrimPrefix(cg, "/sys/fs/cgroup"); got != want {
 		t.Errorf("exec output %q, want %q", got, want)
 	}
 
@@ -441,8 +428,27 @@ func (s *stack) oom(t *testing.T, rt string) {
 	if st := <-wait; st.ExitCode() != oomExitStatus {
 		t.Errorf("exit status %d, want %d; output %q", st.ExitCode(), oomExitStatus, out.String())
 	}
-	var topics []string
-	for {
+	// One /tasks/oom per OOM kill the cgroup counted (the shell and the
+	// pipeline's processes may each be killed), every one before the exit.
+	order := oomEvents(t, ctx, events, errs, c, func(order []string) bool {
+		return len(order) > 0 && order[len(order)-1] == "exit:"+c.ID()
+	})
+	ok := len(order) > 1
+	for _, o := range order[:len(order)-1] {
+		ok = ok && o == "oom"
+	}
+	if !ok {
+		t.Errorf("events %v, want oom (one or more) then the exit", order)
+	}
+}
+
+// oomEvents reads the /tasks/oom and /tasks/exit events of container c from
+// a subscription until done holds for what was read: "oom" for a TaskOOM,
+// "exit:ID" for a TaskExit (ID the container's, or an exec's).
+func oomEvents(t *testing.T, ctx context.Context, events <-chan *ctrdevents.Envelope, errs <-chan error, c client.Container, done func([]string) bool) []string {
+	t.Helper()
+	var order []string
+	for !done(order) {
 		select {
 		case e := <-events:
 			v, err := typeurl.UnmarshalAny(e.Event)
@@ -452,32 +458,44 @@ func (s *stack) oom(t *testing.T, rt string) {
 			switch ev := v.(type) {
 			case *eventstypes.TaskOOM:
 				if ev.ContainerID == c.ID() {
-					topics = append(topics, e.Topic)
+					order = append(order, "oom")
 				}
 			case *eventstypes.TaskExit:
 				if ev.ContainerID == c.ID() {
-					topics = append(topics, e.Topic)
+					order = append(order, "exit:"+ev.ID)
 				}
 			}
 		case err := <-errs:
 			t.Fatalf("events: %v", err)
 		case <-ctx.Done():
-			t.Fatalf("events of %s: %v, then %v", c.ID(), topics, ctx.Err())
-		}
-		if len(topics) > 0 && topics[len(topics)-1] == "/tasks/exit" {
-			break
+			t.Fatalf("events of %s: %v, then %v", c.ID(), order, ctx.Err())
 		}
 	}
-	// One /tasks/oom per OOM kill the cgroup counted (the shell and the
-	// pipeline's processes may each be killed), every one before the exit.
-	ooms := topics[:len(topics)-1]
-	ok := len(ooms) > 0
-	for _, tp := range ooms {
-		ok = ok && tp == "/tasks/oom"
+	return order
+}
+
+// runExec runs exec process id of task with pspec, from Exec to Delete, and
+// returns its exit status and output.
+func (s *stack) runExec(t *testing.T, task client.Task, id string, pspec *specs.Process) (uint32, string) {
+	t.Helper()
+	ctx := s.ctx(t)
+	var out syncBuffer
+	proc, err := task.Exec(ctx, id, pspec, cio.NewCreator(cio.WithStreams(nil, &out, &out)))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !ok {
-		t.Errorf("events %v, want /tasks/oom (one or more) then /tasks/exit", topics)
+	ew, err := proc.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := proc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := <-ew
+	if _, err := proc.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return st.ExitCode(), out.String()
 }
 
 // execOOM: exec processes OOM-killed in a container whose init lives.
@@ -511,50 +529,19 @@ func (s *stack) execOOM(t *testing.T, rt string) {
 		pspec := *spec.Process
 		pspec.Args = []string{"sh", "-c", allocator}
 		pspec.OOMScoreAdj = ptr(900)
-		var execOut syncBuffer
-		proc, err := task.Exec(ctx, fmt.Sprintf("oom-%d", round), &pspec, cio.NewCreator(cio.WithStreams(nil, &execOut, &execOut)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ew, err := proc.Wait(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := proc.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if st := <-ew; st.ExitCode() != oomExitStatus {
-			t.Fatalf("round %d: exec exit status %d, want %d; output %q", round, st.ExitCode(), oomExitStatus, execOut.String())
-		}
-		if _, err := proc.Delete(ctx); err != nil {
-			t.Fatal(err)
+		if code, out := s.runExec(t, task, fmt.Sprintf("oom-%d", round), &pspec); code != oomExitStatus {
+			t.Fatalf("round %d: exec exit status %d, want %d; output %q", round, code, oomExitStatus, out)
 		}
 	}
-	var order []string
-	for exits := 0; exits < rounds; {
-		select {
-		case e := <-events:
-			v, err := typeurl.UnmarshalAny(e.Event)
-			if err != nil {
-				t.Fatal(err)
+	order := oomEvents(t, ctx, events, errs, c, func(order []string) bool {
+		exits := 0
+		for _, o := range order {
+			if strings.HasPrefix(o, "exit:") {
+				exits++
 			}
-			switch ev := v.(type) {
-			case *eventstypes.TaskOOM:
-				if ev.ContainerID == c.ID() {
-					order = append(order, "oom")
-				}
-			case *eventstypes.TaskExit:
-				if ev.ContainerID == c.ID() && ev.ID != c.ID() {
-					order = append(order, "exit:"+ev.ID)
-					exits++
-				}
-			}
-		case err := <-errs:
-			t.Fatalf("events: %v", err)
-		case <-ctx.Done():
-			t.Fatalf("events of %s: %v, then %v", c.ID(), order, ctx.Err())
 		}
-	}
+		return exits == rounds
+	})
 	ooms := 0
 	for _, o := range order {
 		if o == "oom" {
