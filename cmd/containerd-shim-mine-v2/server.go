@@ -15,8 +15,9 @@ import (
 // drainGrace bounds how long an ending daemon waits for its clients to hang
 // up before it closes their connections itself, counted from the end of
 // its last call in flight. callDrainBound bounds the wait for the calls in
-// flight (so the whole wait is at most their sum): a client's Kill, whose exit made the container's manager delete
-// it and shut the shim down, is still answered when runc takes its time.
+// flight, so the whole wait is at most their sum: a client's Kill, whose
+// exit made the container's manager delete it and shut the shim down, is
+// still answered when runc takes its time.
 const (
 	drainGrace     = 3 * time.Second
 	callDrainBound = 10 * time.Second
