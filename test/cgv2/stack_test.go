@@ -510,13 +510,15 @@ func (s *stack) execOOM(t *testing.T, rt string) {
 	ctx := s.ctx(t)
 	events, errs := s.client.EventService().Subscribe(ctx, `topic=="/tasks/oom"`, `topic=="/tasks/exit"`)
 	var out syncBuffer
-	// The init is not the OOM killer's choice: its shell was, once, for
-	// containerd's runc shim.
+	// The init must outlive the rounds: it is not the OOM killer's choice
+	// (a shell was, once, for containerd's runc shim), and it forks
+	// nothing (a shell's loop, forking its sleep while an exec held the
+	// memory, ended once in CI for mine).
 	keepInit := func(_ context.Context, _ oci.Client, _ *containers.Container, sp *oci.Spec) error {
 		sp.Process.OOMScoreAdj = ptr(-900)
 		return nil
 	}
-	c, task := s.newTask(t, rt, "while true; do sleep 1; done", &out,
+	c, task := s.newTask(t, rt, "exec sleep 100000", &out,
 		oci.SpecOpts(oci.WithMemoryLimit(memoryLimit)), oci.SpecOpts(keepInit))
 	if err := task.Start(ctx); err != nil {
 		t.Fatal(err)
