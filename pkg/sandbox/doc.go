@@ -25,8 +25,9 @@
 // The shim stays up while the sandbox lives: Task.Shutdown, which
 // containerd sends after every member's Delete, is ignored (the task
 // service's KeepAlive is Alive). After ShutdownSandbox the shim exits once
-// no member remains; as after the Task API's Shutdown, it first lets
-// containerd hang up (for up to 3 s), so that the reply is not cut. A
+// no member remains; as after the Task API's Shutdown, it first answers
+// the calls in flight (up to 10 s) and lets containerd hang up (for up to
+// 3 s after the last answer), so that no reply is cut. A
 // sandbox created but never started, whose caller gave it up (CRI rolls
 // back a failed RunPodSandbox, its network namespace included, and calls
 // no more), is Abandoned: the shim then exits as an orphan does. A pod

@@ -117,11 +117,11 @@ func (s *Service) Alive() bool {
 	return s.phase != phaseNone && s.phase != phaseShutdown
 }
 
-// abandonedAfter is how long a sandbox created but never started, with no
-// network namespace to tell, waits for its start before the shim takes it
-// for abandoned: well past kubelet's deadline for RunPodSandbox (2 min by
-// default), which a pull of the pause image between CreateSandbox and
-// StartSandbox may take.
+// abandonedAfter is how long a sandbox created but never started waits,
+// without a call, for its start before the shim takes it for abandoned
+// when its network namespace has not told so earlier: well past kubelet's
+// deadline for RunPodSandbox (2 min by default), which a pull of the pause
+// image between CreateSandbox and StartSandbox may take.
 const abandonedAfter = 5 * time.Minute
 
 // Abandoned reports whether the shim holds a sandbox that was created and
@@ -129,9 +129,9 @@ const abandonedAfter = 5 * time.Minute
 // RunPodSandbox, failing between CreateSandbox and StartSandbox (the pull
 // of the pause image), rolls back its own side, the pod's network
 // namespace included, and never calls the shim again: neither
-// StartSandbox nor ShutdownSandbox. A namespace gone says so at once; a
-// pod without one (host network) is taken for abandoned after
-// abandonedAfter.
+// StartSandbox nor ShutdownSandbox. A namespace gone says so at once;
+// otherwise (a pod on the host's network has none to tell) a sandbox is
+// taken for abandoned once no call came for abandonedAfter.
 func (s *Service) Abandoned(idle time.Duration) bool {
 	s.mu.Lock()
 	phase, netns := s.phase, s.netns
