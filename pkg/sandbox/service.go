@@ -95,6 +95,7 @@ type Service struct {
 	h         *holder       // guarded by mu; set from phaseReady on
 	cgroup    string        // guarded by mu; the holder's cgroup, "" if none
 	stopped   chan struct{} // closed on entering phaseStopped; made at Create
+	spawned   chan struct{} // guarded by mu; closed when the last StartSandbox's spawn is settled
 	exit      process.Exit  // guarded by mu; valid once stopped is closed
 }
 
@@ -210,8 +211,13 @@ func (s *Service) StartSandbox(ctx context.Context, r *StartSandboxRequest) (*St
 		return nil, wire(fmt.Errorf("cannot start a %s sandbox: %w", st, errdefs.ErrFailedPrecondition))
 	}
 	s.phase = phaseStarting
+	spawned := make(chan struct{})
+	s.spawned = spawned
 	pod, netns, id := s.pod, s.netns, s.id
 	s.mu.Unlock()
+	// A stop that comes meanwhile waits for this: by then the holder is
+	// ready, or killed and reaped.
+	defer close(spawned)
 
 	h, err := spawnHolder(ctx, s.cfg.Reaper, s.cfg.Self, pod, netns)
 	var cg string
@@ -296,11 +302,21 @@ func (s *Service) stop(ctx context.Context, id string) error {
 		return err
 	}
 	h := s.h
+	spawning := s.spawned // nil before any StartSandbox
 	if s.phase == phaseCreated || s.phase == phaseStarting {
 		s.stopLocked(process.Exit{Time: time.Now()})
 	}
 	stopped := s.stopped
 	s.mu.Unlock()
+	if spawning != nil {
+		// StartSandbox kills the holder it spawned once it sees the
+		// sandbox stopped.
+		select {
+		case <-spawning:
+		case <-ctx.Done():
+			return fmt.Errorf("sandbox %q: holder still starting: %w", id, ctx.Err())
+		}
+	}
 	if h != nil {
 		if err := h.kill(ctx); err != nil {
 			return err
