@@ -448,3 +448,56 @@ func TestCleanupImageLeftovers(t *testing.T) {
 		}
 	}
 }
+
+// TestBundlePlaceDuringCleanup: a create of an image container whose place
+// holds a leftover bundle that Cleanup has locked to remove gets the place
+// once Cleanup is done, not ErrAlreadyExists; a place that another create
+// holds is ErrAlreadyExists, soon.
+func TestBundlePlaceDuringCleanup(t *testing.T) {
+	m := eventsOnlyManager(t)
+	parent := filepath.Join(m.Root(), "bundles", m.Namespace())
+	mk := func(id string) string {
+		dir := filepath.Join(parent, id)
+		if err := os.MkdirAll(filepath.Join(dir, "rootfs"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+
+	left := mk("left")
+	lk, err := tryLockNew(left) // Cleanup's first step
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleared := make(chan error, 1)
+	go func() { cleared <- m.clearBundlePlace("left", left) }()
+	select {
+	case err := <-cleared:
+		t.Fatalf("create did not wait for the removal under way: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	removeLocked(left, lk)
+	if err := <-cleared; err != nil {
+		t.Errorf("create after the leftover's removal: %v", err)
+	}
+	if _, err := os.Stat(left); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after its removal: %v", left, err)
+	}
+
+	busy := mk("busy")
+	held, err := tryLockNew(busy) // a create under way
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.unlock()
+	begin := time.Now()
+	if err := m.clearBundlePlace("busy", busy); !errdefs.IsAlreadyExists(err) {
+		t.Errorf("place held by a create: %v, want already exists", err)
+	}
+	if took := time.Since(begin); took > 5*leftoverWait {
+		t.Errorf("refusal took %v", took)
+	}
+	if _, err := os.Stat(busy); err != nil {
+		t.Errorf("bundle of the create under way: %v", err)
+	}
+}

@@ -197,22 +197,8 @@ func (m *Manager) unpackOwnBundle(ctx context.Context, id, image string) (_ stri
 		return "", nil, err
 	}
 	dst := filepath.Join(parent, id)
-	if _, err := os.Lstat(dst); err == nil {
-		old, err := tryLockNew(dst)
-		if err != nil {
-			return "", nil, taken() // another create's, under way
-		}
-		// Unlocked: its create has ended. It is a leftover unless that
-		// create made the container.
-		if _, err := os.Stat(m.StateDir(id)); err == nil {
-			old.unlock()
-			return "", nil, taken()
-		}
-		err = os.RemoveAll(dst)
-		old.unlock()
-		if err != nil {
-			return "", nil, err
-		}
+	if err := m.clearBundlePlace(id, dst); err != nil {
+		return "", nil, err
 	}
 	if err := os.Rename(tmp, dst); err != nil {
 		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
@@ -221,6 +207,46 @@ func (m *Manager) unpackOwnBundle(ctx context.Context, id, image string) (_ stri
 		return "", nil, err
 	}
 	return dst, lk, nil
+}
+
+// leftoverWait bounds how long a create waits for a bundle in its place to
+// be unlocked: Cleanup holds a leftover's lock only to move it aside, a
+// create under way holds its bundle's for the whole create.
+const leftoverWait = 200 * time.Millisecond
+
+// clearBundlePlace makes way at dst for a new bundle of container id: it
+// removes a bundle left there by a create that died (unlocked, and no
+// container of that ID). A bundle that another create holds, or that
+// belongs to a container, is ErrAlreadyExists.
+func (m *Manager) clearBundlePlace(id, dst string) error {
+	taken := fmt.Errorf("container %q in namespace %q: %w", id, m.cfg.Namespace, errdefs.ErrAlreadyExists)
+	deadline := time.Now().Add(leftoverWait)
+	for {
+		if _, err := os.Lstat(dst); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		old, err := tryLockNew(dst)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			continue // moved aside meanwhile
+		case errors.Is(err, ErrBusy) && time.Now().Before(deadline):
+			time.Sleep(10 * time.Millisecond) // Cleanup may be moving it aside
+			continue
+		case errors.Is(err, ErrBusy):
+			return taken // another create's, under way
+		case err != nil:
+			return err
+		}
+		// Unlocked: its create has ended. It is a leftover unless that
+		// create made the container.
+		if _, err := os.Stat(m.StateDir(id)); err == nil {
+			old.unlock()
+			return taken
+		}
+		err = os.RemoveAll(dst)
+		old.unlock()
+		return err
+	}
 }
 
 // Create spawns a shim for a new container and creates the container in it
@@ -849,9 +875,25 @@ func removeUnlocked(dir string) {
 		}
 	}
 	if lk, err := tryLockNew(dir); err == nil {
-		os.RemoveAll(dir)
-		lk.unlock()
+		removeLocked(dir, lk)
 	}
+}
+
+// removeLocked removes dir, whose lock lk the caller holds, and unlocks it.
+func removeLocked(dir string, lk *stateLock) {
+	// A bundle's place is moved aside before its removal, so that a create
+	// of its ID waiting for the lock (clearBundlePlace) finds it free at
+	// once; the rename's leftover, a dot name, goes as an old temporary.
+	if !strings.HasPrefix(filepath.Base(dir), ".") {
+		gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".deleted."+randHex())
+		if os.Rename(dir, gone) == nil {
+			lk.unlock()
+			os.RemoveAll(gone)
+			return
+		}
+	}
+	os.RemoveAll(dir)
+	lk.unlock()
 }
 
 func (m *Manager) cleanupOne(ctx context.Context, id string) (Removed, bool, error) {

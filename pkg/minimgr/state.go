@@ -220,9 +220,7 @@ func makeStateDir(root, ns, id string) (string, *stateLock, error) {
 // removed and no one finds it half removed; Cleanup removes a rename whose
 // removal was cut short.
 func removeStateDir(dir string) error {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".deleted."+hex.EncodeToString(b))
+	gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".deleted."+randHex())
 	if err := os.Rename(dir, gone); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
@@ -230,4 +228,12 @@ func removeStateDir(dir string) error {
 		return err
 	}
 	return os.RemoveAll(gone)
+}
+
+// randHex returns 8 random hex digits, for names of directories moved
+// aside before their removal.
+func randHex() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
