@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/mineshim/mine/pkg/cgroup"
 )
@@ -33,9 +32,9 @@ func removeCgroup(p string) {
 	_ = cgroup.Remove(p)
 }
 
-// podStats reads the metrics of the pod's cgroup parent, or of the cgroup
-// of pid when there is no parent.
-func podStats(parent string, pid int) (proto.Message, error) {
+// podCgroup finds the pod's cgroup parent, or the cgroup of pid when there
+// is no parent.
+func podCgroup(parent string, pid int) (*cgroup.Stats, error) {
 	if parent == "" && pid == 0 {
 		return nil, fmt.Errorf("no pod cgroup and no holder: %w", errdefs.ErrFailedPrecondition)
 	}
@@ -51,5 +50,5 @@ func podStats(parent string, pid int) (proto.Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pod cgroup %q: %w", parent, err)
 	}
-	return s.Read()
+	return s, nil
 }

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,9 +11,21 @@ import (
 	v1 "github.com/containerd/cgroups/v3/cgroup1/stats"
 	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/mineshim/mine/pkg/cgroup"
 )
+
+// podStats reads the metrics of the pod's cgroup parent, or of the cgroup
+// of pid when there is no parent.
+func podStats(parent string, pid int) (proto.Message, error) {
+	s, err := podCgroup(parent, pid)
+	if err != nil {
+		return nil, err
+	}
+	return s.Read()
+}
 
 // TestPodCgroup places a process as the holder would be, under a pod
 // cgroup parent, reads the pod's metrics by parent and by pid, and removes
@@ -78,5 +91,108 @@ func TestPodCgroup(t *testing.T) {
 		if _, v1 := m.(*v1.Metrics); v1 {
 			t.Errorf("podStats of the removed holder cgroup: %v, want not found", m)
 		}
+	}
+}
+
+// readyService returns a Service whose sandbox is ready, with parent as the
+// pod's cgroup parent, without a holder process: enough for SandboxMetrics
+// by parent.
+func readyService(id, parent string) *Service {
+	s := New(Config{})
+	s.phase, s.id, s.pod.CgroupParent = phaseReady, id, parent
+	s.stopped = make(chan struct{})
+	return s
+}
+
+// BenchmarkSandboxMetrics is what containerd's CRI costs a pod's shim once
+// a second (its stats collector calls the controller's Metrics for every
+// sandbox): one SandboxMetrics of the pod's cgroup parent.
+func BenchmarkSandboxMetrics(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("creating cgroups needs root")
+	}
+	cmd := exec.Command("sleep", "1000")
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	parent := fmt.Sprintf("/mine-pod-bench-%d", os.Getpid())
+	p, err := joinPodCgroup(parent, "holder", cmd.Process.Pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		removeCgroup(p)
+		_ = cgroup.Remove(parent)
+	}()
+	s := readyService("bench", parent)
+	ctx := context.Background()
+	req := &SandboxMetricsRequest{SandboxId: "bench"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.SandboxMetrics(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestSandboxMetricsKeepsItsCgroup: the pod's cgroup is resolved at the
+// first SandboxMetrics and kept for the next ones; once it is gone, the
+// call fails and the next one resolves it again.
+func TestSandboxMetricsKeepsItsCgroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("creating cgroups needs root")
+	}
+	parent := fmt.Sprintf("/mine-pod-keep-%d", os.Getpid())
+	place := func() (*exec.Cmd, string) {
+		cmd := exec.Command("sleep", "100")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		p, err := joinPodCgroup(parent, "holder", cmd.Process.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cmd, p
+	}
+	end := func(cmd *exec.Cmd, p string) {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		removeCgroup(p)
+		_ = cgroup.Remove(parent)
+	}
+	cmd, p := place()
+	defer func() { end(cmd, p) }()
+
+	s := readyService("keep", parent)
+	ctx := context.Background()
+	req := &SandboxMetricsRequest{SandboxId: "keep"}
+	var first *cgroup.Stats
+	for i := range 3 {
+		if _, err := s.SandboxMetrics(ctx, req); err != nil {
+			t.Fatalf("SandboxMetrics %d: %v", i, err)
+		}
+		if i == 0 {
+			first = s.stats
+		}
+		if s.stats == nil || s.stats != first {
+			t.Fatalf("call %d: cgroup reader %p, want the first call's %p", i, s.stats, first)
+		}
+	}
+	if cgroup.Unified() {
+		return // a v2 cgroup that is gone reads as zeroes: nothing to resolve again
+	}
+	end(cmd, p)
+	if _, err := s.SandboxMetrics(ctx, req); !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		t.Errorf("SandboxMetrics of a removed pod cgroup: %v, want not found", err)
+	}
+	cmd, p = place()
+	if _, err := s.SandboxMetrics(ctx, req); err != nil {
+		t.Errorf("SandboxMetrics of the pod cgroup made again: %v", err)
 	}
 }

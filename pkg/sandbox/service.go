@@ -97,6 +97,10 @@ type Service struct {
 	stopped   chan struct{} // closed on entering phaseStopped; made at Create
 	spawned   chan struct{} // guarded by mu; closed when the last StartSandbox's spawn is settled
 	exit      process.Exit  // guarded by mu; valid once stopped is closed
+	// stats reads the pod's cgroup for SandboxMetrics, which containerd's
+	// CRI calls once a second: resolved at the first call (on a v1 host
+	// that reads the host's mount table) and kept. Guarded by mu.
+	stats *cgroup.Stats
 }
 
 // New returns the Service of a shim.
@@ -458,15 +462,29 @@ func (s *Service) SandboxMetrics(ctx context.Context, r *SandboxMetricsRequest) 
 		s.mu.Unlock()
 		return nil, wire(err)
 	}
-	parent, h := s.pod.CgroupParent, s.h
+	parent, h, cg := s.pod.CgroupParent, s.h, s.stats
 	s.mu.Unlock()
 	pid := 0
 	if h != nil && h.alive() {
 		pid = h.pid
 	}
-	stats, err := podStats(parent, pid)
+	if cg != nil && !cg.Exists() {
+		// Removed (and maybe made again): resolved again, which tells a
+		// cgroup that is gone.
+		cg = nil
+	}
+	if cg == nil || parent == "" && pid == 0 {
+		var err error
+		if cg, err = podCgroup(parent, pid); err != nil {
+			return nil, wire(err)
+		}
+		s.mu.Lock()
+		s.stats = cg
+		s.mu.Unlock()
+	}
+	stats, err := cg.Read()
 	if err != nil {
-		return nil, wire(err)
+		return nil, wire(fmt.Errorf("pod cgroup %q: %w", parent, err))
 	}
 	data, err := cgroup.MarshalAny(stats)
 	if err != nil {
