@@ -84,7 +84,10 @@
 //
 // EventsServer serves containerd.services.events.ttrpc.v1.Events/Forward on
 // ROOT/events.sock and hands each event, decoded, to a callback, one at a
-// time, in the order each shim sent them.
+// time, in the order each shim sent them. A server replaces a stale socket,
+// and removes its own at its end, under a flock of ROOT/events.sock.lock:
+// two servers that start together over a stale socket never both listen,
+// and none removes a socket that another has bound since.
 //
 // # Ownership
 //

@@ -60,6 +60,40 @@ func decodeEvent(env *apitypes.Envelope) Event {
 type EventsServer struct {
 	path string
 	l    net.Listener
+	ino  uint64 // the socket's inode: Serve removes the path only while it is this one
+}
+
+// socketLockWait bounds the wait for the events socket's lock, which a
+// minimgr holds only to bind or remove the socket.
+const socketLockWait = 2 * time.Second
+
+// lockSocket takes the flock beside the events socket (PATH.lock) that
+// every minimgr holds while it replaces a stale socket at path or removes
+// its own: two of them never remove each other's socket.
+func lockSocket(path string) (*stateLock, error) {
+	deadline := time.Now().Add(socketLockWait)
+	for {
+		f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		lk, err := lockFD(path, f)
+		if !errors.Is(err, ErrBusy) {
+			return lk, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%s.lock held for %v: %w", path, socketLockWait, errdefs.ErrUnavailable)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func inode(path string) uint64 {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
 }
 
 // ListenEvents creates the events socket of the Manager's Root. A socket
@@ -73,6 +107,11 @@ func (m *Manager) ListenEvents() (*EventsServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
 		return nil, err
 	}
+	lk, err := lockSocket(path)
+	if err != nil {
+		return nil, fmt.Errorf("events socket %s: %w", path, err)
+	}
+	defer lk.unlock()
 	l, err := net.Listen("unix", path)
 	if errors.Is(err, syscall.EADDRINUSE) {
 		if !unixsock.Dead(path) {
@@ -90,7 +129,10 @@ func (m *Manager) ListenEvents() (*EventsServer, error) {
 		l.Close()
 		return nil, err
 	}
-	return &EventsServer{path: path, l: l}, nil
+	// Removed by Serve under the lock, not by the listener's Close: a
+	// socket that is closed is stale and may be replaced at once.
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	return &EventsServer{path: path, l: l, ino: inode(path)}, nil
 }
 
 // Path returns the socket's path.
@@ -118,11 +160,24 @@ func (s *EventsServer) Serve(ctx context.Context, handle func(Event)) error {
 	defer cancel()
 	_ = server.Shutdown(sctx)
 	server.Close()
-	os.Remove(s.path)
+	s.remove()
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		err = nil
 	}
 	return err
+}
+
+// remove removes the socket, unless another server has replaced it since
+// it was closed.
+func (s *EventsServer) remove() {
+	lk, err := lockSocket(s.path)
+	if err != nil {
+		return // left: the next server finds it stale
+	}
+	defer lk.unlock()
+	if inode(s.path) == s.ino {
+		os.Remove(s.path)
+	}
 }
 
 type forwarder struct {

@@ -251,3 +251,62 @@ func TestEndShim(t *testing.T) {
 // standInLives is the environment variable that makes the test binary a
 // stand-in shim daemon living that long (a time.Duration).
 const standInLives = "MINIMGR_TEST_STAND_IN_LIVES"
+
+// Two `minimgr events` that find the same stale socket: one takes it over,
+// the other is told that it is served, and the one that serves owns the
+// path; neither removes the other's socket.
+func TestListenEventsStaleRace(t *testing.T) {
+	m := eventsOnlyManager(t)
+	path := m.EventsAddress()
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		os.Remove(path)
+		stale, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale.(*net.UnixListener).SetUnlinkOnClose(false)
+		stale.Close()
+
+		var (
+			wg   sync.WaitGroup
+			srvs [2]*EventsServer
+			errs [2]error
+		)
+		for j := range srvs {
+			wg.Go(func() { srvs[j], errs[j] = m.ListenEvents() })
+		}
+		wg.Wait()
+		serving := 0
+		for j, srv := range srvs {
+			if srv != nil {
+				serving++
+				continue
+			}
+			if !errdefs.IsAlreadyExists(errs[j]) {
+				t.Fatalf("round %d: listen %d: %v, want served or already exists", i, j, errs[j])
+			}
+		}
+		if serving != 1 {
+			t.Errorf("round %d: %d servers listen on one stale socket, want 1", i, serving)
+		}
+		for _, srv := range srvs {
+			if srv == nil {
+				continue
+			}
+			c, err := net.Dial("unix", path)
+			if err != nil {
+				t.Errorf("round %d: the server's socket: %v", i, err)
+			} else {
+				c.Close()
+			}
+			srv.l.(*net.UnixListener).SetUnlinkOnClose(false)
+			srv.l.Close()
+		}
+		if t.Failed() {
+			return
+		}
+	}
+}
