@@ -96,7 +96,10 @@ type Service struct {
 	cgroup    string        // guarded by mu; the holder's cgroup, "" if none
 	stopped   chan struct{} // closed on entering phaseStopped; made at Create
 	spawned   chan struct{} // guarded by mu; closed when the last StartSandbox's spawn is settled
-	exit      process.Exit  // guarded by mu; valid once stopped is closed
+	// cancelSpawn cancels the last StartSandbox's spawn of the holder, which
+	// then kills the holder at once. Guarded by mu.
+	cancelSpawn context.CancelFunc
+	exit        process.Exit // guarded by mu; valid once stopped is closed
 	// stats reads the pod's cgroup for SandboxMetrics, which containerd's
 	// CRI calls once a second: resolved at the first call (on a v1 host
 	// that reads the host's mount table) and kept. Guarded by mu.
@@ -216,14 +219,16 @@ func (s *Service) StartSandbox(ctx context.Context, r *StartSandboxRequest) (*St
 	}
 	s.phase = phaseStarting
 	spawned := make(chan struct{})
-	s.spawned = spawned
+	spawnCtx, cancelSpawn := context.WithCancel(ctx)
+	defer cancelSpawn()
+	s.spawned, s.cancelSpawn = spawned, cancelSpawn
 	pod, netns, id := s.pod, s.netns, s.id
 	s.mu.Unlock()
-	// A stop that comes meanwhile waits for this: by then the holder is
-	// ready, or killed and reaped.
+	// A stop that comes meanwhile cancels the spawn and waits for this: by
+	// then the holder is ready, or killed and reaped.
 	defer close(spawned)
 
-	h, err := spawnHolder(ctx, s.cfg.Reaper, s.cfg.Self, pod, netns)
+	h, err := spawnHolder(spawnCtx, s.cfg.Reaper, s.cfg.Self, pod, netns)
 	var cg string
 	if err == nil && pod.CgroupParent != "" {
 		cg, err = joinPodCgroup(pod.CgroupParent, id, h.pid)
@@ -238,6 +243,10 @@ func (s *Service) StartSandbox(ctx context.Context, r *StartSandboxRequest) (*St
 	if err != nil {
 		if s.phase == phaseStarting {
 			s.phase = phaseCreated // may be started again
+		} else {
+			// Stopped or shut down while the holder was starting: its
+			// spawn was cancelled and the holder killed.
+			err = fmt.Errorf("sandbox became %s while starting: %w", s.phase, errdefs.ErrAborted)
 		}
 		return nil, wire(fmt.Errorf("start sandbox %q: %w", id, err))
 	}
@@ -307,14 +316,17 @@ func (s *Service) stop(ctx context.Context, id string) error {
 	}
 	h := s.h
 	spawning := s.spawned // nil before any StartSandbox
+	if s.phase == phaseStarting {
+		s.cancelSpawn()
+	}
 	if s.phase == phaseCreated || s.phase == phaseStarting {
 		s.stopLocked(process.Exit{Time: time.Now()})
 	}
 	stopped := s.stopped
 	s.mu.Unlock()
 	if spawning != nil {
-		// StartSandbox kills the holder it spawned once it sees the
-		// sandbox stopped.
+		// StartSandbox kills the holder it spawned once its spawn is
+		// cancelled, or once it sees the sandbox stopped.
 		select {
 		case <-spawning:
 		case <-ctx.Done():

@@ -18,12 +18,12 @@ import (
 )
 
 // slowHolder writes a stand-in for the holder: it marks that it runs, waits
-// a second before it reports ready, then sits until killed.
+// 3 s before it reports ready, then sits until killed.
 func slowHolder(t *testing.T, dir string) (self, began string) {
 	t.Helper()
 	began = filepath.Join(dir, "began")
 	self = filepath.Join(dir, "holder.sh")
-	script := "#!/bin/sh\n: > " + began + "\nsleep 1\necho ok >&3\nexec sleep 1000\n"
+	script := "#!/bin/sh\n: > " + began + "\nsleep 3\necho ok >&3\nexec sleep 1000\n"
 	if err := os.WriteFile(self, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -62,8 +62,9 @@ func childOf(t *testing.T, word string, bound time.Duration) int {
 }
 
 // TestStopWaitsForStartingHolder: a StopSandbox that comes while the holder
-// is being spawned returns only once that holder is gone, as it does for a
-// ready one; the StartSandbox in flight fails as aborted.
+// is being spawned cancels the spawn and returns once that holder is gone,
+// as it does for a ready one, within its own timeout; the StartSandbox in
+// flight fails as aborted.
 func TestStopWaitsForStartingHolder(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the holder is cloned into new namespaces")
@@ -93,13 +94,17 @@ func TestStopWaitsForStartingHolder(t *testing.T) {
 		started <- err
 	}()
 	pid := childOf(t, "holder.sh", 10*time.Second)
-	for {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		if _, err := os.Stat(began); err == nil {
 			break
 		}
-		time.Sleep(5 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatal("the holder did not begin within 10 s")
+		}
 	}
-	if _, err := s.StopSandbox(ctx, &StopSandboxRequest{SandboxId: id}); err != nil {
+	// A timeout shorter than the holder's way to ready: the spawn is
+	// cancelled, not waited out.
+	if _, err := s.StopSandbox(ctx, &StopSandboxRequest{SandboxId: id, TimeoutSecs: 1}); err != nil {
 		t.Fatalf("StopSandbox: %v", err)
 	}
 	if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
