@@ -449,6 +449,24 @@ func TestCleanupImageLeftovers(t *testing.T) {
 	}
 }
 
+// newBundle makes a bundle as a create does before it places it: a
+// temporary directory, locked, holding a file named after the create.
+func newBundle(t *testing.T, parent, id, owner string) (string, *stateLock) {
+	t.Helper()
+	tmp, err := os.MkdirTemp(parent, "."+id+".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk, err := tryLockNew(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, owner), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return tmp, lk
+}
+
 // TestBundlePlaceDuringCleanup: a create of an image container whose place
 // holds a leftover bundle that Cleanup has locked to remove gets the place
 // once Cleanup is done, not ErrAlreadyExists; a place that another create
@@ -463,41 +481,92 @@ func TestBundlePlaceDuringCleanup(t *testing.T) {
 		}
 		return dir
 	}
+	defer func(d time.Duration) { leftoverWait = d }(leftoverWait)
 
+	leftoverWait = time.Minute // the test's own pause must not be what ends the wait
 	left := mk("left")
 	lk, err := tryLockNew(left) // Cleanup's first step
 	if err != nil {
 		t.Fatal(err)
 	}
-	cleared := make(chan error, 1)
-	go func() { cleared <- m.clearBundlePlace("left", left) }()
+	tmp, tmpLock := newBundle(t, parent, "left", "new")
+	defer tmpLock.unlock()
+	placed := make(chan error, 1)
+	go func() { placed <- m.placeBundle("left", tmp, left) }()
 	select {
-	case err := <-cleared:
+	case err := <-placed:
 		t.Fatalf("create did not wait for the removal under way: %v", err)
 	case <-time.After(50 * time.Millisecond):
 	}
-	removeLocked(left, lk)
-	if err := <-cleared; err != nil {
+	if err := removeLocked(left, lk); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-placed; err != nil {
 		t.Errorf("create after the leftover's removal: %v", err)
 	}
-	if _, err := os.Stat(left); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("%s after its removal: %v", left, err)
+	if _, err := os.Stat(filepath.Join(left, "new")); err != nil {
+		t.Errorf("the new bundle in its place: %v", err)
 	}
 
+	leftoverWait = 200 * time.Millisecond
 	busy := mk("busy")
 	held, err := tryLockNew(busy) // a create under way
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer held.unlock()
+	tmp, tmpLock = newBundle(t, parent, "busy", "new")
+	defer tmpLock.unlock()
 	begin := time.Now()
-	if err := m.clearBundlePlace("busy", busy); !errdefs.IsAlreadyExists(err) {
+	if err := m.placeBundle("busy", tmp, busy); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("place held by a create: %v, want already exists", err)
 	}
 	if took := time.Since(begin); took > 5*leftoverWait {
 		t.Errorf("refusal took %v", took)
 	}
-	if _, err := os.Stat(busy); err != nil {
-		t.Errorf("bundle of the create under way: %v", err)
+	if _, err := os.Stat(filepath.Join(busy, "new")); err == nil {
+		t.Errorf("a bundle placed over the bundle of a create under way")
+	}
+}
+
+// TestLockDirMovedAside: a lock file opened before its directory was moved
+// aside for removal, and locked after, locks nothing: the lock is refused
+// as not found, and a new directory in the old place is not taken for the
+// locked one.
+func TestLockDirMovedAside(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "c")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	lk, err := tryLockNew(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk.unlock()
+	for _, replaced := range []bool{false, true} {
+		f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		aside := filepath.Join(parent, ".c.deleted."+randHex())
+		if err := os.Rename(dir, aside); err != nil {
+			t.Fatal(err)
+		}
+		if replaced {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, lockFile), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if lk, err := lockDir(dir, f); !errdefs.IsNotFound(err) {
+			lk.unlock()
+			t.Errorf("lock of a directory moved aside (a new one in its place: %v): %v, want not found", replaced, err)
+		}
+		if err := os.Rename(aside, dir); err != nil && !replaced {
+			t.Fatal(err)
+		}
 	}
 }

@@ -197,44 +197,43 @@ func (m *Manager) unpackOwnBundle(ctx context.Context, id, image string) (_ stri
 		return "", nil, err
 	}
 	dst := filepath.Join(parent, id)
-	if err := m.clearBundlePlace(id, dst); err != nil {
-		return "", nil, err
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
-			return "", nil, taken()
-		}
+	if err := m.placeBundle(id, tmp, dst); err != nil {
 		return "", nil, err
 	}
 	return dst, lk, nil
 }
 
 // leftoverWait bounds how long a create waits for a bundle in its place to
-// be unlocked: Cleanup holds a leftover's lock only to move it aside, a
-// create under way holds its bundle's for the whole create.
-const leftoverWait = 200 * time.Millisecond
+// be unlocked, or to be gone once moved aside: Cleanup holds a leftover's
+// lock only to move it aside, a create under way holds its bundle's for the
+// whole create. A variable for tests.
+var leftoverWait = 200 * time.Millisecond
 
-// clearBundlePlace makes way at dst for a new bundle of container id: it
-// removes a bundle left there by a create that died (unlocked, and no
-// container of that ID). A bundle that another create holds, or that
-// belongs to a container, is ErrAlreadyExists.
-func (m *Manager) clearBundlePlace(id, dst string) error {
+// placeBundle renames tmp, a new bundle of container id that the caller
+// holds locked, to dst. A bundle left at dst by a create that died
+// (unlocked, and no container of that ID) is moved aside and removed
+// first. A bundle that another create holds, or that belongs to a
+// container, is ErrAlreadyExists: of two creates of one ID, one places its
+// bundle and the other is refused.
+func (m *Manager) placeBundle(id, tmp, dst string) error {
 	taken := fmt.Errorf("container %q in namespace %q: %w", id, m.cfg.Namespace, errdefs.ErrAlreadyExists)
 	deadline := time.Now().Add(leftoverWait)
 	for {
 		if _, err := os.Lstat(dst); errors.Is(err, os.ErrNotExist) {
-			return nil
+			break
 		}
 		old, err := tryLockNew(dst)
 		switch {
-		case errors.Is(err, os.ErrNotExist):
-			continue // moved aside meanwhile
-		case errors.Is(err, ErrBusy) && time.Now().Before(deadline):
-			time.Sleep(10 * time.Millisecond) // Cleanup may be moving it aside
+		case err == nil:
+		case errdefs.IsNotFound(err) || errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrBusy):
+			// Being moved aside (by Cleanup or a create), or another
+			// create's, under way.
+			if time.Now().After(deadline) {
+				return taken
+			}
+			time.Sleep(10 * time.Millisecond)
 			continue
-		case errors.Is(err, ErrBusy):
-			return taken // another create's, under way
-		case err != nil:
+		default:
 			return err
 		}
 		// Unlocked: its create has ended. It is a leftover unless that
@@ -243,10 +242,17 @@ func (m *Manager) clearBundlePlace(id, dst string) error {
 			old.unlock()
 			return taken
 		}
-		err = os.RemoveAll(dst)
-		old.unlock()
+		if err := removeLocked(dst, old); err != nil {
+			return fmt.Errorf("leftover bundle %s: %w", dst, err)
+		}
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+			return taken
+		}
 		return err
 	}
+	return nil
 }
 
 // Create spawns a shim for a new container and creates the container in it
@@ -875,25 +881,27 @@ func removeUnlocked(dir string) {
 		}
 	}
 	if lk, err := tryLockNew(dir); err == nil {
-		removeLocked(dir, lk)
+		_ = removeLocked(dir, lk)
 	}
 }
 
 // removeLocked removes dir, whose lock lk the caller holds, and unlocks it.
-func removeLocked(dir string, lk *stateLock) {
+// An error says that dir is still there.
+func removeLocked(dir string, lk *stateLock) error {
 	// A bundle's place is moved aside before its removal, so that a create
-	// of its ID waiting for the lock (clearBundlePlace) finds it free at
+	// of its ID waiting for the lock (placeBundle) finds it free at
 	// once; the rename's leftover, a dot name, goes as an old temporary.
 	if !strings.HasPrefix(filepath.Base(dir), ".") {
 		gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".deleted."+randHex())
 		if os.Rename(dir, gone) == nil {
 			lk.unlock()
 			os.RemoveAll(gone)
-			return
+			return nil
 		}
 	}
-	os.RemoveAll(dir)
+	err := os.RemoveAll(dir)
 	lk.unlock()
+	return err
 }
 
 func (m *Manager) cleanupOne(ctx context.Context, id string) (Removed, bool, error) {

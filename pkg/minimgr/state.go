@@ -138,7 +138,7 @@ func tryLock(dir string) (*stateLock, error) {
 	if err != nil {
 		return nil, err
 	}
-	return lockFD(dir, f)
+	return lockDir(dir, f)
 }
 
 // tryLockNew is tryLock for a directory of our own that may lack its lock
@@ -148,7 +148,25 @@ func tryLockNew(dir string) (*stateLock, error) {
 	if err != nil {
 		return nil, err
 	}
-	return lockFD(dir, f)
+	return lockDir(dir, f)
+}
+
+// lockDir locks f, the lock file of dir, and checks that it still is: a
+// directory moved aside for its removal between the open and the lock
+// takes its lock file along, and holding that would lock nothing.
+// ErrNotFound then.
+func lockDir(dir string, f *os.File) (*stateLock, error) {
+	lk, err := lockFD(dir, f)
+	if err != nil {
+		return nil, err
+	}
+	var held, now unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &held) != nil || unix.Stat(filepath.Join(dir, lockFile), &now) != nil ||
+		held.Dev != now.Dev || held.Ino != now.Ino {
+		lk.unlock()
+		return nil, fmt.Errorf("%s: moved or removed while being locked: %w", dir, errdefs.ErrNotFound)
+	}
+	return lk, nil
 }
 
 func lockFD(dir string, f *os.File) (*stateLock, error) {
