@@ -593,3 +593,57 @@ func TestKillAnsweredWhileRemoved(t *testing.T) {
 		})
 	}
 }
+
+// lateExecRunc is a runc whose `start` returns before the container's init
+// has been told to exec its program, which it is a moment later: a wider
+// window of what a real `runc start` leaves, which returns once runc's init
+// was told and before that init has exec'd.
+const lateExecRunc = `#!/bin/sh
+for a in "$@"; do
+	if [ "$a" = start ]; then (sleep 0.3; %[1]q "$@"; : > %[2]q) >/dev/null 2>&1 & exit 0; fi
+done
+exec %[1]q "$@"
+`
+
+// TestSignalBeforeExec: a SIGTERM sent right after Start, before runc's
+// init has exec'd the container's program, reaches the program: it exits as
+// its TERM handler says. Sent to runc's init instead (a Go program, PID 1
+// of its namespace), it ends the container with status 2. containerd's runc
+// shim signals at once; its status is logged.
+func TestSignalBeforeExec(t *testing.T) {
+	realRunc, err := exec.LookPath("runc")
+	if err != nil {
+		t.Skip("needs runc in PATH")
+	}
+	for _, tc := range bothShims() {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.useShim(tc.shim)
+			dir := t.TempDir()
+			started := filepath.Join(dir, "started")
+			if err := os.WriteFile(filepath.Join(dir, "runc"), fmt.Appendf(nil, lateExecRunc, realRunc, started), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			e.environ = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+
+			e.mustRun("run", "-d", e.bundle, "early", "sh", "-c", `trap "exit 42" TERM; while :; do sleep 0.1; done`)
+			e.mustRun("kill", "-s", "TERM", "early")
+			r := e.run(nil, "wait", "early")
+			if tc.shim != "" {
+				t.Logf("%s: exit status %d of a container signalled before its exec", tc.name, r.code)
+			} else if r.code != 42 {
+				t.Errorf("exit status %d, want the program's TERM handler's 42 (2: the signal reached runc's init): %s", r.code, r.stderr)
+			}
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if _, err := os.Stat(started); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the late runc start did not end within 10 s")
+				}
+			}
+			e.mustRun("delete", "early")
+			e.assertNoProcesses()
+		})
+	}
+}

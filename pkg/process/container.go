@@ -65,6 +65,11 @@ type Container struct {
 	// (CRI reads the kill counter after an exit); guarded by mu, dropped
 	// once metrics is loaded.
 	cgroupOf []byte
+	// runtimeExe is the executable of the runtime's init as it waited for
+	// Start (/proc/<pid>/exe): a started process whose executable still
+	// reads so has not exec'd its program yet (see awaitExec). Guarded by
+	// mu; "" when unknown.
+	runtimeExe string
 }
 
 func (c *Container) stdioOptions() stdio.Options {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -130,10 +131,11 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	release := c.watchExit(c.init, pid, mark)
 	// The init waits for Start in the runtime: it is there to be read.
 	cgroupOf, _ := cgroup.ProcCgroup(pid)
+	runtimeExe, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
 
 	c.mu.Lock()
 	c.init.status, c.init.pid, c.init.io = Created, pid, pio
-	c.cgroupOf = cgroupOf
+	c.cgroupOf, c.runtimeExe = cgroupOf, runtimeExe
 	c.emitLocked(Event{
 		Kind: EventCreate, ContainerID: c.id, Pid: pid,
 		Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, Stdio: cfg.Stdio, Checkpoint: cfg.Checkpoint,
@@ -173,6 +175,7 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 	defer c.mu.Unlock()
 	if err == nil {
 		p.status = Running
+		p.execPending = c.runtimeExe != ""
 	}
 	c.applyLocked(c.seq.endStart("", err == nil))
 	return p.pid, err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -33,6 +35,9 @@ type proc struct {
 	exit   ExitRecord // guarded by Container.mu; valid when status >= Stopped
 	abort  func()     // guarded by Container.mu; ends the init's start or restore in flight
 	doomed int        // guarded by Container.mu; Deletes of the init waiting for its operation lock
+	// execPending: started, and not yet seen running its own program
+	// (see awaitExec). Guarded by Container.mu.
+	execPending bool
 
 	done     chan struct{} // closed once the exit is published, or the process deleted
 	doneOnce sync.Once
@@ -245,6 +250,7 @@ func (c *Container) signalLocked(p *proc, sig unix.Signal) error {
 // A process that has exited gives errdefs.ErrNotFound; Kill with all of a
 // stopped init still reaches the runtime, so that leftovers are ended.
 func (c *Container) Kill(ctx context.Context, execID string, sig int, all bool) error {
+	c.awaitExec(ctx, execID, unix.Signal(sig))
 	c.mu.Lock()
 	p, err := c.lookupLocked(execID)
 	if err == nil {
@@ -266,6 +272,50 @@ func (c *Container) Kill(ctx context.Context, execID string, sig int, all bool) 
 	}
 	c.mu.Unlock()
 	return c.rt.kill(ctx, sig, all)
+}
+
+// execWait bounds how long a signal waits for its process to exec.
+const execWait = time.Second
+
+// awaitExec waits, up to execWait, until a process that was started a
+// moment ago runs its own program. The runtime answers start once its init
+// was told to exec the program, a moment before that init has: a signal in
+// between reaches the runtime's init instead. runc's is a Go program, which
+// on SIGTERM as the PID 1 of its namespace exits 2, so the container's exit
+// would say nothing of the program's handler. Signals that cannot be
+// caught (SIGKILL, SIGSTOP) do the same to either and go at once. The wait
+// happens at most once per process: the first signal clears it.
+func (c *Container) awaitExec(ctx context.Context, execID string, sig unix.Signal) {
+	if sig == unix.SIGKILL || sig == unix.SIGSTOP {
+		return
+	}
+	c.mu.Lock()
+	p, err := c.lookupLocked(execID)
+	if err != nil || !p.execPending {
+		c.mu.Unlock()
+		return
+	}
+	p.execPending = false
+	pid, exe := p.pid, c.runtimeExe
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, execWait)
+	defer cancel()
+	link := "/proc/" + strconv.Itoa(pid) + "/exe"
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		// Gone, exec'd, or reaped and its pid taken again: no more to
+		// wait for (signals never reach a recycled pid: runc checks its
+		// state, execs are signalled through their pidfd).
+		if now, err := os.Readlink(link); err != nil || now != exe {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // Wait blocks until the process's exit is published or ctx is done.
