@@ -87,10 +87,13 @@ func recorded() []runtime.MemProfileRecord {
 		}
 		var site, storer string
 		stored := false
+		mallocs := 0 // allocations on the stack before site
 		frames := runtime.CallersFrames(r.Stack())
 		for {
 			f, more := frames.Next()
 			switch {
+			case site == "" && f.Function == "runtime.mallocgc":
+				mallocs++
 			case site == "" && !strings.HasPrefix(f.Function, "runtime."):
 				site = f.Function
 			case stored && storer == "":
@@ -101,8 +104,12 @@ func recorded() []runtime.MemProfileRecord {
 				break
 			}
 		}
-		// An entry, not the map's root node, stored by ttrpc's loop.
-		if strings.Contains(site, "sync.newEntry") && strings.Contains(storer, "ttrpc.(*serverConn).run") {
+		// An entry, not the map's root node, stored by ttrpc's loop. An
+		// object the runtime allocated for itself inside that allocation
+		// (a second mallocgc: a sudog taken by the GC assist that the
+		// allocation paid, which the runtime keeps cached for good) has
+		// the same site and is not a stream.
+		if mallocs == 1 && strings.Contains(site, "sync.newEntry") && strings.Contains(storer, "ttrpc.(*serverConn).run") {
 			out = append(out, r)
 		}
 	}
