@@ -146,7 +146,7 @@ func (s *EventsServer) Serve(ctx context.Context, handle func(Event)) error {
 	// leave its stream recorded in ttrpc (see replyhold).
 	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(replyhold.Handshaker(ttrpc.UnixSocketRequireSameUser())))
 	if err != nil {
-		s.l.Close()
+		s.removeAndClose()
 		return err
 	}
 	eventsapi.RegisterTTRPCEventsService(server, &forwarder{handle: handle})
@@ -156,28 +156,33 @@ func (s *EventsServer) Serve(ctx context.Context, handle func(Event)) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	s.removeAndClose()
 	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_ = server.Shutdown(sctx)
 	server.Close()
-	s.remove()
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		err = nil
 	}
 	return err
 }
 
-// remove removes the socket, unless another server has replaced it since
-// it was closed.
-func (s *EventsServer) remove() {
+// removeAndClose removes the socket, then closes the listener, under the
+// lock: while the listener is open the socket answers, so no other server
+// has replaced it, and once it is closed the path is gone. (Closed first,
+// the socket would be stale for a moment, replaced by another server, and
+// then removed under it: a new socket at the path may have the old one's
+// inode number.)
+func (s *EventsServer) removeAndClose() {
 	lk, err := lockSocket(s.path)
-	if err != nil {
-		return // left: the next server finds it stale
+	if err == nil {
+		defer lk.unlock()
+		if inode(s.path) == s.ino {
+			os.Remove(s.path)
+		}
 	}
-	defer lk.unlock()
-	if inode(s.path) == s.ino {
-		os.Remove(s.path)
-	}
+	// Without the lock the socket is left: the next server finds it stale.
+	s.l.Close()
 }
 
 type forwarder struct {

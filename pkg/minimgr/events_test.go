@@ -23,6 +23,7 @@ import (
 
 	"github.com/mineshim/mine/internal/replyhold"
 	"github.com/mineshim/mine/internal/replyhold/streamtest"
+	"github.com/mineshim/mine/internal/unixsock"
 	"github.com/mineshim/mine/internal/unixsock/socktest"
 )
 
@@ -308,5 +309,40 @@ func TestListenEventsStaleRace(t *testing.T) {
 		if t.Failed() {
 			return
 		}
+	}
+}
+
+// An events server that ends keeps its socket served until it has removed
+// it under the socket's lock: another server that takes the lock to replace
+// a stale socket never finds it stale and then sees it removed under its
+// own.
+func TestEventsServerEndKeepsSocketServed(t *testing.T) {
+	m := eventsOnlyManager(t)
+	srv, err := m.ListenEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, func(Event) {}) }()
+	lk, err := lockSocket(srv.Path()) // as another server replacing a stale one
+	if err != nil {
+		stop()
+		t.Fatal(err)
+	}
+	stop()
+	for range 20 {
+		if unixsock.Dead(srv.Path()) {
+			t.Errorf("the socket is stale while its server waits for the lock to remove it")
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	lk.unlock()
+	if err := <-served; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+	if _, err := os.Lstat(srv.Path()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the socket after its server's end: %v", err)
 	}
 }
