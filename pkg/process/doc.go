@@ -33,12 +33,13 @@
 // taken while the exit was unreaped, so none reaches a recycled pid.
 //
 // Signals: the runtime answers start (and exec) once its init was told to
-// exec the program, a moment before it has. The first catchable signal
-// for a process so started waits, up to a second, until the process runs
-// its program (its /proc/PID/exe no longer reads as the runtime's init did
-// at create): sent before, it would reach the runtime's init, and runc's
-// exits 2 on SIGTERM as a namespace's PID 1, whatever the program's
-// handler would have done.
+// exec the program, a moment before it has. A catchable signal for a
+// process so started waits, until a second after its start at most, until
+// the process runs its program (its /proc/PID/exe no longer reads as the
+// runtime's init did at create): sent before, it would reach the runtime's
+// init, and runc's exits 2 on SIGTERM as a namespace's PID 1, whatever the
+// program's handler would have done. (A Kill while the start is still in
+// flight reaches the runtime's init, as it would without this.)
 //
 // Events: a Container emits its lifecycle events through Config.Emit in the
 // order containerd requires. Every ordering rule of exits lives in the

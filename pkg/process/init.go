@@ -175,7 +175,7 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 	defer c.mu.Unlock()
 	if err == nil {
 		p.status = Running
-		p.execPending = c.runtimeExe != ""
+		p.execBy = c.execDeadline()
 	}
 	c.applyLocked(c.seq.endStart("", err == nil))
 	return p.pid, err

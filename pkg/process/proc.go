@@ -35,9 +35,10 @@ type proc struct {
 	exit   ExitRecord // guarded by Container.mu; valid when status >= Stopped
 	abort  func()     // guarded by Container.mu; ends the init's start or restore in flight
 	doomed int        // guarded by Container.mu; Deletes of the init waiting for its operation lock
-	// execPending: started, and not yet seen running its own program
-	// (see awaitExec). Guarded by Container.mu.
-	execPending bool
+	// execBy: started, and not yet seen running its own program; signals
+	// wait for that until this time (see awaitExec). Zero once seen, or
+	// when unknown. Guarded by Container.mu.
+	execBy time.Time
 
 	done     chan struct{} // closed once the exit is published, or the process deleted
 	doneOnce sync.Once
@@ -274,31 +275,31 @@ func (c *Container) Kill(ctx context.Context, execID string, sig int, all bool) 
 	return c.rt.kill(ctx, sig, all)
 }
 
-// execWait bounds how long a signal waits for its process to exec.
+// execWait bounds how long after its start a process's signals wait for
+// it to exec its program.
 const execWait = time.Second
 
-// awaitExec waits, up to execWait, until a process that was started a
-// moment ago runs its own program. The runtime answers start once its init
-// was told to exec the program, a moment before that init has: a signal in
-// between reaches the runtime's init instead. runc's is a Go program, which
-// on SIGTERM as the PID 1 of its namespace exits 2, so the container's exit
-// would say nothing of the program's handler. Signals that cannot be
-// caught (SIGKILL, SIGSTOP) do the same to either and go at once. The wait
-// happens at most once per process: the first signal clears it.
+// awaitExec waits, until execWait after its start, until a process that
+// was started a moment ago runs its own program. The runtime answers start
+// once its init was told to exec the program, a moment before that init
+// has: a signal in between reaches the runtime's init instead. runc's is a
+// Go program, which on SIGTERM as the PID 1 of its namespace exits 2, so
+// the container's exit would say nothing of the program's handler. Signals
+// that cannot be caught (SIGKILL, SIGSTOP) do the same to either and go at
+// once, and so does signal 0, which only probes.
 func (c *Container) awaitExec(ctx context.Context, execID string, sig unix.Signal) {
-	if sig == unix.SIGKILL || sig == unix.SIGSTOP {
+	if sig == 0 || sig == unix.SIGKILL || sig == unix.SIGSTOP {
 		return
 	}
 	c.mu.Lock()
 	p, err := c.lookupLocked(execID)
-	if err != nil || !p.execPending {
+	if err != nil || p.execBy.IsZero() {
 		c.mu.Unlock()
 		return
 	}
-	p.execPending = false
-	pid, exe := p.pid, c.runtimeExe
+	pid, exe, by := p.pid, c.runtimeExe, p.execBy
 	c.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, execWait)
+	ctx, cancel := context.WithDeadline(ctx, by)
 	defer cancel()
 	link := "/proc/" + strconv.Itoa(pid) + "/exe"
 	tick := time.NewTicker(time.Millisecond)
@@ -308,6 +309,9 @@ func (c *Container) awaitExec(ctx context.Context, execID string, sig unix.Signa
 		// wait for (signals never reach a recycled pid: runc checks its
 		// state, execs are signalled through their pidfd).
 		if now, err := os.Readlink(link); err != nil || now != exe {
+			c.mu.Lock()
+			p.execBy = time.Time{}
+			c.mu.Unlock()
 			return
 		}
 		select {
@@ -316,6 +320,14 @@ func (c *Container) awaitExec(ctx context.Context, execID string, sig unix.Signa
 		case <-tick.C:
 		}
 	}
+}
+
+// execDeadline is the execBy of a process started now.
+func (c *Container) execDeadline() time.Time {
+	if c.runtimeExe == "" {
+		return time.Time{}
+	}
+	return time.Now().Add(execWait)
 }
 
 // Wait blocks until the process's exit is published or ctx is done.
