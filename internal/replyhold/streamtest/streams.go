@@ -87,6 +87,7 @@ func recorded() []runtime.MemProfileRecord {
 		}
 		var site, storer string
 		stored := false
+		own := false // the runtime allocated it for itself (see below)
 		mallocs := 0 // allocations on the stack before site
 		frames := runtime.CallersFrames(r.Stack())
 		for {
@@ -94,6 +95,9 @@ func recorded() []runtime.MemProfileRecord {
 			switch {
 			case site == "" && f.Function == "runtime.mallocgc":
 				mallocs++
+				own = own || mallocs > 1
+			case site == "" && runtimeOwn[f.Function]:
+				own = true
 			case site == "" && !strings.HasPrefix(f.Function, "runtime."):
 				site = f.Function
 			case stored && storer == "":
@@ -106,14 +110,24 @@ func recorded() []runtime.MemProfileRecord {
 		}
 		// An entry, not the map's root node, stored by ttrpc's loop. An
 		// object the runtime allocated for itself inside that allocation
-		// (a second mallocgc: a sudog taken by the GC assist that the
-		// allocation paid, which the runtime keeps cached for good) has
-		// the same site and is not a stream.
-		if mallocs == 1 && strings.Contains(site, "sync.newEntry") && strings.Contains(storer, "ttrpc.(*serverConn).run") {
+		// (a sudog taken by the GC assist that the allocation paid, which
+		// the runtime keeps cached for good) has the same site and is not
+		// a stream.
+		if !own && strings.Contains(site, "sync.newEntry") && strings.Contains(storer, "ttrpc.(*serverConn).run") {
 			out = append(out, r)
 		}
 	}
 	return out
+}
+
+// runtimeOwn are runtime functions that allocate for the runtime itself
+// inside an allocation of the program's: a stack that has one above the
+// program's first frame is not the program's object.
+var runtimeOwn = map[string]bool{
+	"runtime.gcAssistAlloc":      true,
+	"runtime.deductAssistCredit": true,
+	"runtime.gcStart":            true,
+	"runtime.acquireSudog":       true,
 }
 
 // Settle counts until settled accepts the count, for 2 s at most, and
