@@ -546,6 +546,23 @@ func TestRunUnreadStdin(t *testing.T) {
 	e.assertNoProcesses()
 }
 
+// runcInPath puts a script, as runc, first in the PATH of e's commands and
+// the shims they start: format with the real runc's path as its first
+// argument, then args. It skips when there is no runc.
+func (e *env) runcInPath(format string, args ...any) {
+	e.t.Helper()
+	realRunc, err := exec.LookPath("runc")
+	if err != nil {
+		e.t.Skip("needs runc in PATH")
+	}
+	dir := e.t.TempDir()
+	script := fmt.Sprintf(format, append([]any{realRunc}, args...)...)
+	if err := os.WriteFile(filepath.Join(dir, "runc"), []byte(script), 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	e.environ = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+}
+
 // slowKillRunc is a runc that answers `kill` only a while after it has
 // signalled, as a loaded machine may: the container's exit, and the removal
 // that `run -d --rm` makes of it, can then come while the Kill call that
@@ -563,10 +580,6 @@ exec %[1]q "$@"
 // not end the shim under a call in flight. containerd's runc shim answers
 // too: it records the exit only once the Kill has returned.
 func TestKillAnsweredWhileRemoved(t *testing.T) {
-	realRunc, err := exec.LookPath("runc")
-	if err != nil {
-		t.Skip("needs runc in PATH")
-	}
 	// Seconds after the signal: longer than the 3 s the shim gives its
 	// clients to hang up once told to shut down.
 	const answerAfter = 4
@@ -574,11 +587,7 @@ func TestKillAnsweredWhileRemoved(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, true)
 			e.useShim(tc.shim)
-			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, "runc"), fmt.Appendf(nil, slowKillRunc, realRunc, answerAfter), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			e.environ = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+			e.runcInPath(slowKillRunc, answerAfter)
 
 			e.mustRun("run", "-d", "--rm", e.bundle, "slowkill", "sleep", "1000")
 			begin := time.Now()
@@ -611,20 +620,12 @@ exec %[1]q "$@"
 // of its namespace), it ends the container with status 2. containerd's runc
 // shim signals at once; its status is logged.
 func TestSignalBeforeExec(t *testing.T) {
-	realRunc, err := exec.LookPath("runc")
-	if err != nil {
-		t.Skip("needs runc in PATH")
-	}
 	for _, tc := range bothShims() {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, true)
 			e.useShim(tc.shim)
-			dir := t.TempDir()
-			started := filepath.Join(dir, "started")
-			if err := os.WriteFile(filepath.Join(dir, "runc"), fmt.Appendf(nil, lateExecRunc, realRunc, started), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			e.environ = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+			started := filepath.Join(t.TempDir(), "started")
+			e.runcInPath(lateExecRunc, started)
 
 			e.mustRun("run", "-d", e.bundle, "early", "sh", "-c", `trap "exit 42" TERM; while :; do sleep 0.1; done`)
 			e.mustRun("kill", "-s", "TERM", "early")

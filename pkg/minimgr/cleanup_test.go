@@ -400,6 +400,17 @@ func TestOpenCanceledIsNotDead(t *testing.T) {
 	}
 }
 
+// bundleDir makes a directory with a rootfs, name under parent, as an image
+// create leaves it.
+func bundleDir(t *testing.T, parent, name string) string {
+	t.Helper()
+	dir := filepath.Join(parent, name)
+	if err := os.MkdirAll(filepath.Join(dir, "rootfs"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // TestCleanupImageLeftovers: a `run --image` killed while it unpacked
 // leaves its temporary directory under ROOT/bundles/NS, and one killed after
 // the rename a bundle with no container; Cleanup removes both, and leaves
@@ -407,13 +418,7 @@ func TestOpenCanceledIsNotDead(t *testing.T) {
 func TestCleanupImageLeftovers(t *testing.T) {
 	m := eventsOnlyManager(t)
 	parent := filepath.Join(m.Root(), "bundles", m.Namespace())
-	mk := func(name string) string {
-		dir := filepath.Join(parent, name)
-		if err := os.MkdirAll(filepath.Join(dir, "rootfs"), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		return dir
-	}
+	mk := func(name string) string { return bundleDir(t, parent, name) }
 	unpacking := mk(".killed.123")
 	renamed := mk("killed")
 	busyTmp := mk(".busy.456")
@@ -474,13 +479,7 @@ func newBundle(t *testing.T, parent, id, owner string) (string, *stateLock) {
 func TestBundlePlaceDuringCleanup(t *testing.T) {
 	m := eventsOnlyManager(t)
 	parent := filepath.Join(m.Root(), "bundles", m.Namespace())
-	mk := func(id string) string {
-		dir := filepath.Join(parent, id)
-		if err := os.MkdirAll(filepath.Join(dir, "rootfs"), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		return dir
-	}
+	mk := func(id string) string { return bundleDir(t, parent, id) }
 	defer func(d time.Duration) { leftoverWait = d }(leftoverWait)
 
 	leftoverWait = time.Minute // the test's own pause must not be what ends the wait

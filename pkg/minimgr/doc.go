@@ -46,7 +46,9 @@
 //   - lock: a flock held while the directory is created and while it is
 //     deleted, so that concurrent minimgr processes never remove a
 //     container that another is creating. It is never waited for: a busy
-//     container gives ErrBusy.
+//     container gives ErrBusy. A directory is moved aside before its
+//     removal, and a lock taken on a lock file that was moved away meanwhile
+//     counts as not found.
 //
 // The shim adds runtime.json, address, init.pid, exit.json and log.json;
 // runc keeps its own state under /run/containerd/runc/NS/ID unless the

@@ -94,6 +94,28 @@ func TestPodCgroup(t *testing.T) {
 	}
 }
 
+// inPod places a process in the pod cgroup parent, where the holder would
+// be; end kills it and removes its cgroup and parent.
+func inPod(tb testing.TB, parent string) (end func()) {
+	tb.Helper()
+	cmd := exec.Command("sleep", "1000")
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	p, err := joinPodCgroup(parent, "holder", cmd.Process.Pid)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		tb.Fatal(err)
+	}
+	return func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		removeCgroup(p)
+		_ = cgroup.Remove(parent)
+	}
+}
+
 // readyService returns a Service whose sandbox is ready, with parent as the
 // pod's cgroup parent, without a holder process: enough for SandboxMetrics
 // by parent.
@@ -111,25 +133,8 @@ func BenchmarkSandboxMetrics(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("creating cgroups needs root")
 	}
-	cmd := exec.Command("sleep", "1000")
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}()
 	parent := fmt.Sprintf("/mine-pod-bench-%d", os.Getpid())
-	p, err := joinPodCgroup(parent, "holder", cmd.Process.Pid)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		removeCgroup(p)
-		_ = cgroup.Remove(parent)
-	}()
+	defer inPod(b, parent)()
 	s := readyService("bench", parent)
 	ctx := context.Background()
 	req := &SandboxMetricsRequest{SandboxId: "bench"}
@@ -149,25 +154,8 @@ func TestSandboxMetricsKeepsItsCgroup(t *testing.T) {
 		t.Skip("creating cgroups needs root")
 	}
 	parent := fmt.Sprintf("/mine-pod-keep-%d", os.Getpid())
-	place := func() (*exec.Cmd, string) {
-		cmd := exec.Command("sleep", "100")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		p, err := joinPodCgroup(parent, "holder", cmd.Process.Pid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cmd, p
-	}
-	end := func(cmd *exec.Cmd, p string) {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		removeCgroup(p)
-		_ = cgroup.Remove(parent)
-	}
-	cmd, p := place()
-	defer func() { end(cmd, p) }()
+	end := inPod(t, parent)
+	defer func() { end() }()
 
 	s := readyService("keep", parent)
 	ctx := context.Background()
@@ -187,11 +175,11 @@ func TestSandboxMetricsKeepsItsCgroup(t *testing.T) {
 	if cgroup.Unified() {
 		return // a v2 cgroup that is gone reads as zeroes: nothing to resolve again
 	}
-	end(cmd, p)
+	end()
 	if _, err := s.SandboxMetrics(ctx, req); !errdefs.IsNotFound(errgrpc.ToNative(err)) {
 		t.Errorf("SandboxMetrics of a removed pod cgroup: %v, want not found", err)
 	}
-	cmd, p = place()
+	end = inPod(t, parent)
 	if _, err := s.SandboxMetrics(ctx, req); err != nil {
 		t.Errorf("SandboxMetrics of the pod cgroup made again: %v", err)
 	}
