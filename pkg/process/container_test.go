@@ -445,6 +445,34 @@ func TestExitDuringStartComesAfterStart(t *testing.T) {
 	}
 }
 
+// An exit that happens while Resume is in flight (a SIGKILL sent to the
+// frozen container takes effect at its thaw) is published after the
+// resumed event, never before it.
+func TestExitDuringResumeComesAfterResumed(t *testing.T) {
+	f := newFake(t)
+	rec := newRecorder()
+	c := f.create(t, rec)
+	ctx := context.Background()
+	if _, err := c.Start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FAKE_RUNTIME_EXIT_ON_RESUME", "1")
+	if err := c.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Wait(wctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(rec.kinds(), ","), "create,start,paused,resumed,exit"; got != want {
+		t.Fatalf("events %s, want %s", got, want)
+	}
+}
+
 // The init's exit is published after the exit of every exec process, and an
 // exec cannot start once the init has exited.
 func TestInitExitAfterExecExits(t *testing.T) {

@@ -44,7 +44,8 @@
 // Events: a Container emits its lifecycle events through Config.Emit in the
 // order containerd requires. Every ordering rule of exits lives in the
 // sequencer (see its doc comment): exit after start, exec exits before the
-// init's, the OOM check before every exit, exit.json before the init's.
+// init's, the OOM check before every exit, exit.json before the init's, and
+// the init's exit after the resumed event of a resume it came during.
 //
 // Errors of the runtime are classified once, in the adapter, from the
 // runtime's state after the failure, never from its text.

@@ -321,20 +321,21 @@ func (c *Container) Resume(ctx context.Context) error {
 	defer p.opMu.Unlock()
 	c.mu.Lock()
 	err := check(p.status, opResume)
+	if err == nil {
+		c.seq.beginResume()
+	}
 	c.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if err := c.rt.resume(ctx); err != nil {
-		return err
-	}
+	err = c.rt.resume(ctx)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if p.status == Paused {
+	if err == nil && p.status == Paused {
 		p.status = Running
 	}
-	c.emitLocked(Event{Kind: EventResumed, ContainerID: c.id})
-	return nil
+	c.applyLocked(c.seq.endResume(err == nil))
+	return err
 }
 
 // Update changes the container's resource limits (runc update).

@@ -202,6 +202,8 @@ func (c *Container) applyLocked(steps []step) {
 			if err := writeExit(c.cfg.Bundle, rec); err != nil {
 				log.L.WithError(err).WithField("container_id", c.id).Warn("save exit status")
 			}
+		case stepPublishResumed:
+			c.emitLocked(Event{Kind: EventResumed, ContainerID: c.id})
 		case stepPublishExit:
 			if p.status == Deleted {
 				continue // Delete gave up waiting and reported the exit itself

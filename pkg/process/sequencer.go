@@ -20,6 +20,8 @@ const (
 	stepSaveExit
 	// stepPublishExit marks the process stopped and publishes its exit.
 	stepPublishExit
+	// stepPublishResumed publishes the container's resumed event.
+	stepPublishResumed
 )
 
 func (k stepKind) String() string {
@@ -36,6 +38,8 @@ func (k stepKind) String() string {
 		return "save-exit"
 	case stepPublishExit:
 		return "publish-exit"
+	case stepPublishResumed:
+		return "publish-resumed"
 	}
 	return fmt.Sprintf("step(%d)", int(k))
 }
@@ -64,9 +68,12 @@ type step struct {
 //     the steps check-oom, save-exit, publish-exit, in that order; an
 //     exec's is check-oom, publish-exit (an exec can be the OOM killer's
 //     victim too).
+//  4. Resumed before exit: the init's exit that arrives while the container
+//     is being resumed (a SIGKILL sent to it frozen takes effect at the
+//     thaw) is held as in rule 1, and released after the resumed event.
 type sequencer struct {
-	starting map[string]bool // processes between their runtime start and the start event
-	held     map[string]Exit // exits that arrived while their process was starting
+	starting map[string]bool // processes between their runtime start (or the init's resume) and its event
+	held     map[string]Exit // exits that arrived while their process was starting or resuming
 	live     int             // execs starting or started whose exit is not released
 	initExit *Exit           // the init's exit, held for the live execs
 	initGone bool            // the init's exit has arrived (held or released)
@@ -107,6 +114,24 @@ func (s *sequencer) endStart(execID string, started bool) []step {
 	if !started && execID != "" {
 		s.live--
 		steps = append(steps, s.releaseInit()...)
+	}
+	return steps
+}
+
+// beginResume opens the resume window of the container (rule 4).
+func (s *sequencer) beginResume() { s.starting[""] = true }
+
+// endResume closes it: the resumed event after a successful resume, then
+// the init's exit that came meanwhile.
+func (s *sequencer) endResume(resumed bool) []step {
+	delete(s.starting, "")
+	var steps []step
+	if resumed {
+		steps = append(steps, step{kind: stepPublishResumed})
+	}
+	if e, ok := s.held[""]; ok {
+		delete(s.held, "")
+		steps = append(steps, s.exited("", e)...)
 	}
 	return steps
 }

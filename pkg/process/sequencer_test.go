@@ -9,7 +9,7 @@ import (
 // they must produce.
 func TestSequencer(t *testing.T) {
 	type in struct {
-		op     string // begin, end, fail, exit, expire
+		op     string // begin, end, fail, exit, expire, resume, resumed, unresumed
 		execID string
 	}
 	for _, tc := range []struct {
@@ -68,6 +68,21 @@ func TestSequencer(t *testing.T) {
 			ins:  []in{{"begin", ""}, {"end", ""}, {"begin", "e1"}, {"end", "e1"}, {"exit", "e1"}, {"exit", ""}},
 			want: "| publish-start: | | publish-start:e1 | check-oom:e1 publish-exit:e1 | check-oom: save-exit: publish-exit:",
 		},
+		{
+			name: "exit during a resume is held until the resumed event",
+			ins:  []in{{"begin", ""}, {"end", ""}, {"resume", ""}, {"exit", ""}, {"resumed", ""}},
+			want: "| publish-start: | | | publish-resumed: check-oom: save-exit: publish-exit:",
+		},
+		{
+			name: "exit during a failed resume is still published",
+			ins:  []in{{"begin", ""}, {"end", ""}, {"resume", ""}, {"exit", ""}, {"unresumed", ""}},
+			want: "| publish-start: | | | check-oom: save-exit: publish-exit:",
+		},
+		{
+			name: "a resume without an exit",
+			ins:  []in{{"begin", ""}, {"end", ""}, {"resume", ""}, {"resumed", ""}, {"exit", ""}},
+			want: "| publish-start: | | publish-resumed: | check-oom: save-exit: publish-exit:",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newSequencer()
@@ -85,6 +100,12 @@ func TestSequencer(t *testing.T) {
 					steps = s.exited(i.execID, Exit{Status: 1})
 				case "expire":
 					steps = s.expireInit()
+				case "resume":
+					s.beginResume()
+				case "resumed":
+					steps = s.endResume(true)
+				case "unresumed":
+					steps = s.endResume(false)
 				}
 				var words []string
 				for _, st := range steps {

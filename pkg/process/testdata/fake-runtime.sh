@@ -8,7 +8,9 @@
 # $FAKE_RUNTIME_CREATE_HOLD and $FAKE_RUNTIME_RESTORE_HOLD ones that create
 # and restore read once the process exists;
 # $FAKE_RUNTIME_DELETE_HOLD one that delete reads first;
-# $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive.
+# $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive;
+# $FAKE_RUNTIME_EXIT_ON_START and $FAKE_RUNTIME_EXIT_ON_RESUME make start
+# and resume kill the process and return once it has exited.
 # Every process it starts is also listed in $FAKE_RUNTIME_PIDS, for the
 # test's cleanup to end whatever is left.
 echo "$*" >> "$FAKE_RUNTIME_LOG"
@@ -65,6 +67,10 @@ delete)
 	[ -n "$FAKE_RUNTIME_DELETE_HOLD" ] && read _ < "$FAKE_RUNTIME_DELETE_HOLD"
 	if [ -f "$root/$id/pid" ] && [ -z "$FAKE_RUNTIME_DELETE_KEEPS" ]; then kill -9 "$(cat "$root/$id/pid")" 2>/dev/null; fi
 	rm -rf "$root/$id" ;;
+resume)
+	[ -d "$root/$id" ] || exit 1
+	if [ -n "$FAKE_RUNTIME_EXIT_ON_RESUME" ]; then kill -9 "$(cat "$root/$id/pid")"; sleep 0.2; fi
+	true ;;
 checkpoint)
 	[ -d "$root/$id" ] || exit 1
 	case " $* " in *" --leave-running "*) ;; *) kill -9 "$(cat "$root/$id/pid")" ;; esac ;;
