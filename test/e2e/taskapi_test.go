@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
 	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
@@ -369,4 +370,43 @@ func TestPids(t *testing.T) {
 		t.Fatalf("delete exec: %v", err)
 	}
 	r.killAndDelete(t)
+}
+
+// TestExitAtResume: a task paused while it sleeps, whose sleep ends while it
+// is frozen, exits as soon as it is thawed: during the Resume. Mine
+// publishes /tasks/exit after the resume's /tasks/resumed; containerd's
+// runc shim may publish them the other way round, and its order is logged.
+func TestExitAtResume(t *testing.T) {
+	h := requireHarness(t)
+	const want = "/tasks/create /tasks/start /tasks/paused /tasks/resumed /tasks/exit"
+	for _, rt := range []string{runtimeMine, runtimeRunc} {
+		t.Run(rt, func(t *testing.T) {
+			h.requireShim(t, rt)
+			ns, id := defaultNamespace, newID(t)
+			rec := h.recordEvents(t, ns, id)
+			r := h.startTask(t, ns, rt, id, "sleep", "0.5")
+			ctx := nsContext(t, ns, opTimeout)
+			if err := r.task.Pause(ctx); err != nil {
+				t.Fatalf("pause: %v", err)
+			}
+			time.Sleep(time.Second) // the sleep ends, frozen
+			if err := r.task.Resume(ctx); err != nil {
+				t.Fatalf("resume: %v", err)
+			}
+			events, err := rec.waitFor("/tasks/exit", eventTimeout)
+			if err != nil {
+				t.Fatalf("%v; events so far: %s", err, topics(events))
+			}
+			if got := topics(events); got != want {
+				if rt == runtimeRunc {
+					t.Logf("%s: events %s", rt, got)
+				} else {
+					t.Errorf("events %s, want %s", got, want)
+				}
+			}
+			if code := r.delete(t); code != 0 {
+				t.Errorf("exit status %d, want 0", code)
+			}
+		})
+	}
 }
