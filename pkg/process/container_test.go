@@ -445,9 +445,9 @@ func TestExitDuringStartComesAfterStart(t *testing.T) {
 	}
 }
 
-// An exit that happens while Resume is in flight (a SIGKILL sent to the
-// frozen container takes effect at its thaw) is published after the
-// resumed event, never before it.
+// An exit that happens while Resume is in flight (a process whose sleep
+// ended while it was frozen exits as soon as it is thawed) is published
+// after the resumed event, never before it.
 func TestExitDuringResumeComesAfterResumed(t *testing.T) {
 	f := newFake(t)
 	rec := newRecorder()

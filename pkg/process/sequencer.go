@@ -69,8 +69,9 @@ type step struct {
 //     exec's is check-oom, publish-exit (an exec can be the OOM killer's
 //     victim too).
 //  4. Resumed before exit: the init's exit that arrives while the container
-//     is being resumed (a SIGKILL sent to it frozen takes effect at the
-//     thaw) is held as in rule 1, and released after the resumed event.
+//     is being resumed (a process whose sleep ended while it was frozen
+//     exits as soon as it is thawed) is held as in rule 1, and released
+//     after the resumed event.
 type sequencer struct {
 	starting map[string]bool // processes between their runtime start (or the init's resume) and its event
 	held     map[string]Exit // exits that arrived while their process was starting or resuming
