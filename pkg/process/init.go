@@ -328,13 +328,17 @@ func (c *Container) Resume(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = c.rt.resume(ctx)
+	// Bounded: the exits that come meanwhile wait for it (rule 4).
+	rctx, cancel := context.WithTimeout(ctx, resumeBound)
+	err = c.rt.resume(rctx)
+	cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err == nil && p.status == Paused {
+	resumed := err == nil && p.status == Paused
+	if resumed {
 		p.status = Running
 	}
-	c.applyLocked(c.seq.endResume(err == nil))
+	c.applyLocked(c.seq.endResume(resumed))
 	return err
 }
 

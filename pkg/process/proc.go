@@ -65,6 +65,10 @@ const (
 	restoreBound = 10 * time.Minute
 )
 
+// resumeBound bounds `runc resume`: the exits that come during a resume are
+// published after it (the sequencer's rule 4).
+const resumeBound = time.Minute
+
 // startContext is the context of a runtime call that starts a process.
 // The process may run before the runtime returns, so the caller going away
 // meanwhile (a client killed during its Start, whose call's context ttrpc

@@ -68,13 +68,15 @@ type step struct {
 //     the steps check-oom, save-exit, publish-exit, in that order; an
 //     exec's is check-oom, publish-exit (an exec can be the OOM killer's
 //     victim too).
-//  4. Resumed before exit: the init's exit that arrives while the container
-//     is being resumed (a process whose sleep ended while it was frozen
-//     exits as soon as it is thawed) is held as in rule 1, and released
-//     after the resumed event.
+//  4. Resumed before exit: while the container is being resumed, every step
+//     the rules above give is parked, and the parked steps follow the
+//     resumed event (a process whose sleep ended while it was frozen exits
+//     as soon as it is thawed: the init, or an exec).
 type sequencer struct {
-	starting map[string]bool // processes between their runtime start (or the init's resume) and its event
-	held     map[string]Exit // exits that arrived while their process was starting or resuming
+	starting map[string]bool // processes between their runtime start and the start event
+	held     map[string]Exit // exits that arrived while their process was starting
+	resuming bool            // the container is being resumed (rule 4)
+	parked   []step          // steps given while resuming, in order
 	live     int             // execs starting or started whose exit is not released
 	initExit *Exit           // the init's exit, held for the live execs
 	initGone bool            // the init's exit has arrived (held or released)
@@ -99,6 +101,10 @@ func (s *sequencer) beginStart(execID string) {
 // event, then an exit that came meanwhile (rule 1). An exec that failed to
 // start no longer holds the init's exit.
 func (s *sequencer) endStart(execID string, started bool) []step {
+	return s.give(s.endStartSteps(execID, started))
+}
+
+func (s *sequencer) endStartSteps(execID string, started bool) []step {
 	delete(s.starting, execID)
 	var steps []step
 	if started {
@@ -110,7 +116,7 @@ func (s *sequencer) endStart(execID string, started bool) []step {
 	}
 	if e, ok := s.held[execID]; ok {
 		delete(s.held, execID)
-		return append(steps, s.exited(execID, e)...)
+		return append(steps, s.exitedSteps(execID, e)...)
 	}
 	if !started && execID != "" {
 		s.live--
@@ -120,25 +126,36 @@ func (s *sequencer) endStart(execID string, started bool) []step {
 }
 
 // beginResume opens the resume window of the container (rule 4).
-func (s *sequencer) beginResume() { s.starting[""] = true }
+func (s *sequencer) beginResume() { s.resuming = true }
 
 // endResume closes it: the resumed event after a successful resume, then
-// the init's exit that came meanwhile.
+// the steps parked meanwhile.
 func (s *sequencer) endResume(resumed bool) []step {
-	delete(s.starting, "")
+	s.resuming = false
 	var steps []step
 	if resumed {
 		steps = append(steps, step{kind: stepPublishResumed})
 	}
-	if e, ok := s.held[""]; ok {
-		delete(s.held, "")
-		steps = append(steps, s.exited("", e)...)
+	steps = append(steps, s.parked...)
+	s.parked = nil
+	return steps
+}
+
+// give returns steps to do now, or parks them during a resume (rule 4).
+func (s *sequencer) give(steps []step) []step {
+	if s.resuming && len(steps) > 0 {
+		s.parked = append(s.parked, steps...)
+		return nil
 	}
 	return steps
 }
 
 // exited takes the exit of a process and returns what to do now.
 func (s *sequencer) exited(execID string, e Exit) []step {
+	return s.give(s.exitedSteps(execID, e))
+}
+
+func (s *sequencer) exitedSteps(execID string, e Exit) []step {
 	if s.starting[execID] {
 		s.held[execID] = e // rule 1
 		if execID == "" {
@@ -163,6 +180,10 @@ func (s *sequencer) exited(execID string, e Exit) []step {
 
 // expireInit releases the init's exit although execs have not exited.
 func (s *sequencer) expireInit() []step {
+	return s.give(s.expireInitSteps())
+}
+
+func (s *sequencer) expireInitSteps() []step {
 	if s.initExit == nil {
 		return nil
 	}
@@ -175,7 +196,7 @@ func (s *sequencer) releaseInit() []step {
 	if s.live > 0 || s.initExit == nil {
 		return nil
 	}
-	return s.expireInit()
+	return s.expireInitSteps()
 }
 
 // initExitSteps is rule 3.

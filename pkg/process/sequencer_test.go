@@ -74,6 +74,17 @@ func TestSequencer(t *testing.T) {
 			want: "| publish-start: | | | publish-resumed: check-oom: save-exit: publish-exit:",
 		},
 		{
+			name: "exec exit during a resume is held until the resumed event",
+			ins:  []in{{"begin", ""}, {"end", ""}, {"begin", "e1"}, {"end", "e1"}, {"resume", ""}, {"exit", "e1"}, {"resumed", ""}},
+			want: "| publish-start: | | publish-start:e1 | | | publish-resumed: check-oom:e1 publish-exit:e1",
+		},
+		{
+			name: "exits of an exec and the init during a resume keep their order after the resumed event",
+			ins: []in{{"begin", ""}, {"end", ""}, {"begin", "e1"}, {"end", "e1"}, {"resume", ""},
+				{"exit", ""}, {"exit", "e1"}, {"resumed", ""}},
+			want: "| publish-start: | | publish-start:e1 | | | | publish-resumed: kill-execs: arm-init-deadline: check-oom:e1 publish-exit:e1 check-oom: save-exit: publish-exit:",
+		},
+		{
 			name: "exit during a failed resume is still published",
 			ins:  []in{{"begin", ""}, {"end", ""}, {"resume", ""}, {"exit", ""}, {"unresumed", ""}},
 			want: "| publish-start: | | | check-oom: save-exit: publish-exit:",

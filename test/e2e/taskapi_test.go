@@ -384,12 +384,12 @@ func TestExitAtResume(t *testing.T) {
 			h.requireShim(t, rt)
 			ns, id := defaultNamespace, newID(t)
 			rec := h.recordEvents(t, ns, id)
-			r := h.startTask(t, ns, rt, id, "sleep", "0.5")
+			r := h.startTask(t, ns, rt, id, "sleep", "2")
 			ctx := nsContext(t, ns, opTimeout)
 			if err := r.task.Pause(ctx); err != nil {
 				t.Fatalf("pause: %v", err)
 			}
-			time.Sleep(time.Second) // the sleep ends, frozen
+			time.Sleep(2500 * time.Millisecond) // the sleep ends, frozen
 			if err := r.task.Resume(ctx); err != nil {
 				t.Fatalf("resume: %v", err)
 			}
