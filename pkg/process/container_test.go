@@ -449,13 +449,7 @@ func TestExitDuringStartComesAfterStart(t *testing.T) {
 // ended while it was frozen exits as soon as it is thawed) is published
 // after the resumed event, never before it.
 func TestExitDuringResumeComesAfterResumed(t *testing.T) {
-	f := newFake(t)
-	rec := newRecorder()
-	c := f.create(t, rec)
-	ctx := context.Background()
-	if _, err := c.Start(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
+	_, rec, c, ctx := startedFake(t)
 	if err := c.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
