@@ -298,7 +298,9 @@ func (c *Container) Pause(ctx context.Context) error {
 	p.status = Pausing
 	c.mu.Unlock()
 
-	err := c.rt.pause(ctx)
+	pctx, cancel := context.WithTimeout(ctx, freezeBound)
+	err := c.rt.pause(pctx)
+	cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p.status != Pausing {
@@ -329,7 +331,7 @@ func (c *Container) Resume(ctx context.Context) error {
 		return err
 	}
 	// Bounded: the exits that come meanwhile wait for it (rule 4).
-	rctx, cancel := context.WithTimeout(ctx, resumeBound)
+	rctx, cancel := context.WithTimeout(ctx, freezeBound)
 	err = c.rt.resume(rctx)
 	cancel()
 	c.mu.Lock()
