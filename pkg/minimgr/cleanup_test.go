@@ -548,7 +548,7 @@ func TestLockDirMovedAside(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		aside := filepath.Join(parent, ".c.deleted."+randHex())
+		aside := filepath.Join(parent, ".c.deleted."+randHex(4))
 		if err := os.Rename(dir, aside); err != nil {
 			t.Fatal(err)
 		}

@@ -892,7 +892,7 @@ func removeLocked(dir string, lk *stateLock) error {
 	// of its ID waiting for the lock (placeBundle) finds it free at
 	// once; the rename's leftover, a dot name, goes as an old temporary.
 	if !strings.HasPrefix(filepath.Base(dir), ".") {
-		gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".deleted."+randHex())
+		gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".deleted."+randHex(4))
 		if os.Rename(dir, gone) == nil {
 			lk.unlock()
 			os.RemoveAll(gone)

@@ -3,9 +3,7 @@ package minimgr
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -74,11 +72,7 @@ const instanceLen = 4
 // container's ID was taken again removes its own socket only, never the
 // one the next shim of that ID listens on.
 func instanceSocketDir(root string) (string, error) {
-	b := make([]byte, instanceLen)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	return filepath.Join(socketDir(root), hex.EncodeToString(b)), nil
+	return filepath.Join(socketDir(root), randHex(instanceLen)), nil
 }
 
 // removeSocket removes the socket of address and its own directory (when

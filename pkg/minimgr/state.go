@@ -238,7 +238,7 @@ func makeStateDir(root, ns, id string) (string, *stateLock, error) {
 // removed and no one finds it half removed; Cleanup removes a rename whose
 // removal was cut short.
 func removeStateDir(dir string) error {
-	gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".deleted."+randHex())
+	gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".deleted."+randHex(4))
 	if err := os.Rename(dir, gone); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
@@ -248,10 +248,11 @@ func removeStateDir(dir string) error {
 	return os.RemoveAll(gone)
 }
 
-// randHex returns 8 random hex digits, for names of directories moved
-// aside before their removal.
-func randHex() string {
-	b := make([]byte, 4)
+// randHex returns n random bytes in hex: names of directories moved aside
+// before their removal, and of shims' socket directories. (crypto/rand's
+// Read never fails.)
+func randHex(n int) string {
+	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
