@@ -239,7 +239,6 @@ func (s *Service) StartSandbox(ctx context.Context, r *StartSandboxRequest) (*St
 		}
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if err != nil {
 		if s.phase == phaseStarting {
 			s.phase = phaseCreated // may be started again
@@ -248,11 +247,15 @@ func (s *Service) StartSandbox(ctx context.Context, r *StartSandboxRequest) (*St
 			// spawn was cancelled and the holder killed.
 			err = fmt.Errorf("sandbox became %s while starting: %w", s.phase, errdefs.ErrAborted)
 		}
+		s.mu.Unlock()
 		return nil, wire(fmt.Errorf("start sandbox %q: %w", id, err))
 	}
 	if s.phase != phaseStarting {
-		// Stopped or shut down while the holder was starting.
+		// Stopped or shut down while the holder was starting. The kill
+		// waits for the holder's exit: not under the lock. The stop that
+		// came waits for it through spawned.
 		st := s.phase
+		s.mu.Unlock()
 		kctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 		defer cancel()
 		_ = h.kill(kctx)
@@ -260,9 +263,11 @@ func (s *Service) StartSandbox(ctx context.Context, r *StartSandboxRequest) (*St
 		return nil, wire(fmt.Errorf("sandbox %q became %s while starting: %w", id, st, errdefs.ErrAborted))
 	}
 	s.h, s.cgroup, s.phase = h, cg, phaseReady
+	created := s.createdAt
 	go s.monitor(h)
+	s.mu.Unlock()
 	log.G(ctx).WithField("sandbox_id", id).WithField("pid", h.pid).Info("sandbox ready")
-	return &StartSandboxResponse{Pid: uint32(h.pid), CreatedAt: timestamppb.New(s.createdAt)}, nil
+	return &StartSandboxResponse{Pid: uint32(h.pid), CreatedAt: timestamppb.New(created)}, nil
 }
 
 // monitor moves the sandbox to stopped when its holder exits.
