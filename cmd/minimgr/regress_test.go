@@ -614,6 +614,9 @@ done
 exec %[1]q "$@"
 `
 
+// trapTerm is a container program that exits 42 on SIGTERM.
+var trapTerm = []string{"sh", "-c", `trap "exit 42" TERM; while :; do sleep 0.1; done`}
+
 // TestSignalBeforeExec: a SIGTERM sent right after Start, before runc's
 // init has exec'd the container's program, reaches the program: it exits as
 // its TERM handler says. Sent to runc's init instead (a Go program, PID 1
@@ -627,28 +630,9 @@ func TestSignalBeforeExec(t *testing.T) {
 			started := filepath.Join(t.TempDir(), "started")
 			e.runcInPath(lateExecRunc, started)
 
-			e.mustRun("run", "-d", e.bundle, "early", "sh", "-c", `trap "exit 42" TERM; while :; do sleep 0.1; done`)
+			e.mustRun(append([]string{"run", "-d", e.bundle, "early"}, trapTerm...)...)
 			e.mustRun("kill", "-s", "TERM", "early")
-			// A TERM that reaches sh after its exec but before its trap is
-			// set is dropped (a namespace's PID 1 without a handler): the
-			// program's own start-up, not the window under test. Sent
-			// again, it is handled.
-			for try := 0; e.state("early").Status != minimgr.StatusStopped; try++ {
-				if try == 20 {
-					e.t.Log("TERM sent again: the first came before sh's trap")
-					e.mustRun("kill", "-s", "TERM", "early")
-				}
-				if try == 100 {
-					t.Fatal("the container did not stop within 10 s of its TERMs")
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-			r := e.run(nil, "wait", "early")
-			if tc.shim != "" {
-				t.Logf("%s: exit status %d of a container signalled before its exec", tc.name, r.code)
-			} else if r.code != 42 {
-				t.Errorf("exit status %d, want the program's TERM handler's 42 (2: the signal reached runc's init): %s", r.code, r.stderr)
-			}
+			e.expectTermHandled("early", tc)
 			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 				if _, err := os.Stat(started); err == nil {
 					break
@@ -660,5 +644,83 @@ func TestSignalBeforeExec(t *testing.T) {
 			e.mustRun("delete", "early")
 			e.assertNoProcesses()
 		})
+	}
+}
+
+// slowStartRunc is a runc whose `start` creates the file of its second
+// argument when it is called, and only half a second later starts: a Start
+// call in flight for that long.
+const slowStartRunc = `#!/bin/sh
+for a in "$@"; do
+	if [ "$a" = start ]; then : > %[2]q; sleep 0.5; exec %[1]q "$@"; fi
+done
+exec %[1]q "$@"
+`
+
+// TestSignalDuringStart: a SIGTERM sent while the Start call is still in
+// flight (by another client: containerd and CRI wait for their Start)
+// waits for the Start, which succeeds, and reaches the program, not runc's
+// init. containerd's runc shim also has its Kill wait for the Start; it
+// then signals at once, in the window of TestSignalBeforeExec, so its
+// exit status is logged.
+func TestSignalDuringStart(t *testing.T) {
+	for _, tc := range bothShims() {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.useShim(tc.shim)
+			called := filepath.Join(t.TempDir(), "called")
+			e.runcInPath(slowStartRunc, called)
+
+			e.mustRun(append([]string{"create", e.bundle, "midstart"}, trapTerm...)...)
+			ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+			defer cancel()
+			var stderr bytes.Buffer
+			start := e.command(ctx, "start", "midstart")
+			start.Stderr = &stderr
+			if err := start.Start(); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				if _, err := os.Stat(called); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("runc start was not called within 10 s")
+				}
+			}
+			e.mustRun("kill", "-s", "TERM", "midstart")
+			if err := start.Wait(); err != nil {
+				t.Errorf("start with a TERM sent during it: %v: %s", err, stderr.String())
+			}
+			e.expectTermHandled("midstart", tc)
+			e.mustRun("delete", "midstart")
+			e.assertNoProcesses()
+		})
+	}
+}
+
+// expectTermHandled waits for the container id running trapTerm, which
+// was sent SIGTERM, to stop, and checks that the program's handler ended
+// it (for mine; containerd's runc shim's status is logged).
+func (e *env) expectTermHandled(id string, tc shimCase) {
+	e.t.Helper()
+	// A TERM that reaches sh after its exec but before its trap is set is
+	// dropped (a namespace's PID 1 without a handler): the program's own
+	// start-up, not the window under test. Sent again, it is handled.
+	for try := 0; e.state(id).Status != minimgr.StatusStopped; try++ {
+		if try == 20 {
+			e.t.Log("TERM sent again: the first came before sh's trap")
+			e.mustRun("kill", "-s", "TERM", id)
+		}
+		if try == 100 {
+			e.t.Fatal("the container did not stop within 10 s of its TERMs")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r := e.run(nil, "wait", id)
+	if tc.shim != "" {
+		e.t.Logf("%s: exit status %d after the TERM", tc.name, r.code)
+	} else if r.code != 42 {
+		e.t.Errorf("exit status %d, want the program's TERM handler's 42 (2: the signal reached runc's init): %s", r.code, r.stderr)
 	}
 }

@@ -110,7 +110,7 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p.pid, p.pidfd, p.io, p.status = pid, pidfd, pio, Running
-	p.execBy = c.execDeadline()
+	p.execBy = c.execDeadline(execWait)
 	release()
 	c.applyLocked(c.seq.endStart(p.execID, true))
 	return pid, nil

@@ -163,6 +163,11 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 		return 0, err
 	}
 	c.seq.beginStart("")
+	if c.cfg.Checkpoint == "" {
+		// A signal sent while runc starts the init (by another client)
+		// waits for the program as well, as long as the start may take.
+		p.execBy = c.execDeadline(startBound)
+	}
 	c.mu.Unlock()
 
 	if c.cfg.Checkpoint != "" {
@@ -173,9 +178,10 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 	end()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	p.execBy = time.Time{}
 	if err == nil {
 		p.status = Running
-		p.execBy = c.execDeadline()
+		p.execBy = c.execDeadline(execWait)
 	}
 	c.applyLocked(c.seq.endStart("", err == nil))
 	return p.pid, err

@@ -286,14 +286,17 @@ func (c *Container) Kill(ctx context.Context, execID string, sig int, all bool) 
 // it to exec its program.
 const execWait = time.Second
 
-// awaitExec waits, until execWait after its start, until a process that
-// was started a moment ago runs its own program. The runtime answers start
-// once its init was told to exec the program, a moment before that init
-// has: a signal in between reaches the runtime's init instead. runc's is a
-// Go program, which on SIGTERM as the PID 1 of its namespace exits 2, so
-// the container's exit would say nothing of the program's handler. Signals
-// that cannot be caught (SIGKILL, SIGSTOP) do the same to either and go at
-// once, and so does signal 0, which only probes.
+// awaitExec waits until a process that is being started, or was started a
+// moment ago, runs its own program: at most until its execBy, which is
+// execWait after its start, or the start's bound while the start is in
+// flight. The runtime answers start once its init was told to exec the
+// program, a moment before that init has: a signal in between, or during
+// the start, reaches the runtime's init instead. runc's is a Go program,
+// which on SIGTERM as the PID 1 of its namespace exits 2, so the
+// container's exit would say nothing of the program's handler (and a start
+// in flight would then fail). Signals that cannot be caught (SIGKILL,
+// SIGSTOP) do the same to either and go at once, and so does signal 0,
+// which only probes.
 func (c *Container) awaitExec(ctx context.Context, execID string, sig unix.Signal) {
 	if sig == 0 || sig == unix.SIGKILL || sig == unix.SIGSTOP {
 		return
@@ -304,10 +307,8 @@ func (c *Container) awaitExec(ctx context.Context, execID string, sig unix.Signa
 		c.mu.Unlock()
 		return
 	}
-	pid, exe, by := p.pid, c.runtimeExe, p.execBy
+	pid, exe := p.pid, c.runtimeExe
 	c.mu.Unlock()
-	ctx, cancel := context.WithDeadline(ctx, by)
-	defer cancel()
 	link := "/proc/" + strconv.Itoa(pid) + "/exe"
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
@@ -315,10 +316,16 @@ func (c *Container) awaitExec(ctx context.Context, execID string, sig unix.Signa
 		// Gone, exec'd, or reaped and its pid taken again: no more to
 		// wait for (signals never reach a recycled pid: runc checks its
 		// state, execs are signalled through their pidfd).
-		if now, err := os.Readlink(link); err != nil || now != exe {
-			c.mu.Lock()
+		now, err := os.Readlink(link)
+		c.mu.Lock()
+		if err != nil || now != exe {
 			p.execBy = time.Time{}
-			c.mu.Unlock()
+		}
+		// Read again at every turn: the end of a start in flight moves it
+		// (or clears it, when the start failed).
+		by := p.execBy
+		c.mu.Unlock()
+		if by.IsZero() || !time.Now().Before(by) {
 			return
 		}
 		select {
@@ -329,12 +336,13 @@ func (c *Container) awaitExec(ctx context.Context, execID string, sig unix.Signa
 	}
 }
 
-// execDeadline is the execBy of a process started now.
-func (c *Container) execDeadline() time.Time {
+// execDeadline is the execBy of a process whose start (or its runtime
+// call) begins now and takes at most d.
+func (c *Container) execDeadline(d time.Duration) time.Time {
 	if c.runtimeExe == "" {
 		return time.Time{}
 	}
-	return time.Now().Add(execWait)
+	return time.Now().Add(d)
 }
 
 // Wait blocks until the process's exit is published or ctx is done.
