@@ -648,11 +648,13 @@ func TestSignalBeforeExec(t *testing.T) {
 }
 
 // slowStartRunc is a runc whose `start` creates the file of its second
-// argument when it is called, and only half a second later starts: a Start
-// call in flight for that long.
+// argument when it is called, and only two seconds later starts: a Start
+// call in flight for that long, time enough for a Kill to come in it even
+// on a loaded machine (one that came after would be the window of
+// TestSignalBeforeExec instead).
 const slowStartRunc = `#!/bin/sh
 for a in "$@"; do
-	if [ "$a" = start ]; then : > %[2]q; sleep 0.5; exec %[1]q "$@"; fi
+	if [ "$a" = start ]; then : > %[2]q; sleep 2; exec %[1]q "$@"; fi
 done
 exec %[1]q "$@"
 `
