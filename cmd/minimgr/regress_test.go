@@ -701,6 +701,65 @@ func TestSignalDuringStart(t *testing.T) {
 	}
 }
 
+// slowExecRunc is a runc whose `exec` creates the file of its second
+// argument when it is called, and only two seconds later runs.
+const slowExecRunc = `#!/bin/sh
+for a in "$@"; do
+	if [ "$a" = exec ]; then : > %[2]q; sleep 2; exec %[1]q "$@"; fi
+done
+exec %[1]q "$@"
+`
+
+// TestSignalDuringExecStart: a SIGTERM sent to an exec while its Start call
+// is still in flight (by another client) waits for the Start and then
+// reaches the exec, as containerd's runc shim does: the Kill succeeds, the
+// Start too, and the exec ends by the signal.
+func TestSignalDuringExecStart(t *testing.T) {
+	for _, tc := range bothShims() {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.useShim(tc.shim)
+			called := filepath.Join(t.TempDir(), "called")
+			e.runcInPath(slowExecRunc, called)
+
+			e.mustRun("run", "-d", e.bundle, "midexec", "sleep", "1000")
+			ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+			defer cancel()
+			var stderr bytes.Buffer
+			start := e.command(ctx, "exec", "-d", "--exec-id", "e1", "midexec", "sleep", "1000")
+			start.Stderr = &stderr
+			if err := start.Start(); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				if _, err := os.Stat(called); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("runc exec was not called within 10 s")
+				}
+			}
+			killed := e.run(nil, "kill", "-s", "TERM", "--exec", "e1", "midexec")
+			if killed.code != 0 {
+				t.Errorf("kill of the exec during its start: exit %d: %s", killed.code, killed.stderr)
+			}
+			if err := start.Wait(); err != nil {
+				t.Errorf("exec with a TERM sent during its start: %v: %s", err, stderr.String())
+			}
+			if killed.code != 0 {
+				// The TERM was refused: end the exec for the wait.
+				e.run(nil, "kill", "-s", "KILL", "--exec", "e1", "midexec")
+			} else if r := e.run(nil, "wait", "--exec", "e1", "midexec"); r.code != 128+int(syscall.SIGTERM) {
+				t.Errorf("exec's exit status %d, want %d (ended by the TERM): %s", r.code, 128+int(syscall.SIGTERM), r.stderr)
+			}
+			e.mustRun("kill", "-s", "KILL", "midexec")
+			e.run(nil, "wait", "midexec")
+			e.mustRun("delete", "midexec")
+			e.assertNoProcesses()
+		})
+	}
+}
+
 // expectTermHandled waits for the container id running trapTerm, which
 // was sent SIGTERM, to stop, and checks that the program's handler ended
 // it (for mine; containerd's runc shim's status is logged).

@@ -69,6 +69,7 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 		return 0, fmt.Errorf("cannot start exec %q: the init of container %q has exited: %w", p.execID, c.id, errdefs.ErrFailedPrecondition)
 	}
 	c.seq.beginStart(p.execID)
+	p.starting = make(chan struct{})
 	c.mu.Unlock()
 
 	fail := func(pio *stdio.IO, err error) (int, error) {
@@ -77,6 +78,7 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		p.endStarting()
 		c.applyLocked(c.seq.endStart(p.execID, false))
 		return 0, err
 	}
@@ -111,6 +113,7 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	defer c.mu.Unlock()
 	p.pid, p.pidfd, p.io, p.status = pid, pidfd, pio, Running
 	p.execBy = c.execDeadline(execWait)
+	p.endStarting()
 	release()
 	c.applyLocked(c.seq.endStart(p.execID, true))
 	return pid, nil

@@ -39,6 +39,9 @@ type proc struct {
 	// wait for that until this time (see awaitExec). Zero once seen, or
 	// when unknown. Guarded by Container.mu.
 	execBy time.Time
+	// starting is closed when the start in flight of an exec ends; nil
+	// when none is. Guarded by Container.mu.
+	starting chan struct{}
 
 	done     chan struct{} // closed once the exit is published, or the process deleted
 	doneOnce sync.Once
@@ -49,6 +52,15 @@ func newProc(execID string, spec *specs.Process, cfg stdio.Config) *proc {
 }
 
 func (p *proc) isInit() bool { return p.execID == "" }
+
+// endStarting releases the Kills waiting for the start in flight of an
+// exec. Called with Container.mu held.
+func (p *proc) endStarting() {
+	if p.starting != nil {
+		close(p.starting)
+		p.starting = nil
+	}
+}
 
 // finish closes done, once: Wait returns.
 func (p *proc) finish() { p.doneOnce.Do(func() { close(p.done) }) }
@@ -256,7 +268,10 @@ func (c *Container) signalLocked(p *proc, sig unix.Signal) error {
 
 // Kill signals the init (all: every process of the container) or an exec.
 // A process that has exited gives errdefs.ErrNotFound; Kill with all of a
-// stopped init still reaches the runtime, so that leftovers are ended.
+// stopped init still reaches the runtime, so that leftovers are ended. A
+// catchable signal to a process being started, or started a moment ago,
+// waits for it to run its program (awaitExec); a Kill of an exec whose
+// start is in flight waits for that start.
 func (c *Container) Kill(ctx context.Context, execID string, sig int, all bool) error {
 	c.awaitExec(ctx, execID, unix.Signal(sig))
 	c.mu.Lock()
@@ -272,6 +287,18 @@ func (c *Container) Kill(ctx context.Context, execID string, sig int, all bool) 
 		return err
 	}
 	if !p.isInit() {
+		if started := p.starting; p.pid == 0 && started != nil {
+			// Its start is in flight: signalled once it has a process
+			// (or refused if the start fails), as containerd's runc shim
+			// does. The start is bounded.
+			c.mu.Unlock()
+			select {
+			case <-started:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			return c.Kill(ctx, execID, sig, all)
+		}
 		defer c.mu.Unlock()
 		if p.pid == 0 {
 			return fmt.Errorf("exec %q has not started: %w", execID, errdefs.ErrFailedPrecondition)
