@@ -1298,3 +1298,48 @@ func TestStatsAfterExit(t *testing.T) {
 		t.Error("stats of a deleted container succeeded")
 	}
 }
+
+// A Kill of an exec whose start is in flight waits for the start, bounded
+// by the Kill's own context, and then signals the started exec.
+func TestKillWaitsForExecStart(t *testing.T) {
+	f, _, c, ctx := startedFake(t)
+	block := newHold(t, "FAKE_RUNTIME_EXEC_BLOCK")
+	if err := c.AddExec(ctx, ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"sleep", "1000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { _, err := c.Start(ctx, "e1"); started <- err }()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(strings.Join(f.calls(t), "\n"), " exec "); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("exec never called")
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := c.Kill(short, "e1", int(unix.SIGKILL), false); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("kill with a 100 ms context during the exec's start: %v, want its deadline", err)
+	}
+	killed := make(chan error, 1)
+	go func() { killed <- c.Kill(ctx, "e1", int(unix.SIGKILL), false) }()
+	select {
+	case err := <-killed:
+		t.Fatalf("kill returned during the exec's start: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	releaseHold(block, 10*time.Second)
+	for _, ch := range []chan error{started, killed} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("start or kill did not return once the start went on")
+		}
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if exit, err := c.Wait(wctx, "e1"); err != nil || exit.Status != 137 {
+		t.Fatalf("wait: %+v, %v: want the KILL's 137", exit, err)
+	}
+}
