@@ -647,17 +647,57 @@ func TestSignalBeforeExec(t *testing.T) {
 	}
 }
 
-// slowStartRunc is a runc whose `start` creates the file of its second
-// argument when it is called, and only two seconds later starts: a Start
-// call in flight for that long, time enough for a Kill to come in it even
-// on a loaded machine (one that came after would be the window of
-// TestSignalBeforeExec instead).
-const slowStartRunc = `#!/bin/sh
+// slowRunc is a runc whose subcommand named by its third argument creates
+// the file of its second argument when it is called, and only two seconds
+// later runs: a Start call in flight for that long, time enough for a Kill
+// to come in it even on a loaded machine (one that came after would meet
+// the wait after a start, as in TestSignalBeforeExec).
+const slowRunc = `#!/bin/sh
 for a in "$@"; do
-	if [ "$a" = start ]; then : > %[2]q; sleep 2; exec %[1]q "$@"; fi
+	if [ "$a" = %[3]s ]; then : > %[2]q; sleep 2; exec %[1]q "$@"; fi
 done
 exec %[1]q "$@"
 `
+
+// slowRunc puts slowRunc for sub in PATH (for the shims started from now
+// on) and returns the file it creates when sub is called.
+func (e *env) slowRunc(sub string) string {
+	e.t.Helper()
+	called := filepath.Join(e.t.TempDir(), "called")
+	e.runcInPath(slowRunc, called, sub)
+	return called
+}
+
+// startHeld runs minimgr with args in the background and returns once the
+// slowed runc subcommand was called (the file called exists). wait waits
+// for the command's end and reports a failure with its stderr.
+func (e *env) startHeld(called string, args ...string) (wait func() error) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	var stderr bytes.Buffer
+	cmd := e.command(ctx, args...)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		cancel()
+		e.t.Fatal(err)
+	}
+	wait = func() error {
+		defer cancel()
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("minimgr %v: %w: %s", args, err, stderr.String())
+		}
+		return nil
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(called); err == nil {
+			return wait
+		}
+		if time.Now().After(deadline) {
+			_ = wait()
+			e.t.Fatalf("minimgr %v: the slowed runc was not called within 10 s", args)
+		}
+	}
+}
 
 // TestSignalDuringStart: a SIGTERM sent while the Start call is still in
 // flight (by another client: containerd and CRI wait for their Start)
@@ -670,29 +710,13 @@ func TestSignalDuringStart(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, true)
 			e.useShim(tc.shim)
-			called := filepath.Join(t.TempDir(), "called")
-			e.runcInPath(slowStartRunc, called)
+			called := e.slowRunc("start")
 
 			e.mustRun(append([]string{"create", e.bundle, "midstart"}, trapTerm...)...)
-			ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
-			defer cancel()
-			var stderr bytes.Buffer
-			start := e.command(ctx, "start", "midstart")
-			start.Stderr = &stderr
-			if err := start.Start(); err != nil {
-				t.Fatal(err)
-			}
-			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-				if _, err := os.Stat(called); err == nil {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("runc start was not called within 10 s")
-				}
-			}
+			wait := e.startHeld(called, "start", "midstart")
 			e.mustRun("kill", "-s", "TERM", "midstart")
-			if err := start.Wait(); err != nil {
-				t.Errorf("start with a TERM sent during it: %v: %s", err, stderr.String())
+			if err := wait(); err != nil {
+				t.Errorf("start with a TERM sent during it: %v", err)
 			}
 			e.expectTermHandled("midstart", tc)
 			e.mustRun("delete", "midstart")
@@ -700,15 +724,6 @@ func TestSignalDuringStart(t *testing.T) {
 		})
 	}
 }
-
-// slowExecRunc is a runc whose `exec` creates the file of its second
-// argument when it is called, and only two seconds later runs.
-const slowExecRunc = `#!/bin/sh
-for a in "$@"; do
-	if [ "$a" = exec ]; then : > %[2]q; sleep 2; exec %[1]q "$@"; fi
-done
-exec %[1]q "$@"
-`
 
 // TestSignalDuringExecStart: a SIGTERM sent to an exec while its Start call
 // is still in flight (by another client) waits for the Start and then
@@ -719,32 +734,16 @@ func TestSignalDuringExecStart(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, true)
 			e.useShim(tc.shim)
-			called := filepath.Join(t.TempDir(), "called")
-			e.runcInPath(slowExecRunc, called)
+			called := e.slowRunc("exec")
 
 			e.mustRun("run", "-d", e.bundle, "midexec", "sleep", "1000")
-			ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
-			defer cancel()
-			var stderr bytes.Buffer
-			start := e.command(ctx, "exec", "-d", "--exec-id", "e1", "midexec", "sleep", "1000")
-			start.Stderr = &stderr
-			if err := start.Start(); err != nil {
-				t.Fatal(err)
-			}
-			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-				if _, err := os.Stat(called); err == nil {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("runc exec was not called within 10 s")
-				}
-			}
+			wait := e.startHeld(called, "exec", "-d", "--exec-id", "e1", "midexec", "sleep", "1000")
 			killed := e.run(nil, "kill", "-s", "TERM", "--exec", "e1", "midexec")
 			if killed.code != 0 {
 				t.Errorf("kill of the exec during its start: exit %d: %s", killed.code, killed.stderr)
 			}
-			if err := start.Wait(); err != nil {
-				t.Errorf("exec with a TERM sent during its start: %v: %s", err, stderr.String())
+			if err := wait(); err != nil {
+				t.Errorf("exec with a TERM sent during its start: %v", err)
 			}
 			if killed.code != 0 {
 				// The TERM was refused: end the exec for the wait.
