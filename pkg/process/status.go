@@ -85,8 +85,12 @@ func (o op) String() string {
 
 // allowed is the whole state machine: which operation may begin in which
 // state. Transitions happen in Container, after the runtime call succeeded.
+//
+// An exec may be added to a created container (runc execs into its
+// namespaces, and containerd's API allows it). The processes of a stopped
+// container are not listed (see Container.Pids).
 var allowed = map[Status]map[op]bool{
-	Created: {opStart: true, opKill: true, opDelete: true, opCloseIO: true, opUpdate: true, opStats: true, opPids: true},
+	Created: {opStart: true, opKill: true, opDelete: true, opExec: true, opCloseIO: true, opUpdate: true, opStats: true, opPids: true},
 	Running: {opKill: true, opPause: true, opExec: true, opCloseIO: true, opUpdate: true, opStats: true, opCheckpoint: true, opPids: true},
 	Pausing: {opKill: true, opStats: true, opPids: true},
 	Paused:  {opKill: true, opResume: true, opUpdate: true, opStats: true, opCheckpoint: true, opPids: true},

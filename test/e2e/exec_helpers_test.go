@@ -50,6 +50,16 @@ type execHost struct {
 // cleanup kills and deletes what the test did not delete.
 func (h *harness) startHost(tb testing.TB, rt, id string, ioc cio.Creator, opts ...oci.SpecOpts) *execHost {
 	tb.Helper()
+	c := h.newHost(tb, rt, id, ioc, opts...)
+	if err := c.task.Start(c.ctx(tb, opTimeout)); err != nil {
+		tb.Fatalf("start task %s: %v", id, err)
+	}
+	return c
+}
+
+// newHost is startHost without the start: the task is created.
+func (h *harness) newHost(tb testing.TB, rt, id string, ioc cio.Creator, opts ...oci.SpecOpts) *execHost {
+	tb.Helper()
 	ns := defaultNamespace
 	h.ensureImage(tb, ns)
 	ctx := nsContext(tb, ns, opTimeout)
@@ -86,9 +96,6 @@ func (h *harness) startHost(tb testing.TB, rt, id string, ioc cio.Creator, opts 
 	tb.Cleanup(wcancel)
 	if c.exitC, err = c.task.Wait(wctx); err != nil {
 		tb.Fatalf("wait task %s: %v", id, err)
-	}
-	if err := c.task.Start(ctx); err != nil {
-		tb.Fatalf("start task %s: %v", id, err)
 	}
 	return c
 }

@@ -1,0 +1,54 @@
+package e2e
+
+import (
+	"syscall"
+	"testing"
+
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+)
+
+// Task API answers that clients rely on, held against containerd's runc
+// shim in the same test.
+
+// TestExecIntoCreatedTask: a task that is created and not started yet takes
+// an exec, which runs in its namespaces (containerd's API allows it, `ctr
+// task exec` does it, and runc execs into a created container); the task
+// then starts.
+func TestExecIntoCreatedTask(t *testing.T) {
+	h := requireHarness(t)
+	h.sideBySide(t, func(t *testing.T, rt string) {
+		c := h.newHost(t, rt, newID(t), cio.NullIO, oci.WithProcessArgs("sleep", "1000"))
+		ctx := c.ctx(t, execTimeout)
+		if code, err := c.runExec(ctx, "e1", "true"); err != nil || code != 0 {
+			t.Fatalf("exec into the created task: status %d, %v", code, err)
+		}
+		if err := c.task.Start(ctx); err != nil {
+			t.Fatalf("start after the exec: %v", err)
+		}
+		c.kill(t, syscall.SIGKILL)
+		if code := c.waitInit(t); code != 137 {
+			t.Errorf("init's exit status %d, want 137", code)
+		}
+		c.delete(t)
+	})
+}
+
+// TestCreatedTaskDeletedWithExec: a created task whose exec still runs is
+// deleted (with its processes killed) and the exec's exit is reported.
+func TestCreatedTaskDeletedWithExec(t *testing.T) {
+	h := requireHarness(t)
+	h.sideBySide(t, func(t *testing.T, rt string) {
+		c := h.newHost(t, rt, newID(t), cio.NullIO, oci.WithProcessArgs("sleep", "1000"))
+		ctx := c.ctx(t, execTimeout)
+		_, exitC, err := c.startExec(ctx, c.base(), "e1", c.execSpec(false, "sleep", "1000"), discardIO())
+		if err != nil {
+			t.Fatalf("exec into the created task: %v", err)
+		}
+		c.delete(t)
+		code, err := exitCode(exitC, exitTimeout)
+		if err != nil || code != 137 {
+			t.Errorf("exit of the exec of the deleted task: %d, %v: want 137", code, err)
+		}
+	})
+}
