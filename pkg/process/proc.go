@@ -398,7 +398,9 @@ type ProcessState struct {
 	Terminal bool
 }
 
-// State returns a snapshot of the init (execID "") or an exec process.
+// State returns a snapshot of the init (execID "") or an exec process. An
+// exec that has not stopped is reported pausing or paused while its
+// container is, as containerd's runc shim reports it.
 func (c *Container) State(execID string) (ProcessState, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -406,7 +408,12 @@ func (c *Container) State(execID string) (ProcessState, error) {
 	if err != nil {
 		return ProcessState{}, err
 	}
-	return ProcessState{ExecID: execID, Pid: p.pid, Status: p.status, Exit: p.exit, Stdio: p.stdio, Terminal: p.stdio.Terminal}, nil
+	status := p.status
+	if !p.isInit() && (status == Created || status == Running) && (c.init.status == Pausing || c.init.status == Paused) {
+		// The container is frozen, and every process in it with it.
+		status = c.init.status
+	}
+	return ProcessState{ExecID: execID, Pid: p.pid, Status: status, Exit: p.exit, Stdio: p.stdio, Terminal: p.stdio.Terminal}, nil
 }
 
 // CloseStdin closes the stdin of a process so that it reads EOF. It waits

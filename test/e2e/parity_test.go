@@ -4,6 +4,7 @@ import (
 	"syscall"
 	"testing"
 
+	client "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 )
@@ -50,5 +51,45 @@ func TestCreatedTaskDeletedWithExec(t *testing.T) {
 		if err != nil || code != 137 {
 			t.Errorf("exit of the exec of the deleted task: %d, %v: want 137", code, err)
 		}
+	})
+}
+
+// TestExecStatusWhilePaused: while a task is paused its execs, started or
+// only created, are reported paused as the task is, and what they were once
+// it is resumed.
+func TestExecStatusWhilePaused(t *testing.T) {
+	h := requireHarness(t)
+	h.sideBySide(t, func(t *testing.T, rt string) {
+		c := h.startHost(t, rt, newID(t), cio.NullIO, oci.WithProcessArgs("sleep", "1000"))
+		ctx := c.ctx(t, execTimeout)
+		running, _, err := c.startExec(ctx, c.base(), "running", c.execSpec(false, "sleep", "1000"), discardIO())
+		if err != nil {
+			t.Fatal(err)
+		}
+		created, err := c.task.Exec(ctx, "created", c.execSpec(false, "true"), discardIO())
+		if err != nil {
+			t.Fatal(err)
+		}
+		expect := func(when string, want map[client.Process]client.ProcessStatus) {
+			t.Helper()
+			for p, w := range want {
+				st, err := p.Status(ctx)
+				if err != nil || st.Status != w {
+					t.Errorf("%s: exec %s: %q, %v: want %q", when, p.ID(), st.Status, err, w)
+				}
+			}
+		}
+		if err := c.task.Pause(ctx); err != nil {
+			t.Fatalf("pause: %v", err)
+		}
+		expect("paused", map[client.Process]client.ProcessStatus{running: client.Paused, created: client.Paused})
+		if err := c.task.Resume(ctx); err != nil {
+			t.Fatalf("resume: %v", err)
+		}
+		expect("resumed", map[client.Process]client.ProcessStatus{running: client.Running, created: client.Created})
+		if _, err := created.Delete(ctx); err != nil {
+			t.Errorf("delete the created exec: %v", err)
+		}
+		c.delete(t)
 	})
 }
