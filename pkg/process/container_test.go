@@ -1063,6 +1063,17 @@ func createFromCheckpoint(t *testing.T, f fakeEnv) *Container {
 	return c
 }
 
+// A container created from a checkpoint has no process before its restore:
+// it takes no exec until then (a created container from a bundle does).
+func TestNoExecBeforeRestore(t *testing.T) {
+	f := newFake(t)
+	c := createFromCheckpoint(t, f)
+	err := c.AddExec(context.Background(), ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"true"}}})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("exec into a container created from a checkpoint, before its restore: %v, want failed precondition", err)
+	}
+}
+
 // So does a restore: its process runs before runc restore returns.
 func TestRestoreOutlivesCanceledCaller(t *testing.T) {
 	f := newFake(t)

@@ -17,7 +17,7 @@ import (
 // Start, ended by their exit pipeline and removed by Delete (or with the
 // container).
 
-// ExecConfig describes an exec process to add to a running container.
+// ExecConfig describes an exec process to add to a container.
 type ExecConfig struct {
 	ID    string
 	Spec  *specs.Process
@@ -25,8 +25,10 @@ type ExecConfig struct {
 }
 
 // AddExec registers an exec process; Start runs it. It is a record, not a
-// process: it is accepted while the container is running, even when the
-// init's exit is already held behind another exec (its Start then fails).
+// process: it is accepted while the container is running, or created (runc
+// execs into a created container's namespaces) unless it was created from
+// a checkpoint (nothing runs before its restore), and even when the init's
+// exit is already held behind another exec (its Start then fails).
 func (c *Container) AddExec(ctx context.Context, cfg ExecConfig) error {
 	if err := ValidateID(cfg.ID); err != nil {
 		return err
@@ -46,6 +48,9 @@ func (c *Container) AddExec(ctx context.Context, cfg ExecConfig) error {
 	defer c.mu.Unlock()
 	if err := check(c.init.status, opExec); err != nil {
 		return err
+	}
+	if c.init.status == Created && c.cfg.Checkpoint != "" {
+		return fmt.Errorf("cannot exec into container %q before its restore: %w", c.id, errdefs.ErrFailedPrecondition)
 	}
 	if _, ok := c.execs[cfg.ID]; ok {
 		return fmt.Errorf("exec %q of container %q: %w", cfg.ID, c.id, errdefs.ErrAlreadyExists)
