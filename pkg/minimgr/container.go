@@ -121,7 +121,7 @@ func (c *Container) start(ctx context.Context, execID string, att *attachment) (
 	if err != nil {
 		return 0, fmt.Errorf("start %s: %w", procName(c.rec.ID, execID), fromShim(err))
 	}
-	if err := att.connectStdin(ctx, func() { _ = c.closeStdin(context.Background(), execID) }); err != nil {
+	if err := att.connectStdin(func() { _ = c.closeStdin(context.Background(), execID) }); err != nil {
 		return int(resp.Pid), err
 	}
 	return int(resp.Pid), nil

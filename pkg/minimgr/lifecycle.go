@@ -167,7 +167,7 @@ func (c *Container) Attach(ctx context.Context, o IO) error {
 		}
 	}
 	a.followFrom(LogOptions{Follow: true, FromEnd: true})
-	if err := a.connectStdin(ctx, nil); err != nil {
+	if err := a.connectStdin(nil); err != nil {
 		a.stop()
 		return err
 	}

@@ -424,7 +424,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Container, retEr
 		return nil, err
 	}
 	att.follow()
-	if err := att.connectStdin(ctx, func() { _ = c.closeStdin(context.Background(), "") }); err != nil {
+	if err := att.connectStdin(func() { _ = c.closeStdin(context.Background(), "") }); err != nil {
 		att.close()
 		return nil, err
 	}

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/fifo"
+	"golang.org/x/sys/unix"
 )
 
 // IO says where the standard streams of a process go.
@@ -54,9 +54,6 @@ type stdioPaths struct {
 	stdin, stdout, stderr string
 	log                   string // the log file
 }
-
-// openTimeout bounds opening our end of a FIFO once the shim has its end.
-const openTimeout = 10 * time.Second
 
 // attachment is minimgr's side of one process's streams: the stdin copy,
 // started once the shim has opened the stdin FIFO, and the loop that
@@ -186,23 +183,33 @@ func (a *attachment) track(c io.Closer) {
 	a.mu.Unlock()
 }
 
-// connectStdin opens our end of the stdin FIFO, once the shim holds its
-// read end, and copies the caller's reader into it. At EOF of the reader it
-// closes the FIFO and calls eof, which asks the shim to close the process's
-// stdin (CloseIO): the shim keeps the FIFO open across clients that detach,
-// so closing our end alone is not EOF for the process. The detach keys end
-// the copy without eof. The copy goroutine ends when the reader returns
-// (the caller owns the reader).
-func (a *attachment) connectStdin(ctx context.Context, eof func()) error {
+// connectStdin opens our end of the stdin FIFO, which the shim holds open
+// for reading, and copies the caller's reader into it. At EOF of the reader
+// it closes the FIFO and calls eof, which asks the shim to close the
+// process's stdin (CloseIO): the shim keeps the FIFO open across clients
+// that detach, so closing our end alone is not EOF for the process. The
+// detach keys end the copy without eof. The copy goroutine ends when the
+// reader returns (the caller owns the reader).
+//
+// A shim opens its end before it answers the call that made the process
+// (Create for the init, Start for an exec), so no reader by now means that
+// none will come: the shim does not read this stdin (containerd's runc shim
+// reads none when the output goes to a binary:// logger, as minimgr's
+// does), or the process has already ended. The caller's stdin is then left
+// unconnected rather than waited for.
+func (a *attachment) connectStdin(eof func()) error {
 	if a == nil || a.stdinSrc == nil {
 		return nil
 	}
-	octx, cancel := context.WithTimeout(ctx, openTimeout)
-	defer cancel()
-	w, err := fifo.OpenFifo(octx, a.stdinPath, syscall.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", a.stdinPath, err)
+	fd, err := unix.Open(a.stdinPath, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENXIO) {
+		return nil
 	}
+	if err != nil {
+		return &os.PathError{Op: "open", Path: a.stdinPath, Err: err}
+	}
+	// Non-blocking, so writes wait in the runtime's poller.
+	w := os.NewFile(uintptr(fd), a.stdinPath)
 	a.track(w)
 	src := a.stdinSrc
 	if len(a.detachKeys) > 0 {
