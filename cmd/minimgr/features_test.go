@@ -341,36 +341,46 @@ func TestCleanupEndsShimWithoutState(t *testing.T) {
 	_ = syscall.Kill(info.ShimPid, 0)
 }
 
-// TestAttachOutputOnly: attach to a container without stdin follows its
-// output from now on; the detach keys on our stdin leave it running.
+// TestAttachOutputOnly: attach to a container without stdin (run -d), or
+// with a stdin FIFO that its shim does not read (run -d -i through
+// containerd's runc shim, which reads none with minimgr's logger), follows
+// its output from now on; the detach keys on our stdin leave it running.
 func TestAttachOutputOnly(t *testing.T) {
-	e := newEnv(t, true)
-	e.mustRun("run", "-d", e.bundle, "ao", "sh", "-c", "i=0; while :; do i=$((i+1)); echo tick$i; sleep 0.1; done")
-	defer e.run(nil, "delete", "-f", "ao")
-	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
-	defer cancel()
-	att := e.command(ctx, "attach", "ao")
-	in, err := att.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := att.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := att.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if l := readLine(t, bufio.NewReader(out), 20*time.Second); !strings.HasPrefix(l, "tick") {
-		t.Fatalf("attach said %q", l)
-	}
-	if _, err := in.Write([]byte{0x10, 0x11}); err != nil {
-		t.Fatal(err)
-	}
-	if err := att.Wait(); err != nil {
-		t.Errorf("attach after the detach keys: %v", err)
-	}
-	if got := e.list()["ao"]; got.Status != minimgr.StatusRunning {
-		t.Errorf("after detach: %+v", got)
+	for _, sc := range bothShims() {
+		for _, flags := range [][]string{{"-d"}, {"-d", "-i"}} {
+			t.Run(sc.name+strings.Join(flags, ""), func(t *testing.T) {
+				e := newEnv(t, true)
+				e.useShim(sc.shim)
+				run := append(append([]string{"run"}, flags...), e.bundle, "ao", "sh", "-c", "i=0; while :; do i=$((i+1)); echo tick$i; sleep 0.1; done")
+				e.mustRun(run...)
+				defer e.run(nil, "delete", "-f", "ao")
+				ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+				defer cancel()
+				att := e.command(ctx, "attach", "ao")
+				in, err := att.StdinPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				out, err := att.StdoutPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := att.Start(); err != nil {
+					t.Fatal(err)
+				}
+				if l := readLine(t, bufio.NewReader(out), 20*time.Second); !strings.HasPrefix(l, "tick") {
+					t.Fatalf("attach said %q", l)
+				}
+				if _, err := in.Write([]byte{0x10, 0x11}); err != nil {
+					t.Fatal(err)
+				}
+				if err := att.Wait(); err != nil {
+					t.Errorf("attach after the detach keys: %v", err)
+				}
+				if got := e.list()["ao"]; got.Status != minimgr.StatusRunning {
+					t.Errorf("after detach: %+v", got)
+				}
+			})
+		}
 	}
 }

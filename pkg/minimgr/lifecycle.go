@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -155,15 +154,10 @@ func (c *Container) Attach(ctx context.Context, o IO) error {
 	if o.Stdin != nil {
 		if _, err := os.Stat(stdin); err == nil {
 			a.stdinPath, a.stdinSrc = stdin, o.Stdin
-		} else if len(o.DetachKeys) > 0 {
+		} else {
 			// No stdin to send to: ours is read for the detach keys
 			// only.
-			go func() {
-				_, err := io.Copy(io.Discard, &detachReader{r: o.Stdin, keys: o.DetachKeys})
-				if errors.Is(err, errDetached) {
-					a.detachOnce.Do(func() { close(a.detached) })
-				}
-			}()
+			a.watchDetachKeys(o.Stdin)
 		}
 	}
 	a.followFrom(LogOptions{Follow: true, FromEnd: true})

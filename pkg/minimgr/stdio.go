@@ -191,18 +191,22 @@ func (a *attachment) track(c io.Closer) {
 // detach keys end the copy without eof. The copy goroutine ends when the
 // reader returns (the caller owns the reader).
 //
-// A shim opens its end before it answers the call that made the process
-// (Create for the init, Start for an exec), so no reader by now means that
-// none will come: the shim does not read this stdin (containerd's runc shim
+// A shim opens its end when it sets up the process, around its answer to
+// the call that made it (Create for the init, Start for an exec; mine
+// before it, containerd's runc shim in a goroutine that may run a moment
+// after it). So no reader within readerWait of that answer means that none
+// will come: the shim does not read this stdin (containerd's runc shim
 // reads none when the output goes to a binary:// logger, as minimgr's
 // does), or the process has already ended. The caller's stdin is then left
-// unconnected rather than waited for.
+// unconnected rather than waited for longer, and read only for the detach
+// keys.
 func (a *attachment) connectStdin(eof func()) error {
 	if a == nil || a.stdinSrc == nil {
 		return nil
 	}
-	fd, err := unix.Open(a.stdinPath, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	fd, err := openWriter(a.stdinPath)
 	if errors.Is(err, unix.ENXIO) {
+		a.watchDetachKeys(a.stdinSrc)
 		return nil
 	}
 	if err != nil {
@@ -227,6 +231,38 @@ func (a *attachment) connectStdin(eof func()) error {
 		}
 	}()
 	return nil
+}
+
+// readerWait bounds the wait for the shim's end of a stdin FIFO (see
+// connectStdin).
+const readerWait = 500 * time.Millisecond
+
+// openWriter opens the write end of the FIFO at path without blocking,
+// trying again while it has no reader, for readerWait at most (then
+// ENXIO).
+func openWriter(path string) (int, error) {
+	deadline := time.Now().Add(readerWait)
+	for {
+		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if !errors.Is(err, unix.ENXIO) || time.Now().After(deadline) {
+			return fd, err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// watchDetachKeys reads r, which goes nowhere, for the detach keys only.
+// The goroutine ends when r does (the caller owns it).
+func (a *attachment) watchDetachKeys(r io.Reader) {
+	if len(a.detachKeys) == 0 {
+		return
+	}
+	go func() {
+		_, err := io.Copy(io.Discard, &detachReader{r: r, keys: a.detachKeys})
+		if errors.Is(err, errDetached) {
+			a.detachOnce.Do(func() { close(a.detached) })
+		}
+	}()
 }
 
 // waitOutput says that the process has exited and waits, at most bound,
