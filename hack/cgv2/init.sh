@@ -8,6 +8,7 @@
 # run.sh talks to it through the 9p share tagged mine.ctl:
 #   workdir  absolute path where the share tagged mine.work is mounted
 #   cmd      shell script run as root in workdir, stdin /dev/null
+#   started  written by this script as cmd begins
 #   status   written by this script: cmd's exit status
 #   dmesg    written by this script: the kernel log after cmd
 #   systemd  when present: systemd becomes PID 1 (after the setup below) and
@@ -25,6 +26,8 @@ export PATH HOME
 if [ "$1" = run ]; then
 	ctl=/mnt/ctl
 	cd "$2" || exit 1
+	# Tells run.sh that the boot is over: cmd runs.
+	: >$ctl/started
 	sh $ctl/cmd </dev/null >"$3" 2>"$4"
 	status=$?
 	cd /

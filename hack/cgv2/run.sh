@@ -29,6 +29,9 @@
 #   MINE_CACHE         cache root (default ~/.cache/mine)
 #   MINE_CGV2_TIMEOUT  seconds for the whole run, image build included
 #                      (default 900; 0 means no limit)
+#   MINE_CGV2_BOOT_TIMEOUT  seconds for the guest to start CMD (default 300;
+#                      0 means no limit); a guest that has not is stopped
+#                      and booted once more (no CMD ran in it)
 #   MINE_CGV2_ENV      names of environment variables passed on to CMD
 #   MINE_CGV2_MEM      guest memory in MiB (default 2048)
 #   MINE_CGV2_CPUS     guest CPUs (default: the host's, at most 4)
@@ -180,10 +183,11 @@ printf '%s' "$dir" >"$ctl/workdir"
 if [ "${MINE_CGV2_SYSTEMD:-0}" = 1 ]; then
 	: >"$ctl/systemd"
 fi
-: >"$ctl/stdout"
-: >"$ctl/stderr"
 console=${MINE_CGV2_CONSOLE:-$ctl/console}
-: >"$console"
+boot_s=${MINE_CGV2_BOOT_TIMEOUT:-300}
+case $boot_s in
+'' | *[!0-9]*) die "MINE_CGV2_BOOT_TIMEOUT must be a number of seconds" ;;
+esac
 
 # QEMU option values take a comma doubled.
 q() { echo "${1//,/,,}"; }
@@ -203,37 +207,81 @@ qemu=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
 	-device "virtio-9p-pci,fsdev=work,mount_tag=mine.work")
 [ "$debug" = 0 ] || say "accel $accel, $cpus CPUs, $mem MiB, image $image"
 
-n=$(left)
-if [ -z "$n" ]; then
-	"${qemu[@]}" </dev/null >&2 &
-elif [ "$n" -gt 0 ]; then
-	timeout -k 5 "$n" "${qemu[@]}" </dev/null >&2 &
-else
-	timed_out
-fi
-qemu_pid=$!
-
 # Stream the guest's output while the VM runs; each tail stops once QEMU is
 # gone and the file is read to its end.
 follow() { tail -c +1 -s 0.2 -f --pid="$qemu_pid" "$1"; }
-follow "$ctl/stdout" &
-tails+=($!)
-follow "$ctl/stderr" >&2 &
-tails+=($!)
-if [ "$debug" != 0 ]; then
-	follow "$console" | tr -d '\r' >&2 &
-	tails+=($!)
-fi
 
-set +e
-wait "$qemu_pid"
-qemu_rc=$?
-set -e
-qemu_pid=""
-for p in "${tails[@]}"; do
-	wait "$p" || true
+# show_console shows the end of the guest's serial console.
+show_console() {
+	if [ -s "$console" ]; then
+		say "end of its console:"
+		tail -n 30 "$console" | tr -d '\r' >&2 || true
+	else
+		say "its console is empty: MINE_CGV2_DEBUG=1 shows the boot"
+	fi
+}
+
+# watch_boot stops QEMU when the guest has not started CMD within boot_s
+# seconds, and leaves $ctl/noboot behind: a boot that hung, with no test
+# run in it.
+watch_boot() {
+	local i
+	for ((i = 0; i < boot_s * 5; i++)); do
+		[ ! -e "$ctl/started" ] || return 0
+		kill -0 "$qemu_pid" 2>/dev/null || return 0
+		sleep 0.2
+	done
+	: >"$ctl/noboot"
+	kill "$qemu_pid" 2>/dev/null || true
+}
+
+for attempt in 1 2; do
+	rm -f "$ctl/started" "$ctl/noboot" "$ctl/status"
+	: >"$ctl/stdout"
+	: >"$ctl/stderr"
+	: >"$console"
+	n=$(left)
+	if [ -z "$n" ]; then
+		"${qemu[@]}" </dev/null >&2 &
+	elif [ "$n" -gt 0 ]; then
+		timeout -k 5 "$n" "${qemu[@]}" </dev/null >&2 &
+	else
+		timed_out
+	fi
+	qemu_pid=$!
+	follow "$ctl/stdout" &
+	tails+=($!)
+	follow "$ctl/stderr" >&2 &
+	tails+=($!)
+	if [ "$debug" != 0 ]; then
+		follow "$console" | tr -d '\r' >&2 &
+		tails+=($!)
+	fi
+	watcher=""
+	if [ "$boot_s" != 0 ]; then
+		watch_boot &
+		watcher=$!
+	fi
+
+	set +e
+	wait "$qemu_pid"
+	qemu_rc=$?
+	set -e
+	qemu_pid=""
+	if [ -n "$watcher" ]; then
+		kill "$watcher" 2>/dev/null || true
+		wait "$watcher" 2>/dev/null || true
+	fi
+	for p in "${tails[@]}"; do
+		wait "$p" || true
+	done
+	tails=()
+	[ -e "$ctl/noboot" ] || break
+	say "the guest did not start CMD within ${boot_s}s (MINE_CGV2_BOOT_TIMEOUT)"
+	show_console
+	[ "$attempt" = 1 ] || break
+	say "booting it once more"
 done
-tails=()
 
 if [ -n "${MINE_CGV2_DMESG:-}" ] && [ -f "$ctl/dmesg" ]; then
 	cp "$ctl/dmesg" "$MINE_CGV2_DMESG"
@@ -248,11 +296,10 @@ fi
 if [ "$qemu_rc" = 124 ] && [ -n "$(left)" ]; then
 	timed_out
 fi
-say "the VM stopped without reporting CMD's status (qemu exit status $qemu_rc)"
-if [ -s "$console" ]; then
-	say "end of its console:"
-	tail -n 30 "$console" | tr -d '\r' >&2 || true
+if [ -e "$ctl/started" ]; then
+	say "the VM stopped without reporting CMD's status; CMD had started (qemu exit status $qemu_rc)"
 else
-	say "its console is empty: MINE_CGV2_DEBUG=1 shows the boot"
+	say "the VM stopped before it started CMD (qemu exit status $qemu_rc)"
 fi
+[ -e "$ctl/noboot" ] || show_console
 exit 125
