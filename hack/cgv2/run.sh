@@ -231,12 +231,13 @@ watch_boot() {
 		kill -0 "$qemu_pid" 2>/dev/null || return 0
 		sleep 0.2
 	done
+	[ ! -e "$ctl/started" ] || return 0
 	: >"$ctl/noboot"
 	kill "$qemu_pid" 2>/dev/null || true
 }
 
 for attempt in 1 2; do
-	rm -f "$ctl/started" "$ctl/noboot" "$ctl/status"
+	rm -f "$ctl/started" "$ctl/noboot" "$ctl/status" "$ctl/dmesg"
 	: >"$ctl/stdout"
 	: >"$ctl/stderr"
 	: >"$console"

@@ -35,9 +35,10 @@ type proc struct {
 	exit   ExitRecord // guarded by Container.mu; valid when status >= Stopped
 	abort  func()     // guarded by Container.mu; ends the init's start or restore in flight
 	doomed int        // guarded by Container.mu; Deletes of the init waiting for its operation lock
-	// execBy: started, and not yet seen running its own program; signals
-	// wait for that until this time (see awaitExec). Zero once seen, or
-	// when unknown. Guarded by Container.mu.
+	// execBy: being started (the init, while runc start runs), or started
+	// and not yet seen running its own program; signals wait for that
+	// until this time (see awaitExec). Zero once seen, or when unknown.
+	// Guarded by Container.mu.
 	execBy time.Time
 	// starting is closed when the start in flight of an exec ends; nil
 	// when none is. Guarded by Container.mu.
