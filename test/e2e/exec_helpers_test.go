@@ -60,6 +60,24 @@ func (h *harness) startHost(tb testing.TB, rt, id string, ioc cio.Creator, opts 
 // newHost is startHost without the start: the task is created.
 func (h *harness) newHost(tb testing.TB, rt, id string, ioc cio.Creator, opts ...oci.SpecOpts) *execHost {
 	tb.Helper()
+	c := h.newContainer(tb, rt, id, opts...)
+	ctx := c.ctx(tb, opTimeout)
+	var err error
+	if c.task, err = c.container.NewTask(ctx, ioc); err != nil {
+		tb.Fatalf("create task %s with runtime %s: %v", id, rt, err)
+	}
+	// The init's wait lasts as long as the test; reads of exitC are bounded.
+	wctx, wcancel := context.WithCancel(c.base())
+	tb.Cleanup(wcancel)
+	if c.exitC, err = c.task.Wait(wctx); err != nil {
+		tb.Fatalf("wait task %s: %v", id, err)
+	}
+	return c
+}
+
+// newContainer is newHost without the task: the container is created.
+func (h *harness) newContainer(tb testing.TB, rt, id string, opts ...oci.SpecOpts) *execHost {
+	tb.Helper()
 	ns := defaultNamespace
 	h.ensureImage(tb, ns)
 	ctx := nsContext(tb, ns, opTimeout)
@@ -87,16 +105,6 @@ func (h *harness) newHost(tb testing.TB, rt, id string, ioc cio.Creator, opts ..
 		tb.Fatalf("spec of %s has no process", id)
 	}
 	c.spec = *spec.Process
-
-	if c.task, err = container.NewTask(ctx, ioc); err != nil {
-		tb.Fatalf("create task %s with runtime %s: %v", id, rt, err)
-	}
-	// The init's wait lasts as long as the test; reads of exitC are bounded.
-	wctx, wcancel := context.WithCancel(namespaces.WithNamespace(context.Background(), ns))
-	tb.Cleanup(wcancel)
-	if c.exitC, err = c.task.Wait(wctx); err != nil {
-		tb.Fatalf("wait task %s: %v", id, err)
-	}
 	return c
 }
 

@@ -43,15 +43,21 @@ var procKinds = []string{"init", "exec"}
 
 // startProc runs args with ioc for stdio (with a terminal when tty is set)
 // as the init of a new container (kind "init") or as an exec process of a
-// container whose init sleeps (kind "exec").
+// container whose init sleeps (kind "exec"), under the runtime under test.
 func (h *harness) startProc(t *testing.T, kind string, ioc cio.Creator, tty bool, args ...string) *stdioProc {
+	t.Helper()
+	return h.startProcOn(t, h.runtime, kind, ioc, tty, args...)
+}
+
+// startProcOn is startProc under runtime rt.
+func (h *harness) startProcOn(t *testing.T, rt, kind string, ioc cio.Creator, tty bool, args ...string) *stdioProc {
 	t.Helper()
 	if kind == "init" {
 		opts := []oci.SpecOpts{oci.WithProcessArgs(args...)}
 		if tty {
 			opts = append(opts, oci.WithTTY)
 		}
-		c := h.startHost(t, h.runtime, newID(t), ioc, opts...)
+		c := h.startHost(t, rt, newID(t), ioc, opts...)
 		return &stdioProc{
 			name:        kind,
 			containerID: c.id,
@@ -74,7 +80,7 @@ func (h *harness) startProc(t *testing.T, kind string, ioc cio.Creator, tty bool
 			},
 		}
 	}
-	c := h.startHost(t, h.runtime, newID(t), discardIO(), oci.WithProcessArgs(sleeper...))
+	c := h.startHost(t, rt, newID(t), discardIO(), oci.WithProcessArgs(sleeper...))
 	wctx, cancel := context.WithCancel(c.base())
 	t.Cleanup(cancel)
 	ctx := c.ctx(t, execTimeout)
@@ -303,6 +309,8 @@ func TestStdinSurvivesDetach(t *testing.T) {
 // the argument "out", from the URI's query), writes its CONTAINER_ID and
 // CONTAINER_NAMESPACE to PREFIX.env, and renames PREFIX.done.tmp to
 // PREFIX.done once both streams ended; PREFIX.done holds the errors met.
+// With the argument "ready" "byte" it writes a byte to fd 5 before closing
+// it, as a binary-v2:// logger must.
 const loggerSource = `package main
 
 import (
@@ -319,10 +327,13 @@ func main() {
 	// containerd's runc shim sends SIGTERM when it closes the streams; the
 	// streams end then anyway, and the copies must finish.
 	signal.Ignore(syscall.SIGTERM)
-	prefix := ""
+	prefix, readyByte := "", false
 	for i := 1; i+1 < len(os.Args); i++ {
-		if os.Args[i] == "out" {
+		switch os.Args[i] {
+		case "out":
 			prefix = os.Args[i+1]
+		case "ready":
+			readyByte = os.Args[i+1] == "byte"
 		}
 	}
 	if prefix == "" {
@@ -362,7 +373,13 @@ func main() {
 			}
 		}()
 	}
-	if err := os.NewFile(5, "ready").Close(); err != nil {
+	ready := os.NewFile(5, "ready")
+	if readyByte {
+		if _, err := ready.Write([]byte{1}); err != nil {
+			fail(fmt.Errorf("write fd 5: %w", err))
+		}
+	}
+	if err := ready.Close(); err != nil {
 		fail(fmt.Errorf("close fd 5: %w", err))
 	}
 	wg.Wait()
@@ -516,6 +533,106 @@ func TestStdioKinds(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// TestTerminalToLogger runs a process with a terminal whose output goes to
+// a binary:// logger (cio.TerminalBinaryIO, as `nerdctl run -d -t` logs it),
+// as init and as exec: the terminal's output, one stream, reaches the
+// logger's fd 3.
+func TestTerminalToLogger(t *testing.T) {
+	h := requireHarness(t)
+	logger := buildLogger(t)
+	h.sideBySide(t, func(t *testing.T, rt string) {
+		for _, kind := range procKinds {
+			t.Run(kind, func(t *testing.T) {
+				prefix := filepath.Join(t.TempDir(), "log")
+				ioc := cio.TerminalBinaryIO(logger, map[string]string{"out": prefix})
+				p := h.startProcOn(t, rt, kind, ioc, true, "sh", "-c", "echo out; echo err >&2; exit 5")
+				p.end(t, 5)
+				const want = "out\r\nerr\r\n" // the terminal's line ends
+				if err := waitContent(prefix+".stdout", want, exitTimeout); err != nil {
+					t.Fatalf("logger's fd 3: %v", err)
+				}
+				err := waitFile(prefix+".done", exitTimeout)
+				if rt == runtimeRunc {
+					// containerd's runc shim keeps the write end of fd 4
+					// until its collector closes it.
+					t.Logf("%s: the logger's end: %v", rt, err)
+					return
+				}
+				if err != nil {
+					t.Fatalf("logger did not finish: %v", err)
+				}
+				for suffix, want := range map[string]string{".done": "", ".stderr": ""} {
+					if data, err := os.ReadFile(prefix + suffix); err != nil || string(data) != want {
+						t.Errorf("logger's %s: %q, %v; want %q", suffix, data, err, want)
+					}
+				}
+			})
+		}
+	})
+}
+
+// TestLoggerReadyByte: a binary-v2:// logger (containerd >= 2.2) is ready
+// once it has written a byte to fd 5; one that closes fd 5 without it is
+// taken as failed, and so is the task's creation.
+func TestLoggerReadyByte(t *testing.T) {
+	h := requireHarness(t)
+	logger := buildLogger(t)
+	uri := func(t *testing.T, args map[string]string) cio.Creator {
+		u, err := cio.LogURIGenerator("binary-v2", logger, args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cio.LogURI(u)
+	}
+	h.sideBySide(t, func(t *testing.T, rt string) {
+		t.Run("ready", func(t *testing.T) {
+			prefix := filepath.Join(t.TempDir(), "log")
+			ioc := uri(t, map[string]string{"out": prefix, "ready": "byte"})
+			p := h.startProcOn(t, rt, "init", ioc, false, "sh", "-c", "echo out; echo err >&2; exit 5")
+			p.end(t, 5)
+			if err := waitFile(prefix+".done", exitTimeout); err != nil {
+				t.Fatalf("logger did not finish: %v", err)
+			}
+			for suffix, want := range map[string]string{".done": "", ".stdout": "out\n", ".stderr": "err\n"} {
+				if data, err := os.ReadFile(prefix + suffix); err != nil || string(data) != want {
+					t.Errorf("logger's %s: %q, %v; want %q", suffix, data, err, want)
+				}
+			}
+		})
+		t.Run("no ready byte", func(t *testing.T) {
+			prefix := filepath.Join(t.TempDir(), "log")
+			c := h.newContainer(t, rt, newID(t), oci.WithProcessArgs(sleeper...))
+			task, cerr := c.container.NewTask(c.ctx(t, opTimeout), uri(t, map[string]string{"out": prefix}))
+			if cerr == nil {
+				c.task = task
+				t.Fatal("task created with a binary-v2 logger that never said it was ready")
+			}
+			// The logger ran (it writes its environment before fd 5): the
+			// creation failed on its readiness, not on the scheme.
+			if err := waitFile(prefix+".env", exitTimeout); err != nil {
+				t.Errorf("the creation failed (%v), and not on the logger's readiness: %v", cerr, err)
+			}
+			t.Logf("%s: %v", rt, cerr)
+		})
+	})
+}
+
+// waitContent waits until the file at path holds want, and says what it
+// held when it does not within timeout.
+func waitContent(path, want string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil && string(data) == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s holds %q (%v) after %v, want %q", path, data, err, timeout, want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
