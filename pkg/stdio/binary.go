@@ -15,13 +15,15 @@ import (
 )
 
 // loggerReadyTimeout bounds how long a binary:// logger may take to signal
-// that it is ready (by closing its third descriptor).
+// that it is ready (by closing its third descriptor, or writing to it).
 const loggerReadyTimeout = 10 * time.Second
 
 // logger is a binary:// logging process. As containerd documents it, the
 // logger gets the process's stdout as fd 3, its stderr as fd 4, and a pipe as
 // fd 5 that it closes once ready; CONTAINER_ID and CONTAINER_NAMESPACE are in
-// its environment and the URI's query gives its arguments.
+// its environment and the URI's query gives its arguments. A binary-v2://
+// logger (containerd >= 2.2) writes a byte to fd 5 when ready: one that
+// closes it without has failed. Either is ready at its first byte.
 type logger struct {
 	cmd *exec.Cmd
 }
@@ -64,13 +66,26 @@ func startLogger(ctx context.Context, target string, stdout, stderr io.ReadClose
 	stdout.Close()
 	stderr.Close()
 
-	done := make(chan error, 1)
+	type readiness struct {
+		n   int
+		err error
+	}
+	done := make(chan readiness, 1)
 	go func() {
-		_, err := io.Copy(io.Discard, ready)
-		done <- err
+		var b [1]byte
+		n, err := ready.Read(b[:])
+		done <- readiness{n, err}
 	}()
 	select {
-	case <-done:
+	case r := <-done:
+		if r.err != nil && !errors.Is(r.err, io.EOF) {
+			cmd.Process.Kill()
+			return nil, fmt.Errorf("logger %s: read its readiness: %w", u.Path, r.err)
+		}
+		if r.n == 0 && u.Scheme == "binary-v2" {
+			cmd.Process.Kill()
+			return nil, fmt.Errorf("logger %s closed fd 5 without writing its ready byte (binary-v2): %w", u.Path, errdefs.ErrUnavailable)
+		}
 	case <-ctx.Done():
 		cmd.Process.Kill()
 		return nil, fmt.Errorf("logger %s: %w", u.Path, ctx.Err())

@@ -1,7 +1,13 @@
 // Package stdio connects the standard streams of a container process to
 // where containerd (or minimgr) wants them: FIFOs (opened with
-// containerd/fifo), terminals (containerd/console), binary:// loggers and
-// file:// paths.
+// containerd/fifo), terminals (containerd/console), binary:// and
+// binary-v2:// loggers and file:// paths.
+//
+// Loggers: a logger gets the output on fds 3 and 4 and says it is ready on
+// fd 5, by closing it (binary://) or by writing a byte to it (binary-v2://,
+// where a close without the byte is a failed logger). A terminal's output
+// is one stream: it is copied into fd 3, and fd 4 reads EOF at once, as
+// containerd's TerminalBinaryIO expects.
 //
 // Pipes: the process gets pipes owned by IoUid/IoGid. Once the runtime has
 // started it, the shim closes every end the process uses, stdin's read end

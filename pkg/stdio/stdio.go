@@ -22,8 +22,9 @@ import (
 )
 
 // Config names where a process's standard streams go, as containerd gives
-// them: a FIFO path (or fifo:// URI), a binary:// logger, a file:// path, or
-// "" for none.
+// them: a FIFO path (or fifo:// URI), a binary:// or binary-v2:// logger, a
+// file:// path, or "" for none. A terminal's output, one stream, goes to
+// Stdout's target.
 type Config struct {
 	Stdin    string
 	Stdout   string
@@ -61,7 +62,7 @@ func parseTarget(target string) (kind, *url.URL, error) {
 		return kindFIFO, u, nil
 	case "file":
 		return kindFile, u, nil
-	case "binary":
+	case "binary", "binary-v2":
 		return kindBinary, u, nil
 	}
 	return kindNone, nil, fmt.Errorf("stdio scheme %q of %q: %w", u.Scheme, target, errdefs.ErrNotImplemented)
@@ -85,9 +86,6 @@ func (c Config) Validate() error {
 	ke, _, _ := parseTarget(c.Stderr)
 	if (ko == kindBinary || ke == kindBinary) && c.Stderr != "" && c.Stdout != "" && c.Stdout != c.Stderr {
 		return fmt.Errorf("a binary logger must take both stdout and stderr: %w", errdefs.ErrInvalidArgument)
-	}
-	if c.Terminal && ko == kindBinary {
-		return fmt.Errorf("terminal output to %q: %w", c.Stdout, errdefs.ErrNotImplemented)
 	}
 	return nil
 }
@@ -136,7 +134,7 @@ type IO struct {
 
 	copies  []*outputCopy  // pipe mode output loops, set before Open returns
 	outputs sync.WaitGroup // every output copy loop
-	logger  *logger        // binary:// logger process, if any
+	logger  *logger        // guarded by mu: binary:// logger process, if any
 }
 
 // Open prepares the stdio of one process. In pipe mode the copy loops start
@@ -191,7 +189,7 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 		if err != nil {
 			return nil, err
 		}
-		i.logger = l
+		i.setLogger(l)
 		return i, nil
 	}
 	octx, cancel := context.WithTimeout(ctx, openTimeout)
@@ -508,9 +506,46 @@ func (i *IO) Started(ctx context.Context) error {
 	if i.stdinSrc != nil {
 		i.startStdin()
 	}
+	if k, _, _ := parseTarget(i.cfg.Stdout); k == kindBinary {
+		return i.startTerminalLogger(ctx, ec)
+	}
 	octx, cancel := context.WithTimeout(ctx, openTimeout)
 	defer cancel()
 	return i.startOutputs(octx, ec, nil)
+}
+
+// startTerminalLogger starts the binary:// logger of a terminal and copies
+// the terminal into the logger's stdout (fd 3). A terminal is one stream:
+// the logger's stderr (fd 4) is a pipe whose write end is closed at once,
+// so that it reads EOF there and ends once the terminal's output has.
+func (i *IO) startTerminalLogger(ctx context.Context, src io.Reader) error {
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("logger pipe: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return fmt.Errorf("logger pipe: %w", err)
+	}
+	errW.Close()
+	l, err := startLogger(ctx, i.cfg.Stdout, outR, errR, i.opts)
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		outW.Close()
+		return err
+	}
+	i.setLogger(l)
+	i.track(outW)
+	return i.startCopy(outW, src, true)
+}
+
+func (i *IO) setLogger(l *logger) {
+	i.mu.Lock()
+	i.logger = l
+	i.mu.Unlock()
 }
 
 // ttyInput is the process's stdin on a terminal: the master, through a
@@ -786,8 +821,12 @@ func (i *IO) Close(bound time.Duration) error {
 		}
 	}
 	err = errors.Join(err, i.closeTargets())
-	if i.logger != nil {
-		err = errors.Join(err, i.logger.close())
+	i.mu.Lock()
+	l := i.logger
+	i.logger = nil
+	i.mu.Unlock()
+	if l != nil {
+		err = errors.Join(err, l.close())
 	}
 	return err
 }

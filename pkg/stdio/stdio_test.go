@@ -37,7 +37,9 @@ func TestValidate(t *testing.T) {
 		{"file as stdin", Config{Stdin: "file:///x"}, errdefs.ErrInvalidArgument},
 		{"binary for one stream", Config{Stdout: "binary:///bin/l", Stderr: "/fifo"}, errdefs.ErrInvalidArgument},
 		{"terminal to file", Config{Stdout: "file:///x", Terminal: true}, nil},
-		{"terminal to binary", Config{Stdout: "binary:///l", Stderr: "binary:///l", Terminal: true}, errdefs.ErrNotImplemented},
+		{"terminal to binary", Config{Stdout: "binary:///l", Stderr: "binary:///l", Terminal: true}, nil},
+		{"binary-v2", Config{Stdout: "binary-v2:///bin/logger", Stderr: "binary-v2:///bin/logger"}, nil},
+		{"binary-v2 without path", Config{Stdout: "binary-v2://", Stderr: "binary-v2://"}, errdefs.ErrInvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
