@@ -135,6 +135,13 @@ func (s *screen) typeIn(text string) {
 func (s *screen) typeUntil(text, want string, bound time.Duration) {
 	s.t.Helper()
 	for deadline := time.Now().Add(bound); ; {
+		select {
+		case <-s.done:
+			// Nothing reads the terminal any more: typing would fill it
+			// and block.
+			s.t.Fatalf("minimgr ended before %q showed; screen: %q", want, s.text())
+		default:
+		}
 		s.typeIn(text)
 		if s.seen(want, time.Second) {
 			return
@@ -158,9 +165,17 @@ func (s *screen) exitCode(bound time.Duration) int {
 }
 
 // TestRunInteractiveTerminal: run -it in a real terminal: a shell that sees
-// a terminal of our size, follows a resize, and exits with its status.
+// a terminal of our size, follows a resize, and exits with its status;
+// through both shims.
 func TestRunInteractiveTerminal(t *testing.T) {
+	for _, sc := range bothShims() {
+		t.Run(sc.name, func(t *testing.T) { runInteractiveTerminal(t, sc.shim) })
+	}
+}
+
+func runInteractiveTerminal(t *testing.T, shim string) {
 	e := newEnv(t, true)
+	e.useShim(shim)
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
 	s := e.inTerminal(ctx, "run", "--rm", "-it", e.bundle, "itty", "sh")
@@ -189,9 +204,16 @@ func TestRunInteractiveTerminal(t *testing.T) {
 
 // TestDetachAndAttach: ctrl-p ctrl-q detaches from run -it, the container
 // runs on; attach comes back to the same shell; run -d -t makes a detached
-// terminal that attach reaches too.
+// terminal that attach reaches too; through both shims.
 func TestDetachAndAttach(t *testing.T) {
+	for _, sc := range bothShims() {
+		t.Run(sc.name, func(t *testing.T) { detachAndAttach(t, sc.shim) })
+	}
+}
+
+func detachAndAttach(t *testing.T, shim string) {
 	e := newEnv(t, true)
+	e.useShim(shim)
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
 	s := e.inTerminal(ctx, "run", "-it", e.bundle, "att", "sh")
