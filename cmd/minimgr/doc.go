@@ -23,10 +23,10 @@
 // else in PATH.
 //
 // Output: every process's output goes to its log in the state directory,
-// written by the shim, so that it never blocks on a client: without a
-// terminal through minimgr itself run as the shim's binary:// logger
-// (`minimgr minimgr-log FILE`, one JSON record per line with the stream and
-// the time, as docker's json-file), with a terminal raw through file://.
+// written by minimgr itself run as the shim's binary:// logger (`minimgr
+// minimgr-log FILE`), so that it never blocks on a client: without a
+// terminal one JSON record per line with the stream and the time, as
+// docker's json-file; with a terminal its raw output.
 // Attached clients follow the log and write to their own stdout and
 // stderr; one whose reader went away (EPIPE) stops writing and goes on
 // waiting. Stdin goes through a FIFO the shim holds open, so clients may

@@ -37,12 +37,13 @@
 //     status once a dead shim has been cleaned up;
 //   - log: an empty regular file, which the shim appends its log to;
 //   - io/: per process (init, exec-ID) its log and, when it has one, its
-//     stdin FIFO. The log of a process without a terminal is written by
-//     the Manager's LoggerBinary started by the shim as a binary:// logger
-//     (RunLogger: one JSON Record per line, stdout and stderr apart, with
-//     the time, and a last EOF record); that of a terminal is its raw
-//     output through file:// (init.log.tty). Neither ever blocks the
-//     process. Attached callers follow the log (IO);
+//     stdin FIFO. The log is written by the Manager's LoggerBinary,
+//     started by the shim as a binary:// logger (RunLogger). Without a
+//     terminal it holds one JSON Record per line, stdout and stderr apart,
+//     with the time, and a last EOF record; with a terminal, its raw output
+//     (init.log.tty), and init.log.tty.end is made once that has ended.
+//     Neither ever blocks the process. Attached callers follow the log
+//     (IO);
 //   - lock: a flock held while the directory is created and while it is
 //     deleted, so that concurrent minimgr processes never remove a
 //     container that another is creating. It is never waited for: a busy

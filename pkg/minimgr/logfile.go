@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,14 @@ import (
 // start loggers. A program that embeds Manager calls RunLogger when it is
 // started so (cmd/minimgr does).
 const LoggerArg = "minimgr-log"
+
+// A terminal's log is named LOG.tty and holds its raw output; its logger
+// makes LOG.tty.end once that output has ended (the raw log has no room
+// for an EOF record).
+const (
+	terminalSuffix = ".tty"
+	endSuffix      = ".end"
+)
 
 // Record is one line of a process's log: one line of output (with its
 // newline) of one stream, and when the logger read it. A line longer than
@@ -57,7 +66,15 @@ func loggerTarget(bin, path string) string {
 // line and appends one JSON Record per line to path, until both end. It
 // never stops reading: a record that cannot be written is dropped, so the
 // process logged never blocks on its output. It returns the exit code.
+//
+// A path ending in ".tty" is a terminal's log: fd 3 is the terminal's
+// output, appended raw, and fd 4 is only drained (containerd's runc shim
+// holds its write end open until its collector closes it, so its end is
+// not waited for).
 func RunLogger(path string) int {
+	if strings.HasSuffix(path, terminalSuffix) {
+		return runTerminalLogger(path)
+	}
 	out, errs := os.NewFile(3, "stdout"), os.NewFile(4, "stderr")
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if ready := os.NewFile(5, "ready"); ready != nil {
@@ -107,6 +124,47 @@ func RunLogger(path string) int {
 	}
 	wg.Wait()
 	write(Record{EOF: true, Time: time.Now().UTC()})
+	if f != nil {
+		f.Close()
+	}
+	return 0
+}
+
+// runTerminalLogger appends what comes on fd 3 to path as it comes, then
+// makes path's end mark before it closes the log: a follower woken by the
+// close finds the mark.
+func runTerminalLogger(path string) int {
+	out, errs := os.NewFile(3, "stdout"), os.NewFile(4, "stderr")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if ready := os.NewFile(5, "ready"); ready != nil {
+		ready.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "minimgr log: %v\n", err)
+		f = nil // drain all the same, so that the process never blocks
+	}
+	if errs != nil {
+		go func() { _, _ = io.Copy(io.Discard, errs) }()
+	}
+	if out != nil {
+		buf := make([]byte, 32*1024)
+		for {
+			n, rerr := out.Read(buf)
+			if n > 0 && f != nil {
+				if _, werr := f.Write(buf[:n]); werr != nil {
+					fmt.Fprintf(os.Stderr, "minimgr log: %v\n", werr)
+					f.Close()
+					f = nil
+				}
+			}
+			if rerr != nil {
+				break
+			}
+		}
+	}
+	if err := os.WriteFile(path+endSuffix, nil, 0o600); err != nil {
+		fmt.Fprintf(os.Stderr, "minimgr log: %v\n", err)
+	}
 	if f != nil {
 		f.Close()
 	}
@@ -246,9 +304,9 @@ func tailOffset(f *os.File, n int) (int64, error) {
 // readLog reads the log at path (JSON Records, or raw output for a
 // terminal) from the start, the last o.Tail records or its end, and hands
 // each record to sink. With o.Follow it keeps reading until the logger's
-// EOF record; exited, when closed, says that the process has exited: a raw
-// log is then read to its end, and a JSON log whose EOF record does not
-// come within outputDrain is taken as complete. sink's error ends the read
+// EOF record, or for a terminal its end mark; exited, when closed, says
+// that the process has exited: a log whose end does not come within
+// outputDrain after that is taken as complete. sink's error ends the read
 // and is returned.
 func readLog(ctx context.Context, path string, terminal bool, o LogOptions, exited <-chan struct{}, sink func(Record) error) error {
 	lf, err := openFollower(path)
@@ -276,7 +334,8 @@ func readLog(ctx context.Context, path string, terminal bool, o LogOptions, exit
 	br := bufio.NewReaderSize(lf.f, 64*1024)
 	var (
 		partial  []byte
-		drainEnd time.Time // once exited: when to stop waiting for the EOF record
+		drainEnd time.Time // once exited: when to stop waiting for the end
+		complete bool      // the terminal's end mark was seen: read to the end once more
 		buf      = make([]byte, 32*1024)
 	)
 	for {
@@ -321,13 +380,18 @@ func readLog(ctx context.Context, path string, terminal bool, o LogOptions, exit
 			}
 		}
 		// At the current end of the log.
-		if !o.Follow || ctx.Err() != nil {
+		if !o.Follow || ctx.Err() != nil || complete {
 			return ctx.Err()
 		}
 		select {
 		case <-exited:
 			if terminal {
-				return nil // the shim drained the terminal before the exit
+				if _, err := os.Stat(path + endSuffix); err == nil {
+					// Made after the last write: what was read before
+					// the mark was looked for may not be all.
+					complete = true
+					continue
+				}
 			}
 			if drainEnd.IsZero() {
 				drainEnd = time.Now().Add(outputDrain)

@@ -18,11 +18,11 @@ import (
 
 // IO says where the standard streams of a process go.
 //
-// Output always goes to the process's log in the state directory, which
-// the shim writes and which never blocks the process: without a terminal
-// through minimgr itself as a binary:// logger (one JSON Record per line,
-// stdout and stderr apart, with the time), with a terminal raw through a
-// file:// target. Stdout and Stderr, when set, follow that log while the
+// Output always goes to the process's log in the state directory, written
+// by minimgr itself as the shim's binary:// logger, which never blocks the
+// process: without a terminal one JSON Record per line, stdout and stderr
+// apart, with the time; with a terminal its raw output, and a mark once it
+// has ended. Stdout and Stderr, when set, follow that log while the
 // caller is attached: a writer that fails (a reader gone) only ends the
 // following, never the process.
 //
@@ -102,23 +102,25 @@ func openIO(dir, execID string, o IO, terminal bool, logger string) (stdioPaths,
 	}
 	p.log = base + ".log"
 	if terminal {
-		p.log += ".tty"
+		p.log += terminalSuffix
 	}
 	// A new, empty log (an exec ID used again starts afresh); the follower
 	// opens it before the shim writes.
 	os.Remove(base + ".log")
-	os.Remove(base + ".log.tty")
+	os.Remove(base + ".log" + terminalSuffix)
+	os.Remove(base + ".log" + terminalSuffix + endSuffix)
 	if err := os.WriteFile(p.log, nil, 0o600); err != nil {
 		return p, nil, err
 	}
 	a.files = append(a.files, p.log)
-	a.logPath = p.log
 	if terminal {
-		p.stdout = "file://" + p.log
-	} else {
-		p.stdout = loggerTarget(logger, p.log)
-		p.stderr = p.stdout
+		a.files = append(a.files, p.log+endSuffix)
 	}
+	a.logPath = p.log
+	// A terminal too: containerd's runc shim takes a terminal's output
+	// to a binary:// logger or a FIFO, not to a file.
+	p.stdout = loggerTarget(logger, p.log)
+	p.stderr = p.stdout
 	if !o.Log {
 		a.stdout, a.stderr = o.Stdout, o.Stderr
 		if terminal {

@@ -2,12 +2,15 @@ package minimgr
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 func TestParseDetachKeys(t *testing.T) {
@@ -80,4 +83,43 @@ func osCreateTemp(t *testing.T, content string) (*os.File, error) {
 	t.Cleanup(func() { f.Close() })
 	_, err = f.WriteString(content)
 	return f, err
+}
+
+// TestFollowTerminalLogToItsEnd: a terminal's log followed past the
+// process's exit gives what its logger writes after the exit, up to the
+// logger's end mark.
+func TestFollowTerminalLogToItsEnd(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "init.log"+terminalSuffix)
+	if err := os.WriteFile(path, []byte("before "), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	close(exited)
+	late := make(chan error, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			late <- err
+			return
+		}
+		_, err = f.WriteString("after")
+		late <- errors.Join(err, os.WriteFile(path+endSuffix, nil, 0o600), f.Close())
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got strings.Builder
+	err := readLog(ctx, path, true, LogOptions{Follow: true}, exited, func(r Record) error {
+		got.WriteString(r.Log)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-late; err != nil {
+		t.Fatal(err)
+	}
+	if got.String() != "before after" {
+		t.Errorf("followed %q, want %q", got.String(), "before after")
+	}
 }
