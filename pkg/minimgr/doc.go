@@ -41,7 +41,8 @@
 //     started by the shim as a binary:// logger (RunLogger). Without a
 //     terminal it holds one JSON Record per line, stdout and stderr apart,
 //     with the time, and a last EOF record; with a terminal, its raw output
-//     (init.log.tty), and init.log.tty.end is made once that has ended.
+//     (init.log.tty), beside init.log.tty.logging, which the logger renames
+//     init.log.tty.end once that output has ended.
 //     Neither ever blocks the process. Attached callers follow the log
 //     (IO);
 //   - lock: a flock held while the directory is created and while it is

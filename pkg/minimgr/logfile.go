@@ -25,11 +25,14 @@ import (
 // started so (cmd/minimgr does).
 const LoggerArg = "minimgr-log"
 
-// A terminal's log is named LOG.tty and holds its raw output; its logger
-// makes LOG.tty.end once that output has ended (the raw log has no room
-// for an EOF record).
+// A terminal's log is named LOG.tty and holds its raw output. The raw log
+// has no room for an EOF record: openIO makes LOG.tty.logging beside it,
+// which the logger renames LOG.tty.end once the output has ended. A log
+// with neither was written by the shim through file:// (minimgr before
+// its logger took terminals), and was complete when the process exited.
 const (
 	terminalSuffix = ".tty"
+	loggingSuffix  = ".logging"
 	endSuffix      = ".end"
 )
 
@@ -131,8 +134,8 @@ func RunLogger(path string) int {
 }
 
 // runTerminalLogger appends what comes on fd 3 to path as it comes, then
-// makes path's end mark before it closes the log: a follower woken by the
-// close finds the mark.
+// marks path's end before it closes the log: a follower woken by the close
+// finds the mark.
 func runTerminalLogger(path string) int {
 	out, errs := os.NewFile(3, "stdout"), os.NewFile(4, "stderr")
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
@@ -162,8 +165,10 @@ func runTerminalLogger(path string) int {
 			}
 		}
 	}
-	if err := os.WriteFile(path+endSuffix, nil, 0o600); err != nil {
-		fmt.Fprintf(os.Stderr, "minimgr log: %v\n", err)
+	if err := os.Rename(path+loggingSuffix, path+endSuffix); err != nil {
+		if err := os.WriteFile(path+endSuffix, nil, 0o600); err != nil {
+			fmt.Fprintf(os.Stderr, "minimgr log: %v\n", err)
+		}
 	}
 	if f != nil {
 		f.Close()
@@ -386,11 +391,14 @@ func readLog(ctx context.Context, path string, terminal bool, o LogOptions, exit
 		select {
 		case <-exited:
 			if terminal {
-				if _, err := os.Stat(path + endSuffix); err == nil {
-					// Made after the last write: what was read before
-					// the mark was looked for may not be all.
+				switch terminalEnd(path) {
+				case endMarked:
+					// Marked after the last write: what was read
+					// before the mark was looked for may not be all.
 					complete = true
 					continue
+				case endAtExit:
+					return nil
 				}
 			}
 			if drainEnd.IsZero() {
@@ -402,6 +410,26 @@ func readLog(ctx context.Context, path string, terminal bool, o LogOptions, exit
 		}
 		lf.wait(ctx)
 	}
+}
+
+// How the end of a terminal's log is known.
+const (
+	endPending = iota // its logger has not marked it yet
+	endMarked         // its logger has marked it
+	endAtExit         // the shim wrote it: it ended with the process
+)
+
+// terminalEnd says where the terminal log at path stands. The logger
+// renames one mark into the other, so one of them is there at any time
+// for a log it writes; the pending mark is looked for first.
+func terminalEnd(path string) int {
+	if _, err := os.Stat(path + loggingSuffix); err == nil {
+		return endPending
+	}
+	if _, err := os.Stat(path + endSuffix); err == nil {
+		return endMarked
+	}
+	return endAtExit
 }
 
 // Logs writes the log of container id (or of its exec execID) to stdout and

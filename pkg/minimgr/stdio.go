@@ -108,13 +108,18 @@ func openIO(dir, execID string, o IO, terminal bool, logger string) (stdioPaths,
 	// opens it before the shim writes.
 	os.Remove(base + ".log")
 	os.Remove(base + ".log" + terminalSuffix)
+	os.Remove(base + ".log" + terminalSuffix + loggingSuffix)
 	os.Remove(base + ".log" + terminalSuffix + endSuffix)
 	if err := os.WriteFile(p.log, nil, 0o600); err != nil {
 		return p, nil, err
 	}
 	a.files = append(a.files, p.log)
 	if terminal {
-		a.files = append(a.files, p.log+endSuffix)
+		a.files = append(a.files, p.log+loggingSuffix, p.log+endSuffix)
+		if err := os.WriteFile(p.log+loggingSuffix, nil, 0o600); err != nil {
+			a.removeFiles()
+			return stdioPaths{}, nil, err
+		}
 	}
 	a.logPath = p.log
 	// A terminal too: containerd's runc shim takes a terminal's output
@@ -198,8 +203,8 @@ func (a *attachment) track(c io.Closer) {
 // before it, containerd's runc shim in a goroutine that may run a moment
 // after it). So no reader within readerWait of that answer means that none
 // will come: the shim does not read this stdin (containerd's runc shim
-// reads none when the output goes to a binary:// logger, as minimgr's
-// does), or the process has already ended. The caller's stdin is then left
+// reads none when the output of a process without a terminal goes to a
+// binary:// logger, as minimgr's does), or the process has already ended. The caller's stdin is then left
 // unconnected rather than waited for longer, and read only for the detach
 // keys.
 func (a *attachment) connectStdin(eof func()) error {

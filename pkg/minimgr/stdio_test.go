@@ -87,39 +87,62 @@ func osCreateTemp(t *testing.T, content string) (*os.File, error) {
 
 // TestFollowTerminalLogToItsEnd: a terminal's log followed past the
 // process's exit gives what its logger writes after the exit, up to the
-// logger's end mark.
+// logger's end mark, and no more; a log without the logger's marks (written
+// by the shim through file:// before the logger took terminals) ends with
+// the exit.
 func TestFollowTerminalLogToItsEnd(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "init.log"+terminalSuffix)
-	if err := os.WriteFile(path, []byte("before "), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	close(exited)
-	late := make(chan error, 1)
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-		if err != nil {
-			late <- err
-			return
+	// What comes after the end is written well within outputDrain: a
+	// follower that waited for the drain would read it too.
+	const afterEnd = time.Second
+	follow := func(t *testing.T, logger bool) string {
+		path := filepath.Join(t.TempDir(), "init.log"+terminalSuffix)
+		if err := os.WriteFile(path, []byte("before "), 0o600); err != nil {
+			t.Fatal(err)
 		}
-		_, err = f.WriteString("after")
-		late <- errors.Join(err, os.WriteFile(path+endSuffix, nil, 0o600), f.Close())
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var got strings.Builder
-	err := readLog(ctx, path, true, LogOptions{Follow: true}, exited, func(r Record) error {
-		got.WriteString(r.Log)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+		if logger {
+			if err := os.WriteFile(path+loggingSuffix, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		appendLog := func(s string) error {
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				return err
+			}
+			_, err = f.WriteString(s)
+			return errors.Join(err, f.Close())
+		}
+		exited := make(chan struct{})
+		close(exited)
+		late := make(chan error, 1)
+		go func() {
+			var err error
+			if logger {
+				time.Sleep(300 * time.Millisecond)
+				err = errors.Join(appendLog("after"), os.Rename(path+loggingSuffix, path+endSuffix))
+			}
+			time.Sleep(afterEnd)
+			late <- errors.Join(err, appendLog(" extra"))
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var got strings.Builder
+		err := readLog(ctx, path, true, LogOptions{Follow: true}, exited, func(r Record) error {
+			got.WriteString(r.Log)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := <-late; err != nil {
+			t.Fatal(err)
+		}
+		return got.String()
 	}
-	if err := <-late; err != nil {
-		t.Fatal(err)
+	if got, want := follow(t, true), "before after"; got != want {
+		t.Errorf("the logger's log: followed %q, want %q", got, want)
 	}
-	if got.String() != "before after" {
-		t.Errorf("followed %q, want %q", got.String(), "before after")
+	if got, want := follow(t, false), "before "; got != want {
+		t.Errorf("a log the shim wrote: followed %q, want %q", got, want)
 	}
 }

@@ -6,8 +6,8 @@
 // Loggers: a logger gets the output on fds 3 and 4 and says it is ready on
 // fd 5, by closing it (binary://) or by writing a byte to it (binary-v2://,
 // where a close without the byte is a failed logger). A terminal's output
-// is one stream: it is copied into fd 3, and fd 4 reads EOF at once, as
-// containerd's TerminalBinaryIO expects.
+// is one stream: it is copied into fd 3, and fd 4 reads EOF at once. A
+// terminal's logger starts before the process, as a pipe's does.
 //
 // Pipes: the process gets pipes owned by IoUid/IoGid. Once the runtime has
 // started it, the shim closes every end the process uses, stdin's read end

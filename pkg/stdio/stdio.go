@@ -117,8 +117,9 @@ type IO struct {
 	pipe *pipes // pipe mode; nil in terminal mode
 
 	// terminal mode
-	sock *runc.Socket // until the master is received
-	ec   *console.EpollConsole
+	sock   *runc.Socket // until the master is received
+	ec     *console.EpollConsole
+	ttyLog io.WriteCloser // fd 3 of the terminal's binary:// logger, if any
 
 	conMu sync.Mutex
 	con   console.Console // guarded by conMu: the master, once received, until closed
@@ -166,6 +167,13 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 			return nil, fmt.Errorf("create console socket: %w", err)
 		}
 		i.sock = sock
+		if k, _, _ := parseTarget(cfg.Stdout); k == kindBinary {
+			// Before the process exists: a logger that fails fails the
+			// creation with nothing left running.
+			if err := i.startTerminalLogger(ctx); err != nil {
+				return nil, err
+			}
+		}
 		return i, nil
 	}
 
@@ -237,6 +245,12 @@ func (i *IO) startOutputs(ctx context.Context, stdout, stderr io.Reader) error {
 }
 
 func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) error {
+	return i.startCopyKeep(dst, src, closeDst, false)
+}
+
+// startCopyKeep is startCopy; with keepReading a copy whose dst failed goes
+// on reading src and dropping what it reads.
+func (i *IO) startCopyKeep(dst io.WriteCloser, src io.Reader, closeDst, keepReading bool) error {
 	var oc *outputCopy
 	if f, ok := src.(*os.File); ok && i.pipe != nil {
 		var err error
@@ -257,7 +271,7 @@ func (i *IO) startCopy(dst io.WriteCloser, src io.Reader, closeDst bool) error {
 		return nil
 	}
 	go func() {
-		copyStream(dst, src, false)
+		copyStream(dst, src, keepReading)
 		end()
 	}()
 	return nil
@@ -457,7 +471,8 @@ func (i *IO) ConsoleSocket() runc.ConsoleSocket {
 
 // Started is called once the runtime call that created the process has
 // succeeded. In terminal mode it receives the master (bounded) and starts
-// copying; in pipe mode it does nothing.
+// copying it: into the output targets, which it opens (bounded), or into
+// the binary:// logger that Open started; in pipe mode it does nothing.
 func (i *IO) Started(ctx context.Context) error {
 	if i.sock == nil {
 		return nil
@@ -506,19 +521,22 @@ func (i *IO) Started(ctx context.Context) error {
 	if i.stdinSrc != nil {
 		i.startStdin()
 	}
-	if k, _, _ := parseTarget(i.cfg.Stdout); k == kindBinary {
-		return i.startTerminalLogger(ctx, ec)
+	if i.ttyLog != nil {
+		// A logger that went away costs the output, never the process:
+		// the terminal is still read.
+		return i.startCopyKeep(i.ttyLog, ec, true, true)
 	}
 	octx, cancel := context.WithTimeout(ctx, openTimeout)
 	defer cancel()
 	return i.startOutputs(octx, ec, nil)
 }
 
-// startTerminalLogger starts the binary:// logger of a terminal and copies
-// the terminal into the logger's stdout (fd 3). A terminal is one stream:
-// the logger's stderr (fd 4) is a pipe whose write end is closed at once,
-// so that it reads EOF there and ends once the terminal's output has.
-func (i *IO) startTerminalLogger(ctx context.Context, src io.Reader) error {
+// startTerminalLogger starts the binary:// logger of a terminal, whose
+// stdout (fd 3) Started copies the terminal into. A terminal is one
+// stream: the logger's stderr (fd 4) is a pipe whose write end is closed
+// at once, so that it reads EOF there and ends once the terminal's output
+// has (containerd's runc shim leaves that write end to its collector).
+func (i *IO) startTerminalLogger(ctx context.Context) error {
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("logger pipe: %w", err)
@@ -539,7 +557,8 @@ func (i *IO) startTerminalLogger(ctx context.Context, src io.Reader) error {
 	}
 	i.setLogger(l)
 	i.track(outW)
-	return i.startCopy(outW, src, true)
+	i.ttyLog = outW
+	return nil
 }
 
 func (i *IO) setLogger(l *logger) {

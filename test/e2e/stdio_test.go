@@ -310,7 +310,10 @@ func TestStdinSurvivesDetach(t *testing.T) {
 // CONTAINER_NAMESPACE to PREFIX.env, and renames PREFIX.done.tmp to
 // PREFIX.done once both streams ended; PREFIX.done holds the errors met.
 // With the argument "ready" "byte" it writes a byte to fd 5 before closing
-// it, as a binary-v2:// logger must.
+// it, as a binary-v2:// logger must; with "ready" "byte-open" it writes the
+// byte and closes fd 5 only once both streams have ended; with "ready"
+// "late-none" it closes fd 5 without the byte after half a second. With
+// "quit" "now" it exits once ready, reading nothing.
 const loggerSource = `package main
 
 import (
@@ -321,19 +324,24 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 func main() {
 	// containerd's runc shim sends SIGTERM when it closes the streams; the
 	// streams end then anyway, and the copies must finish.
 	signal.Ignore(syscall.SIGTERM)
-	prefix, readyByte := "", false
+	prefix, readyByte, keepReady, late, quit := "", false, false, false, false
 	for i := 1; i+1 < len(os.Args); i++ {
 		switch os.Args[i] {
 		case "out":
 			prefix = os.Args[i+1]
 		case "ready":
-			readyByte = os.Args[i+1] == "byte"
+			readyByte = os.Args[i+1] == "byte" || os.Args[i+1] == "byte-open"
+			keepReady = os.Args[i+1] == "byte-open"
+			late = os.Args[i+1] == "late-none"
+		case "quit":
+			quit = os.Args[i+1] == "now"
 		}
 	}
 	if prefix == "" {
@@ -374,13 +382,21 @@ func main() {
 		}()
 	}
 	ready := os.NewFile(5, "ready")
+	if late {
+		time.Sleep(500 * time.Millisecond)
+	}
 	if readyByte {
 		if _, err := ready.Write([]byte{1}); err != nil {
 			fail(fmt.Errorf("write fd 5: %w", err))
 		}
 	}
-	if err := ready.Close(); err != nil {
-		fail(fmt.Errorf("close fd 5: %w", err))
+	if !keepReady {
+		if err := ready.Close(); err != nil {
+			fail(fmt.Errorf("close fd 5: %w", err))
+		}
+	}
+	if quit {
+		os.Exit(0)
 	}
 	wg.Wait()
 	if err := os.WriteFile(prefix+".done.tmp", []byte(strings.Join(errs, "\n")), 0o644); err != nil {
@@ -571,6 +587,52 @@ func TestTerminalToLogger(t *testing.T) {
 				}
 			})
 		}
+		// A logger that goes away costs the terminal's output, not the
+		// process: it writes far more than a terminal holds, and ends.
+		t.Run("logger gone", func(t *testing.T) {
+			ioc := cio.TerminalBinaryIO(logger, map[string]string{"out": filepath.Join(t.TempDir(), "log"), "quit": "now"})
+			p := h.startProcOn(t, rt, "init", ioc, true, "sh", "-c", "sleep 0.5; yes | head -c 1000000; exit 3")
+			if rt == runtimeRunc {
+				// It stops reading the terminal: the process blocks.
+				code, err := exitCode(p.exitC, 3*time.Second)
+				t.Logf("%s: the process's exit: %d, %v", rt, code, err)
+				return
+			}
+			code, err := exitCode(p.exitC, exitTimeout)
+			if err != nil || code != 3 {
+				t.Fatalf("the process's exit: %d, %v; want 3", code, err)
+			}
+			if code := p.finish(t); code != 3 {
+				t.Errorf("Delete reported exit status %d, want 3", code)
+			}
+		})
+		// A terminal exec whose logger fails fails, and leaves no process
+		// behind, here one that ignores the hang-up: the logger says so
+		// only after half a second, long after the process's start.
+		t.Run("exec, logger failed", func(t *testing.T) {
+			c := h.startHost(t, rt, newID(t), discardIO(), oci.WithProcessArgs(sleeper...))
+			ctx := c.ctx(t, execTimeout)
+			u, err := cio.LogURIGenerator("binary-v2", logger, map[string]string{"out": filepath.Join(t.TempDir(), "log"), "ready": "late-none"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ioc := cio.TerminalLogURI(u)
+			_, _, err = c.startExec(ctx, c.base(), "nolog", c.execSpec(true, "sh", "-c", "trap '' HUP; sleep 3007"), ioc)
+			if err == nil {
+				t.Fatal("exec started with a logger that does not exist")
+			}
+			pids, perr := c.task.Pids(ctx)
+			if perr != nil {
+				t.Fatal(perr)
+			}
+			if rt == runtimeRunc {
+				t.Logf("%s: %v; %d processes in the container", rt, err, len(pids))
+				return
+			}
+			if len(pids) != 1 {
+				t.Errorf("%d processes in the container after the failed exec (%v), want the init alone", len(pids), err)
+			}
+		})
 	})
 }
 
@@ -588,20 +650,24 @@ func TestLoggerReadyByte(t *testing.T) {
 		return cio.LogURI(u)
 	}
 	h.sideBySide(t, func(t *testing.T, rt string) {
-		t.Run("ready", func(t *testing.T) {
-			prefix := filepath.Join(t.TempDir(), "log")
-			ioc := uri(t, map[string]string{"out": prefix, "ready": "byte"})
-			p := h.startProcOn(t, rt, "init", ioc, false, "sh", "-c", "echo out; echo err >&2; exit 5")
-			p.end(t, 5)
-			if err := waitFile(prefix+".done", exitTimeout); err != nil {
-				t.Fatalf("logger did not finish: %v", err)
-			}
-			for suffix, want := range map[string]string{".done": "", ".stdout": "out\n", ".stderr": "err\n"} {
-				if data, err := os.ReadFile(prefix + suffix); err != nil || string(data) != want {
-					t.Errorf("logger's %s: %q, %v; want %q", suffix, data, err, want)
+		// "byte-open": the byte alone says ready; fd 5 stays open for the
+		// logger's life.
+		for _, ready := range []string{"byte", "byte-open"} {
+			t.Run("ready "+ready, func(t *testing.T) {
+				prefix := filepath.Join(t.TempDir(), "log")
+				ioc := uri(t, map[string]string{"out": prefix, "ready": ready})
+				p := h.startProcOn(t, rt, "init", ioc, false, "sh", "-c", "echo out; echo err >&2; exit 5")
+				p.end(t, 5)
+				if err := waitFile(prefix+".done", exitTimeout); err != nil {
+					t.Fatalf("logger did not finish: %v", err)
 				}
-			}
-		})
+				for suffix, want := range map[string]string{".done": "", ".stdout": "out\n", ".stderr": "err\n"} {
+					if data, err := os.ReadFile(prefix + suffix); err != nil || string(data) != want {
+						t.Errorf("logger's %s: %q, %v; want %q", suffix, data, err, want)
+					}
+				}
+			})
+		}
 		t.Run("no ready byte", func(t *testing.T) {
 			prefix := filepath.Join(t.TempDir(), "log")
 			c := h.newContainer(t, rt, newID(t), oci.WithProcessArgs(sleeper...))
