@@ -78,16 +78,7 @@ func RunLogger(path string) int {
 	if strings.HasSuffix(path, terminalSuffix) {
 		return runTerminalLogger(path)
 	}
-	out, errs := os.NewFile(3, "stdout"), os.NewFile(4, "stderr")
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if ready := os.NewFile(5, "ready"); ready != nil {
-		ready.Close()
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "minimgr log: %v\n", err)
-		// Keep draining, so that the process never blocks.
-		f = nil
-	}
+	out, errs, f := startLogging(path)
 	var (
 		mu sync.Mutex
 		wg sync.WaitGroup
@@ -133,19 +124,28 @@ func RunLogger(path string) int {
 	return 0
 }
 
-// runTerminalLogger appends what comes on fd 3 to path as it comes, then
-// marks path's end before it closes the log: a follower woken by the close
-// finds the mark.
-func runTerminalLogger(path string) int {
-	out, errs := os.NewFile(3, "stdout"), os.NewFile(4, "stderr")
+// startLogging takes the logger's descriptors, opens the log at path and
+// says the logger is ready (it closes fd 5). A log that cannot be opened is
+// nil: the logger drains its input all the same, so that the process never
+// blocks.
+func startLogging(path string) (out, errs, log *os.File) {
+	out, errs = os.NewFile(3, "stdout"), os.NewFile(4, "stderr")
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if ready := os.NewFile(5, "ready"); ready != nil {
 		ready.Close()
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "minimgr log: %v\n", err)
-		f = nil // drain all the same, so that the process never blocks
+		return out, errs, nil
 	}
+	return out, errs, f
+}
+
+// runTerminalLogger appends what comes on fd 3 to path as it comes, then
+// marks path's end before it closes the log: a follower woken by the close
+// finds the mark.
+func runTerminalLogger(path string) int {
+	out, errs, f := startLogging(path)
 	if errs != nil {
 		go func() { _, _ = io.Copy(io.Discard, errs) }()
 	}
