@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"io"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -106,5 +109,115 @@ func TestExecStatusWhilePaused(t *testing.T) {
 			t.Errorf("delete the created exec: %v", err)
 		}
 		c.delete(t)
+	})
+}
+
+// eofCloser is stdin as nerdctl and ctr give it: at EOF of its input it
+// asks for CloseIO, through closer, which the client sets once the
+// process exists (after Exec); an EOF that comes first asks nothing.
+type eofCloser struct {
+	r      io.Reader
+	mu     sync.Mutex
+	closer func() // guarded by mu
+	asked  chan error
+}
+
+func (s *eofCloser) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err == io.EOF {
+		s.mu.Lock()
+		closer := s.closer
+		s.mu.Unlock()
+		if closer != nil {
+			closer()
+		}
+	}
+	return n, err
+}
+
+// TestExecStdinEndsDuringStart: `printf 'a\nb\n' | nerdctl exec -i`: the
+// client's input ends, and its CloseIO comes, while the exec's Start is
+// still running; the process reads the input, then EOF.
+func TestExecStdinEndsDuringStart(t *testing.T) {
+	h := requireHarness(t)
+	h.sideBySide(t, func(t *testing.T, rt string) {
+		c := h.startHost(t, rt, newID(t), discardIO(), oci.WithProcessArgs(sleeper...))
+		ctx := c.ctx(t, execTimeout)
+		in := &eofCloser{r: strings.NewReader("a\nb\n"), asked: make(chan error, 1)}
+		out := newOutputBuffer()
+		p, err := c.task.Exec(ctx, "in", c.execSpec(false, "sh", "-c", "cat; echo done"), cio.NewCreator(cio.WithStreams(in, out, io.Discard)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.mu.Lock()
+		in.closer = func() { in.asked <- p.CloseIO(ctx, client.WithStdinCloser) }
+		in.mu.Unlock()
+		exitC, err := p.Wait(c.base())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		code, err := exitCode(exitC, exitTimeout)
+		if err != nil {
+			t.Fatalf("the exec did not end: its stdin never ended (output %q)", out.String())
+		}
+		if err := <-in.asked; err != nil {
+			t.Errorf("CloseIO: %v", err)
+		}
+		if code != 0 {
+			t.Errorf("exit %d, want 0", code)
+		}
+		if _, err := p.Delete(c.ctx(t, opTimeout)); err != nil {
+			t.Errorf("delete exec: %v", err)
+		}
+		if got := out.String(); got != "a\nb\ndone\n" {
+			t.Errorf("output %q, want %q", got, "a\nb\ndone\n")
+		}
+	})
+}
+
+// TestExecResizeBeforeStart: clients size an exec's terminal before they
+// start it (nerdctl exec -it); the process finds that size.
+func TestExecResizeBeforeStart(t *testing.T) {
+	h := requireHarness(t)
+	h.sideBySide(t, func(t *testing.T, rt string) {
+		c := h.startHost(t, rt, newID(t), discardIO(), oci.WithProcessArgs(sleeper...))
+		ctx := c.ctx(t, execTimeout)
+		inR, inW := io.Pipe()
+		defer inW.Close()
+		out := newOutputBuffer()
+		// It reads a line first: the size is asked once Start returned.
+		p, err := c.task.Exec(ctx, "tty", c.execSpec(true, "sh", "-c", "read x; stty size"), cio.NewCreator(cio.WithStreams(inR, out, nil), cio.WithTerminal))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rerr := p.Resize(ctx, 100, 30)
+		exitC, err := p.Wait(c.base())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := inW.Write([]byte("go\n")); err != nil {
+			t.Fatal(err)
+		}
+		code, err := exitCode(exitC, exitTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = p.Delete(c.ctx(t, opTimeout))
+		if rt == runtimeRunc {
+			t.Logf("%s: resize before start: %v; exit %d; output %q", rt, rerr, code, out.String())
+			return
+		}
+		if rerr != nil {
+			t.Errorf("resize before start: %v", rerr)
+		}
+		if !strings.Contains(out.String(), "30 100") {
+			t.Errorf("output %q, want the size 30 100", out.String())
+		}
 	})
 }
