@@ -104,6 +104,12 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	if err := pio.Started(rctx); err != nil {
 		return fail(pio, err)
 	}
+	c.mu.Lock()
+	size := p.size
+	c.mu.Unlock()
+	if size != nil {
+		_ = pio.Resize(size[0], size[1])
+	}
 	pid, err := readPidFile(pidFile)
 	if err != nil {
 		return fail(pio, fmt.Errorf("read exec pid: %w", err))
@@ -121,6 +127,10 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	p.endStarting()
 	release()
 	c.applyLocked(c.seq.endStart(p.execID, true))
+	if p.stdinClosed {
+		p.stdinClosed = false
+		go pio.CloseStdin() // no stdio call under c.mu
+	}
 	return pid, nil
 }
 

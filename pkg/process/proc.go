@@ -43,6 +43,11 @@ type proc struct {
 	// starting is closed when the start in flight of an exec ends; nil
 	// when none is. Guarded by Container.mu.
 	starting chan struct{}
+	// What was asked of an exec before its start had set up its I/O, done
+	// then: a CloseIO (a client that wrote all its input while the start
+	// ran), a terminal size. Guarded by Container.mu.
+	stdinClosed bool
+	size        *[2]uint32
 
 	done     chan struct{} // closed once the exit is published, or the process deleted
 	doneOnce sync.Once
@@ -425,6 +430,9 @@ func (c *Container) CloseStdin(execID string) error {
 	var pio *stdio.IO
 	if err == nil {
 		pio = p.io
+		if pio == nil && p.status == Created {
+			p.stdinClosed = true // carried out by the start
+		}
 	}
 	c.mu.Unlock()
 	if err != nil || pio == nil {
@@ -440,6 +448,13 @@ func (c *Container) Resize(execID string, width, height uint32) error {
 	var pio *stdio.IO
 	if err == nil {
 		pio = p.io
+		if pio == nil && p.status == Created {
+			// Set once the start has the terminal, as clients resize
+			// an exec's terminal before they start it.
+			p.size = &[2]uint32{width, height}
+			c.mu.Unlock()
+			return nil
+		}
 	}
 	stopped := err == nil && (p.status >= Stopped || p.exited)
 	c.mu.Unlock()

@@ -130,6 +130,12 @@ type IO struct {
 	stdinDst  io.WriteCloser // the process's stdin (pipe or terminal); nil without stdin
 	stdinDone chan struct{}  // closed when the stdin copy loop has ended; nil without one
 
+	stdinMu    sync.Mutex
+	stdinReady bool          // guarded by stdinMu: the FIFO is open and copied (Started)
+	stdinAsked bool          // guarded by stdinMu: CloseStdin came before that
+	stdinGone  bool          // guarded by stdinMu: Close came; stdin is never set up
+	stdinStop  chan struct{} // closed by Close: a CloseStdin's wait for the clients ends
+
 	mu      sync.Mutex
 	closers []io.Closer // guarded by mu: targets IO opened, closed by Close
 
@@ -145,18 +151,20 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	i := &IO{cfg: cfg, opts: opts}
+	i := &IO{cfg: cfg, opts: opts, stdinStop: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			i.Close(0)
 		}
 	}()
 	if cfg.Stdin != "" {
-		in, keep, err := openStdin(fifoPath(cfg.Stdin))
-		if err != nil {
+		// Opened in Started, once the runtime has made the process, as
+		// containerd's runc shim does: a client that writes all it has and
+		// closes, then asks for CloseIO, finds the task made by then. Here
+		// it need only be there.
+		if _, err := os.Stat(fifoPath(cfg.Stdin)); err != nil {
 			return nil, classifyOpen(fmt.Errorf("open stdin %s: %w", cfg.Stdin, err))
 		}
-		i.stdinSrc, i.stdinKeep = in, keep
 	}
 	if cfg.Terminal {
 		if opts.Consoles == nil {
@@ -184,10 +192,6 @@ func Open(ctx context.Context, cfg Config, opts Options) (_ *IO, retErr error) {
 		return nil, fmt.Errorf("create stdio pipes: %w", err)
 	}
 	i.pipe = p
-	if i.stdinSrc != nil {
-		i.stdinDst = p.Stdin()
-		i.startStdin()
-	}
 	if ko == kindBinary || ke == kindBinary {
 		target := cfg.Stdout
 		if ko != kindBinary {
@@ -274,6 +278,37 @@ func (i *IO) startCopyKeep(dst io.WriteCloser, src io.Reader, closeDst, keepRead
 		copyStream(dst, src, keepReading)
 		end()
 	}()
+	return nil
+}
+
+// setupStdin opens the stdin FIFO and copies it into dst, the process's
+// stdin; without stdin it keeps dst only to close it. A CloseStdin that
+// came before is carried out now.
+func (i *IO) setupStdin(dst io.WriteCloser) error {
+	if i.cfg.Stdin == "" {
+		// A terminal's input is kept all the same: Close closes it.
+		i.stdinDst = dst
+		return nil
+	}
+	in, keep, err := openStdin(fifoPath(i.cfg.Stdin))
+	if err != nil {
+		return classifyOpen(fmt.Errorf("open stdin %s: %w", i.cfg.Stdin, err))
+	}
+	i.stdinMu.Lock()
+	if i.stdinGone {
+		i.stdinMu.Unlock()
+		in.Close()
+		keep.Close()
+		return nil
+	}
+	i.stdinSrc, i.stdinKeep, i.stdinDst = in, keep, dst
+	i.startStdin()
+	i.stdinReady = true
+	asked := i.stdinAsked
+	i.stdinMu.Unlock()
+	if asked {
+		_ = i.CloseStdin()
+	}
 	return nil
 }
 
@@ -470,11 +505,15 @@ func (i *IO) ConsoleSocket() runc.ConsoleSocket {
 }
 
 // Started is called once the runtime call that created the process has
-// succeeded. In terminal mode it receives the master (bounded) and starts
-// copying it: into the output targets, which it opens (bounded), or into
-// the binary:// logger that Open started; in pipe mode it does nothing.
+// succeeded. It opens the stdin FIFO and starts copying it. In terminal
+// mode it first receives the master (bounded) and starts copying it: into
+// the output targets, which it opens (bounded), or into the binary://
+// logger that Open started.
 func (i *IO) Started(ctx context.Context) error {
 	if i.sock == nil {
+		if i.pipe != nil {
+			return i.setupStdin(i.pipe.Stdin())
+		}
 		return nil
 	}
 	sock := i.sock
@@ -517,9 +556,8 @@ func (i *IO) Started(ctx context.Context) error {
 	i.conMu.Lock()
 	i.con, i.ec = r.con, ec
 	i.conMu.Unlock()
-	i.stdinDst = in
-	if i.stdinSrc != nil {
-		i.startStdin()
+	if err := i.setupStdin(in); err != nil {
+		return err
 	}
 	if i.ttyLog != nil {
 		// A logger that went away costs the output, never the process:
@@ -622,10 +660,28 @@ func (i *IO) Resize(width, height uint32) error {
 }
 
 // CloseStdin closes the process's stdin so that it reads EOF, once what
-// clients wrote has flowed (bounded by stdinDrainBound). For a terminal it
-// sends the EOF character. It is safe to call more than once.
+// clients wrote has flowed: the shim drops its write side of the FIFO, and
+// the process reads EOF when the clients have closed theirs, or when
+// stdinDrainBound has passed. For a terminal it sends the EOF character.
+// It returns at once, and the rest goes on in the background: clients ask
+// for it as their input ends (ctr and nerdctl from within their last read
+// of it) and close their side of the FIFO only once it has returned. It is
+// safe to call more than once.
 func (i *IO) CloseStdin() error {
-	return i.closeStdin(stdinDrainBound)
+	i.stdinMu.Lock()
+	if !i.stdinReady && i.cfg.Stdin != "" && !i.stdinGone {
+		// Before Started: carried out once stdin is set up.
+		i.stdinAsked = true
+		i.stdinMu.Unlock()
+		return nil
+	}
+	i.stdinMu.Unlock()
+	go func() {
+		if err := i.closeStdin(stdinDrainBound); err != nil {
+			log.L.WithError(err).Warn("close stdin")
+		}
+	}()
+	return nil
 }
 
 // closeStdin ends the process's stdin; what clients wrote may flow for up to
@@ -640,7 +696,15 @@ func (i *IO) closeStdin(drain time.Duration) error {
 		}
 		ended := i.stdinDone == nil
 		if !ended && drain > 0 {
-			ended = waitBound(i.stdinDone, drain)
+			// Close ends the wait: it cuts stdin off at once.
+			t := time.NewTimer(drain)
+			select {
+			case <-i.stdinDone:
+				ended = true
+			case <-t.C:
+			case <-i.stdinStop:
+			}
+			t.Stop()
 		}
 		if !ended {
 			// A client still holds the FIFO, or the process does not
@@ -810,6 +874,14 @@ func (i *IO) started() bool {
 // sees EOF. It returns within bound plus a few closeBounds, whatever the
 // process, its children or the clients do.
 func (i *IO) Close(bound time.Duration) error {
+	i.stdinMu.Lock()
+	if !i.stdinGone {
+		i.stdinGone = true
+		if i.stdinStop != nil {
+			close(i.stdinStop)
+		}
+	}
+	i.stdinMu.Unlock()
 	i.closeStdin(0)
 	if in, ok := i.stdinDst.(*ttyInput); ok {
 		// A CloseStdin that came before the terminal did (an exec's

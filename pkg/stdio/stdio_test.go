@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/console"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
+	"golang.org/x/sys/unix"
 )
 
 func TestValidate(t *testing.T) {
@@ -65,6 +66,9 @@ func spawn(t *testing.T, i *IO, script string) *exec.Cmd {
 	t.Cleanup(func() { syscall.Kill(-pgid, syscall.SIGKILL) })
 	if c, ok := i.Runc().(interface{ CloseAfterStart() error }); ok {
 		c.CloseAfterStart()
+	}
+	if err := i.Started(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 	return cmd
 }
@@ -242,7 +246,8 @@ func TestUnreadStdinNeverBlocks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY, 0)
+	// As clients open it: the shim opens its side only once the process is made.
+	w, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,6 +319,9 @@ func TestCloseStdinGivesEOF(t *testing.T) {
 		t.Fatal(err)
 	}
 	i.Runc().(interface{ CloseAfterStart() error }).CloseAfterStart()
+	if err := i.Started(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := i.CloseStdin(); err != nil {
 		t.Fatal(err)
 	}
@@ -702,6 +710,9 @@ func TestStdinFIFOHoldsTwoDescriptors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if err := i.Started(ctx); err != nil {
+			t.Fatal(err)
+		}
 		ios[k] = i
 	}
 	// Count once the count has held for three readings: a descriptor
@@ -825,5 +836,68 @@ func TestCloseReleasesTTYInputAfterEarlyCloseStdin(t *testing.T) {
 	i.Close(0)
 	if _, err := in.Write([]byte{'x'}); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("write to the terminal's input after Close: %v, want it closed", err)
+	}
+}
+
+// The stdin FIFO is opened once the runtime has made the process
+// (Started), as containerd's runc shim opens it, not at Open: a client
+// that writes all its input and closes it, then asks for CloseIO, finds
+// the task made. A CloseStdin that comes before Started is carried out
+// then: what the client wrote is read, then EOF.
+func TestStdinOpenedWhenStarted(t *testing.T) {
+	dir := t.TempDir()
+	in := mkfifo(t, dir, "in")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	i, err := Open(ctx, Config{Stdin: in}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer i.Close(0)
+	if fd, err := unix.Open(in, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
+		unix.Close(fd)
+		t.Fatal("the stdin FIFO has a reader before the process was made")
+	} else if !errors.Is(err, unix.ENXIO) {
+		t.Fatal(err)
+	}
+	if err := i.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
+	w, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := w.Write([]byte("hello\n"))
+		wrote <- errors.Join(err, w.Close())
+	}()
+	var stdout bytes.Buffer
+	cmd := exec.Command("/bin/sh", "-c", "cat; echo eof")
+	i.Runc().Set(cmd)
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	i.Runc().(interface{ CloseAfterStart() error }).CloseAfterStart()
+	if err := i.Started(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("the process did not see EOF: the early CloseStdin was lost")
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if got := stdout.String(); got != "hello\neof\n" {
+		t.Errorf("output %q, want %q", got, "hello\neof\n")
 	}
 }
