@@ -36,5 +36,8 @@
 // descriptor of its own and drops the library's handle: an output holds two
 // descriptors for the life of its process, and no more state than an
 // os.File. The stdin FIFO needs no wait for its writer (the shim's own kept
-// write side is one), so both of its descriptors are opened directly.
+// write side is one), so both of its descriptors are opened directly, in
+// Started: once the runtime has made the process, as containerd's runc
+// shim opens it. CloseStdin returns at once: clients close their side of
+// the FIFO only after it has returned.
 package stdio
