@@ -6,6 +6,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	tasks "github.com/containerd/containerd/api/services/tasks/v1"
 	client "github.com/containerd/containerd/v2/client"
@@ -219,5 +220,41 @@ func TestExecResizeBeforeStart(t *testing.T) {
 		if !strings.Contains(out.String(), "30 100") {
 			t.Errorf("output %q, want the size 30 100", out.String())
 		}
+	})
+}
+
+// TestRunningTaskHasNoExitTime: the status of a task that has not exited
+// carries no exit time (nerdctl's inspect shows FinishedAt from it).
+func TestRunningTaskHasNoExitTime(t *testing.T) {
+	h := requireHarness(t)
+	h.sideBySide(t, func(t *testing.T, rt string) {
+		c := h.newHost(t, rt, newID(t), cio.NullIO, oci.WithProcessArgs("sleep", "1000"))
+		ctx := c.ctx(t, execTimeout)
+		for _, stage := range []string{"created", "running"} {
+			if stage == "running" {
+				if err := c.task.Start(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			st, err := c.task.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !st.ExitTime.IsZero() {
+				t.Errorf("%s task: exit time %v, want none", stage, st.ExitTime)
+			}
+		}
+		c.kill(t, syscall.SIGKILL)
+		if code := c.waitInit(t); code != 137 {
+			t.Errorf("exit %d, want 137", code)
+		}
+		st, err := c.task.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.ExitTime.IsZero() || time.Since(st.ExitTime) > time.Minute {
+			t.Errorf("stopped task: exit time %v, want the exit's", st.ExitTime)
+		}
+		c.delete(t)
 	})
 }
