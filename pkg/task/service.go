@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
@@ -380,10 +381,14 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 		Terminal: st.Terminal,
 		ExecID:   r.ExecID,
 	}
+	// Before the exit, the zero time: clients read an unset exited_at as
+	// 1970-01-01, and the zero time as none.
+	var exitedAt time.Time
 	if st.Status >= process.Stopped {
 		resp.ExitStatus = uint32(st.Exit.Status)
-		resp.ExitedAt = timestamppb.New(st.Exit.ExitedAt)
+		exitedAt = st.Exit.ExitedAt
 	}
+	resp.ExitedAt = timestamppb.New(exitedAt)
 	return resp, nil
 }
 
