@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
@@ -102,6 +103,11 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 		return fail(pio, err)
 	}
 	if err := pio.Started(rctx); err != nil {
+		// The process runs: it must not stay, unwatched, after its start
+		// failed.
+		if pid, perr := readPidFile(pidFile); perr == nil && pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 		return fail(pio, err)
 	}
 	c.mu.Lock()
@@ -127,9 +133,14 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	p.endStarting()
 	release()
 	c.applyLocked(c.seq.endStart(p.execID, true))
+	if p.size != nil && p.size != size {
+		// Asked while the start finished.
+		_ = pio.Resize(p.size[0], p.size[1])
+	}
+	p.size = nil
 	if p.stdinClosed {
 		p.stdinClosed = false
-		go pio.CloseStdin() // no stdio call under c.mu
+		go pio.CloseStdin() // no stdio call under c.mu but Resize
 	}
 	return pid, nil
 }

@@ -422,8 +422,10 @@ func (c *Container) State(execID string) (ProcessState, error) {
 	return ProcessState{ExecID: execID, Pid: p.pid, Status: status, Exit: p.exit, Stdio: p.stdio, Terminal: p.stdio.Terminal}, nil
 }
 
-// CloseStdin closes the stdin of a process so that it reads EOF. It waits
-// (bounded) for what clients wrote to flow, with no lock held.
+// CloseStdin closes the stdin of a process so that it reads EOF once what
+// clients wrote has flowed; it returns at once (stdio.IO.CloseStdin). Asked
+// of an exec whose start has not set up its I/O yet, it is done by the
+// start.
 func (c *Container) CloseStdin(execID string) error {
 	c.mu.Lock()
 	p, err := c.lookupLocked(execID)

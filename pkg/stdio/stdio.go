@@ -290,6 +290,12 @@ func (i *IO) setupStdin(dst io.WriteCloser) error {
 		i.stdinDst = dst
 		return nil
 	}
+	i.stdinMu.Lock()
+	ready := i.stdinReady
+	i.stdinMu.Unlock()
+	if ready {
+		return nil // a start tried again: set up once
+	}
 	in, keep, err := openStdin(fifoPath(i.cfg.Stdin))
 	if err != nil {
 		return classifyOpen(fmt.Errorf("open stdin %s: %w", i.cfg.Stdin, err))
@@ -668,6 +674,9 @@ func (i *IO) Resize(width, height uint32) error {
 // of it) and close their side of the FIFO only once it has returned. It is
 // safe to call more than once.
 func (i *IO) CloseStdin() error {
+	if i.cfg.Stdin == "" {
+		return nil // no stdin: nothing to end (runc-v2 does nothing either)
+	}
 	i.stdinMu.Lock()
 	if !i.stdinReady && i.cfg.Stdin != "" && !i.stdinGone {
 		// Before Started: carried out once stdin is set up.
@@ -729,7 +738,13 @@ func (i *IO) closeStdin(drain time.Duration) error {
 			i.conMu.Lock()
 			closed := i.con == nil
 			i.conMu.Unlock()
-			if !closed && drain > 0 {
+			stopped := false
+			select {
+			case <-i.stdinStop: // Close is under way
+				stopped = true
+			default:
+			}
+			if !closed && drain > 0 && !stopped {
 				err = in.writeEOF(closeBound)
 			}
 			_ = in.Close()
