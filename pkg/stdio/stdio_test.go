@@ -311,30 +311,43 @@ func TestCloseStdinGivesEOF(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer i.Close(0)
+	cmd, stdout := spawnStdin(t, ctx, i, "cat >/dev/null; echo eof")
+	if err := i.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCmd(cmd, 10*time.Second); err != nil || stdout.String() != "eof\n" {
+		t.Fatalf("cat: %v %q", err, stdout.String())
+	}
+}
+
+// spawnStdin runs script with i's stdin (and no other stream), its output
+// in the buffer returned, and sets i's stdin up (Started).
+func spawnStdin(t *testing.T, ctx context.Context, i *IO, script string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
 	var stdout bytes.Buffer
-	cmd := exec.Command("/bin/sh", "-c", "cat >/dev/null; echo eof")
+	cmd := exec.Command("/bin/sh", "-c", script)
 	i.Runc().Set(cmd)
 	cmd.Stdout = &stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { cmd.Process.Kill() })
 	i.Runc().(interface{ CloseAfterStart() error }).CloseAfterStart()
 	if err := i.Started(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := i.CloseStdin(); err != nil {
-		t.Fatal(err)
-	}
+	return cmd, &stdout
+}
+
+// waitCmd waits for cmd, at most bound.
+func waitCmd(cmd *exec.Cmd, bound time.Duration) error {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
 	case err := <-done:
-		if err != nil || stdout.String() != "eof\n" {
-			t.Fatalf("cat: %v %q", err, stdout.String())
-		}
-	case <-time.After(10 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("cat did not see EOF")
+		return err
+	case <-time.After(bound):
+		return fmt.Errorf("not ended within %s", bound)
 	}
 }
 
@@ -872,27 +885,9 @@ func TestStdinOpenedWhenStarted(t *testing.T) {
 		_, err := w.Write([]byte("hello\n"))
 		wrote <- errors.Join(err, w.Close())
 	}()
-	var stdout bytes.Buffer
-	cmd := exec.Command("/bin/sh", "-c", "cat; echo eof")
-	i.Runc().Set(cmd)
-	cmd.Stdout = &stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	i.Runc().(interface{ CloseAfterStart() error }).CloseAfterStart()
-	if err := i.Started(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("the process did not see EOF: the early CloseStdin was lost")
+	cmd, stdout := spawnStdin(t, ctx, i, "cat; echo eof")
+	if err := waitCmd(cmd, 5*time.Second); err != nil {
+		t.Fatalf("the process did not see EOF, the early CloseStdin lost: %v", err)
 	}
 	if err := <-wrote; err != nil {
 		t.Fatal(err)
