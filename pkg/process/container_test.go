@@ -1354,3 +1354,45 @@ func TestKillWaitsForExecStart(t *testing.T) {
 		t.Fatalf("wait: %+v, %v: want the KILL's 137", exit, err)
 	}
 }
+
+// An exec whose I/O fails once the runtime has run its process (here its
+// stdin FIFO gone before Started opens it) does not leave that process
+// running, unwatched: the failed start kills it.
+func TestExecFailedAfterRuntimeIsKilled(t *testing.T) {
+	_, _, c, ctx := startedFake(t)
+	fifoPath := filepath.Join(t.TempDir(), "stdin")
+	if err := unix.Mkfifo(fifoPath, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddExec(ctx, ExecConfig{ID: "e1", Spec: &specs.Process{Args: []string{"sleep", "1000"}}, Stdio: stdio.Config{Stdin: fifoPath}}); err != nil {
+		t.Fatal(err)
+	}
+	hold := newHold(t, "FAKE_RUNTIME_EXEC_HOLD")
+	started := make(chan error, 1)
+	go func() { _, err := c.Start(ctx, "e1"); started <- err }()
+	pidFile := filepath.Join(c.cfg.Bundle, "e1.pid")
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); pid == 0; time.Sleep(5 * time.Millisecond) {
+		pid, _ = readPidFile(pidFile)
+		if time.Now().After(deadline) {
+			t.Fatal("the runtime never ran the exec's process")
+		}
+	}
+	if err := os.Remove(fifoPath); err != nil {
+		t.Fatal(err)
+	}
+	releaseHold(hold, 10*time.Second)
+	select {
+	case err := <-started:
+		if err == nil {
+			t.Fatal("the start succeeded without its stdin")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("start did not return")
+	}
+	for deadline := time.Now().Add(5 * time.Second); unix.Kill(pid, 0) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the exec's process %d still runs after its start failed", pid)
+		}
+	}
+}

@@ -104,9 +104,11 @@ func (c *Container) startExec(ctx context.Context, p *proc) (int, error) {
 	}
 	if err := pio.Started(rctx); err != nil {
 		// The process runs: it must not stay, unwatched, after its start
-		// failed.
+		// failed. Claimed first, so that the kill never reaches a pid
+		// whose exit was reaped, and its exit is taken and dropped.
 		if pid, perr := readPidFile(pidFile); perr == nil && pid > 0 {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+			c.cfg.Reaper.OnExit(pid, mark, func(Exit) {})
+			_ = c.cfg.Reaper.Signal(pid, syscall.SIGKILL)
 		}
 		return fail(pio, err)
 	}
