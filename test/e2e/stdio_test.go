@@ -689,17 +689,17 @@ func TestLoggerReadyByte(t *testing.T) {
 // waitContent waits until the file at path holds want, and says what it
 // held when it does not within timeout.
 func waitContent(path, want string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		data, err := os.ReadFile(path)
-		if err == nil && string(data) == want {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s holds %q (%v) after %v, want %q", path, data, err, timeout, want)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var (
+		data []byte
+		err  error
+	)
+	if pollUntil(timeout, func() bool {
+		data, err = os.ReadFile(path)
+		return err == nil && string(data) == want
+	}) {
+		return nil
 	}
+	return fmt.Errorf("%s holds %q (%v) after %v, want %q", path, data, err, timeout, want)
 }
 
 // TestNoStdio runs processes without any stdio (cio.NullIO, `ctr run
