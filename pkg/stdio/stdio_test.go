@@ -896,3 +896,25 @@ func TestStdinOpenedWhenStarted(t *testing.T) {
 		t.Errorf("output %q, want %q", got, "hello\neof\n")
 	}
 }
+
+// Started sets stdin up once: a start tried again (a restore whose pid
+// could not be read) does not open the FIFO a second time.
+func TestStdinSetUpOnce(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fd0 := fdsUnder(t, dir)
+	i, err := Open(ctx, Config{Stdin: mkfifo(t, dir, "in")}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer i.Close(0)
+	for range 2 {
+		if err := i.Started(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := fdsUnder(t, dir) - fd0; n != 2 {
+		t.Errorf("%d descriptors of the stdin FIFO after two Starteds, want 2", n)
+	}
+}
