@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -916,5 +918,155 @@ func TestStdinSetUpOnce(t *testing.T) {
 	}
 	if n := fdsUnder(t, dir) - fd0; n != 2 {
 		t.Errorf("%d descriptors of the stdin FIFO after two Starteds, want 2", n)
+	}
+}
+
+// sendMaster does what runc does with a terminal it made: it sends the
+// master over the console socket at path.
+func sendMaster(t *testing.T, path string, master console.Console) {
+	t.Helper()
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, _, err := conn.WriteMsgUnix([]byte("/dev/ptmx"), unix.UnixRights(int(master.Fd())), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A CloseStdin whose wait for the clients Close cuts short sends no ^D: the
+// terminal is being closed, and into a terminal whose input is full the EOF
+// would wait out its bound, and Close with it (Delete after a CloseIO of a
+// process that reads no stdin).
+func TestCloseSendsNoEOFIntoClosingTerminal(t *testing.T) {
+	dir := t.TempDir()
+	in := mkfifo(t, dir, "in")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	consoles := NewConsoles()
+	defer consoles.Close()
+	i, err := Open(ctx, Config{Stdin: in, Stdout: "file://" + filepath.Join(dir, "out"), Terminal: true}, Options{Consoles: consoles})
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, slavePath, err := console.NewPty()
+	if err != nil {
+		t.Skipf("no pty: %v", err)
+	}
+	// The process's side, open and never read.
+	slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slave.Close()
+	sendMaster(t, i.ConsoleSocket().Path(), master)
+	master.Close() // the IO received its own
+	if err := i.Started(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A client fills the terminal's input and keeps the FIFO open.
+	w, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var wrote atomic.Int64
+	go func() {
+		line := []byte(strings.Repeat("x", 63) + "\n")
+		for range (1 << 20) / len(line) {
+			n, err := w.Write(line)
+			wrote.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	last, still := int64(-1), 0
+	for deadline := time.Now().Add(10 * time.Second); still < 5; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the terminal's input never filled (%d bytes written)", wrote.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
+		if n := wrote.Load(); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+	}
+	if last >= 1<<20 {
+		t.Fatalf("all %d bytes went through: the terminal's input is not full", last)
+	}
+
+	if err := i.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
+	// CloseStdin waits in the background for the client, which holds the
+	// FIFO open; Close comes meanwhile.
+	time.Sleep(200 * time.Millisecond)
+	begin := time.Now()
+	if err := i.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(begin)
+	t.Logf("Close: %s, after %d bytes of input", took.Round(time.Millisecond), last)
+	if took >= closeBound/2 {
+		t.Errorf("Close took %s: it waited for an EOF sent into the terminal it closes", took.Round(time.Millisecond))
+	}
+}
+
+// CloseStdin of a terminal process that has no stdin does nothing, before
+// or after Started (containerd's runc shim does nothing either): no EOF
+// reaches the process, and it does not race with Started, which keeps the
+// terminal's input to close it (the race detector's part).
+func TestCloseStdinWithoutStdin(t *testing.T) {
+	for _, beside := range []bool{false, true} {
+		t.Run(fmt.Sprintf("beside Started %v", beside), func(t *testing.T) {
+			dir := t.TempDir()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			consoles := NewConsoles()
+			defer consoles.Close()
+			i, err := Open(ctx, Config{Stdout: "file://" + filepath.Join(dir, "out"), Terminal: true}, Options{Consoles: consoles})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer i.Close(0)
+			master, slavePath, err := console.NewPty()
+			if err != nil {
+				t.Skipf("no pty: %v", err)
+			}
+			slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer slave.Close()
+			sendMaster(t, i.ConsoleSocket().Path(), master)
+			master.Close()
+			closed := make(chan error, 1)
+			if beside {
+				go func() { closed <- i.CloseStdin() }()
+			}
+			if err := i.Started(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if !beside {
+				closed <- i.CloseStdin()
+			}
+			if err := <-closed; err != nil {
+				t.Fatalf("CloseStdin: %v", err)
+			}
+			// An EOF (^D in canonical mode) would end this read at once,
+			// with 0 bytes.
+			if err := slave.SetReadDeadline(time.Now().Add(300 * time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 16)
+			n, err := slave.Read(buf)
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("the process read %q (%v) from its terminal: CloseStdin without stdin sent it something", buf[:n], err)
+			}
+		})
 	}
 }
