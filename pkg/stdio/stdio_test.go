@@ -836,7 +836,8 @@ func TestCloseReleasesTTYInputAfterEarlyCloseStdin(t *testing.T) {
 	if err != nil {
 		t.Skipf("no pty: %v", err)
 	}
-	i := &IO{cfg: Config{Terminal: true}}
+	// A stdin not set up yet: CloseStdin is recorded, not carried out.
+	i := &IO{cfg: Config{Terminal: true, Stdin: filepath.Join(t.TempDir(), "in")}}
 	if err := i.CloseStdin(); err != nil {
 		t.Fatal(err)
 	}
@@ -921,6 +922,10 @@ func TestStdinSetUpOnce(t *testing.T) {
 	}
 }
 
+// testConsoles is the console service of the package's tests: one, as in
+// the shim, so that the tests leave one epoll loop behind, not one each.
+var testConsoles = sync.OnceValue(NewConsoles)
+
 // sendMaster does what runc does with a terminal it made: it sends the
 // master over the console socket at path.
 func sendMaster(t *testing.T, path string, master console.Console) {
@@ -935,7 +940,7 @@ func sendMaster(t *testing.T, path string, master console.Console) {
 	}
 }
 
-// A CloseStdin whose wait for the clients Close cuts short sends no ^D: the
+// A CloseStdin whose wait for the clients is cut short by Close sends no ^D: the
 // terminal is being closed, and into a terminal whose input is full the EOF
 // would wait out its bound, and Close with it (Delete after a CloseIO of a
 // process that reads no stdin).
@@ -944,12 +949,16 @@ func TestCloseSendsNoEOFIntoClosingTerminal(t *testing.T) {
 	in := mkfifo(t, dir, "in")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	consoles := NewConsoles()
-	defer consoles.Close()
-	i, err := Open(ctx, Config{Stdin: in, Stdout: "file://" + filepath.Join(dir, "out"), Terminal: true}, Options{Consoles: consoles})
+	i, err := Open(ctx, Config{Stdin: in, Stdout: "file://" + filepath.Join(dir, "out"), Terminal: true}, Options{Consoles: testConsoles()})
 	if err != nil {
 		t.Fatal(err)
 	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			i.Close(0)
+		}
+	})
 	master, slavePath, err := console.NewPty()
 	if err != nil {
 		t.Skipf("no pty: %v", err)
@@ -961,7 +970,7 @@ func TestCloseSendsNoEOFIntoClosingTerminal(t *testing.T) {
 	}
 	defer slave.Close()
 	sendMaster(t, i.ConsoleSocket().Path(), master)
-	master.Close() // the IO received its own
+	master.Close() // the message queued on the socket holds the master
 	if err := i.Started(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -972,13 +981,16 @@ func TestCloseSendsNoEOFIntoClosingTerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
+	const input = 8 << 20 // more than a terminal's input, a FIFO and a copy hold
 	var wrote atomic.Int64
+	writeErr := make(chan error, 1)
 	go func() {
 		line := []byte(strings.Repeat("x", 63) + "\n")
-		for range (1 << 20) / len(line) {
+		for range input / len(line) {
 			n, err := w.Write(line)
 			wrote.Add(int64(n))
 			if err != nil {
+				writeErr <- err
 				return
 			}
 		}
@@ -995,7 +1007,12 @@ func TestCloseSendsNoEOFIntoClosingTerminal(t *testing.T) {
 			last, still = n, 0
 		}
 	}
-	if last >= 1<<20 {
+	select {
+	case err := <-writeErr:
+		t.Fatalf("the client's write failed: %v", err)
+	default:
+	}
+	if last >= input {
 		t.Fatalf("all %d bytes went through: the terminal's input is not full", last)
 	}
 
@@ -1006,6 +1023,7 @@ func TestCloseSendsNoEOFIntoClosingTerminal(t *testing.T) {
 	// FIFO open; Close comes meanwhile.
 	time.Sleep(200 * time.Millisecond)
 	begin := time.Now()
+	closed = true
 	if err := i.Close(0); err != nil {
 		t.Fatal(err)
 	}
@@ -1016,8 +1034,8 @@ func TestCloseSendsNoEOFIntoClosingTerminal(t *testing.T) {
 	}
 }
 
-// CloseStdin of a terminal process that has no stdin does nothing, before
-// or after Started (containerd's runc shim does nothing either): no EOF
+// CloseStdin of a terminal process that has no stdin does nothing, after
+// Started or beside it (containerd's runc shim does nothing either): no EOF
 // reaches the process, and it does not race with Started, which keeps the
 // terminal's input to close it (the race detector's part).
 func TestCloseStdinWithoutStdin(t *testing.T) {
@@ -1026,9 +1044,7 @@ func TestCloseStdinWithoutStdin(t *testing.T) {
 			dir := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			consoles := NewConsoles()
-			defer consoles.Close()
-			i, err := Open(ctx, Config{Stdout: "file://" + filepath.Join(dir, "out"), Terminal: true}, Options{Consoles: consoles})
+			i, err := Open(ctx, Config{Stdout: "file://" + filepath.Join(dir, "out"), Terminal: true}, Options{Consoles: testConsoles()})
 			if err != nil {
 				t.Fatal(err)
 			}
