@@ -926,11 +926,22 @@ func TestStdinSetUpOnce(t *testing.T) {
 // the shim, so that the tests leave one epoll loop behind, not one each.
 var testConsoles = sync.OnceValue(NewConsoles)
 
-// sendMaster does what runc does with a terminal it made: it sends the
-// master over the console socket at path.
-func sendMaster(t *testing.T, path string, master console.Console) {
+// runtimeTerminal does what runc does for a process with a terminal: it
+// makes one and sends its master over i's console socket. It returns the
+// process's side, open (closed at the test's end).
+func runtimeTerminal(t *testing.T, i *IO) *os.File {
 	t.Helper()
-	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	master, slavePath, err := console.NewPty()
+	if err != nil {
+		t.Skipf("no pty: %v", err)
+	}
+	defer master.Close() // the message queued on the socket holds the master
+	slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { slave.Close() })
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: i.ConsoleSocket().Path(), Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -938,6 +949,7 @@ func sendMaster(t *testing.T, path string, master console.Console) {
 	if _, _, err := conn.WriteMsgUnix([]byte("/dev/ptmx"), unix.UnixRights(int(master.Fd())), nil); err != nil {
 		t.Fatal(err)
 	}
+	return slave
 }
 
 // A CloseStdin whose wait for the clients is cut short by Close sends no ^D: the
@@ -959,18 +971,7 @@ func TestCloseSendsNoEOFIntoClosingTerminal(t *testing.T) {
 			i.Close(0)
 		}
 	})
-	master, slavePath, err := console.NewPty()
-	if err != nil {
-		t.Skipf("no pty: %v", err)
-	}
-	// The process's side, open and never read.
-	slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slave.Close()
-	sendMaster(t, i.ConsoleSocket().Path(), master)
-	master.Close() // the message queued on the socket holds the master
+	runtimeTerminal(t, i) // the process's side, open and never read
 	if err := i.Started(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -1049,17 +1050,7 @@ func TestCloseStdinWithoutStdin(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer i.Close(0)
-			master, slavePath, err := console.NewPty()
-			if err != nil {
-				t.Skipf("no pty: %v", err)
-			}
-			slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer slave.Close()
-			sendMaster(t, i.ConsoleSocket().Path(), master)
-			master.Close()
+			slave := runtimeTerminal(t, i)
 			closed := make(chan error, 1)
 			if beside {
 				go func() { closed <- i.CloseStdin() }()
