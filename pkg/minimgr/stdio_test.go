@@ -8,9 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseDetachKeys(t *testing.T) {
@@ -144,5 +147,52 @@ func TestFollowTerminalLogToItsEnd(t *testing.T) {
 	}
 	if got, want := follow(t, false), "before "; got != want {
 		t.Errorf("a log the shim wrote: followed %q, want %q", got, want)
+	}
+}
+
+// The write end of a stdin FIFO is opened once the shim has opened its
+// end, which may come a moment after the shim's answer; a FIFO nobody opens
+// gives up after readerWait, and never blocks.
+func TestOpenWriterWaitsBrieflyForTheReader(t *testing.T) {
+	dir := t.TempDir()
+
+	late := filepath.Join(dir, "late")
+	if err := mkfifo(late); err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan *os.File, 1)
+	go func() {
+		time.Sleep(readerWait / 5)
+		r, err := os.OpenFile(late, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- r
+	}()
+	fd, err := openWriter(late)
+	if r := <-opened; r != nil {
+		defer r.Close()
+	}
+	if err != nil {
+		t.Fatalf("a reader that came after %s: %v", readerWait/5, err)
+	}
+	unix.Close(fd)
+
+	none := filepath.Join(dir, "none")
+	if err := mkfifo(none); err != nil {
+		t.Fatal(err)
+	}
+	begin := time.Now()
+	fd, err = openWriter(none)
+	took := time.Since(begin)
+	if err == nil {
+		unix.Close(fd)
+		t.Fatal("opened a FIFO that has no reader")
+	}
+	if !errors.Is(err, unix.ENXIO) {
+		t.Fatalf("no reader: %v, want ENXIO", err)
+	}
+	if took < readerWait || took > readerWait+5*time.Second {
+		t.Errorf("gave up after %s, want about %s", took.Round(time.Millisecond), readerWait)
 	}
 }
