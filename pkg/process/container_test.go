@@ -467,6 +467,54 @@ func TestExitDuringResumeComesAfterResumed(t *testing.T) {
 	}
 }
 
+// A runtime whose pause or resume never returns holds the container for
+// freezeBound at most, whatever the caller's context: the call fails, the
+// container keeps its state, and an exit that came during a resume is
+// published once the resume has ended (the sequencer's rule 4).
+func TestHungFreezeIsBounded(t *testing.T) {
+	defer func(d time.Duration) { freezeBound = d }(freezeBound)
+	freezeBound = 500 * time.Millisecond
+	timed := func(what string, f func() error) error {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- f() }()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(freezeBound + 5*time.Second):
+			t.Fatalf("%s did not return within %s of its bound", what, 5*time.Second)
+			return nil
+		}
+	}
+
+	_, rec, c, ctx := startedFake(t)
+	newHold(t, "FAKE_RUNTIME_PAUSE_HOLD") // never released
+	if err := timed("pause", func() error { return c.Pause(ctx) }); err == nil {
+		t.Fatal("a pause whose runtime never returned succeeded")
+	}
+	if st, _ := c.State(""); st.Status != Running {
+		t.Fatalf("status %s after a failed pause, want running", st.Status)
+	}
+
+	t.Setenv("FAKE_RUNTIME_PAUSE_HOLD", "")
+	if err := c.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	newHold(t, "FAKE_RUNTIME_RESUME_HOLD")
+	t.Setenv("FAKE_RUNTIME_EXIT_ON_RESUME", "1") // the init dies during the resume
+	if err := timed("resume", func() error { return c.Resume(ctx) }); err == nil {
+		t.Fatal("a resume whose runtime never returned succeeded")
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Wait(wctx, ""); err != nil {
+		t.Fatalf("the exit that came during the resume: %v", err)
+	}
+	if got, want := strings.Join(rec.kinds(), ","), "create,start,paused,exit"; got != want {
+		t.Fatalf("events %s, want %s", got, want)
+	}
+}
+
 // The init's exit is published after the exit of every exec process, and an
 // exec cannot start once the init has exited.
 func TestInitExitAfterExecExits(t *testing.T) {

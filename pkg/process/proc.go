@@ -85,8 +85,9 @@ const (
 
 // freezeBound bounds `runc pause` and `runc resume`: the exits that come
 // during a resume are published after it (the sequencer's rule 4), and a
-// pause holds the container in its pausing state.
-const freezeBound = time.Minute
+// pause holds the container in its pausing state. A variable for the
+// tests.
+var freezeBound = time.Minute
 
 // startContext is the context of a runtime call that starts a process.
 // The process may run before the runtime returns, so the caller going away

@@ -7,7 +7,9 @@
 # has not returned), $FAKE_RUNTIME_START_HOLD one that start reads last,
 # $FAKE_RUNTIME_CREATE_HOLD and $FAKE_RUNTIME_RESTORE_HOLD ones that create
 # and restore read once the process exists;
-# $FAKE_RUNTIME_DELETE_HOLD one that delete reads first;
+# $FAKE_RUNTIME_DELETE_HOLD one that delete reads first, and
+# $FAKE_RUNTIME_PAUSE_HOLD and $FAKE_RUNTIME_RESUME_HOLD ones that pause and
+# resume read last;
 # $FAKE_RUNTIME_DELETE_KEEPS makes delete leave the process alive;
 # $FAKE_RUNTIME_EXIT_ON_START and $FAKE_RUNTIME_EXIT_ON_RESUME make start
 # and resume kill the process and return once it has exited.
@@ -67,9 +69,14 @@ delete)
 	[ -n "$FAKE_RUNTIME_DELETE_HOLD" ] && read _ < "$FAKE_RUNTIME_DELETE_HOLD"
 	if [ -f "$root/$id/pid" ] && [ -z "$FAKE_RUNTIME_DELETE_KEEPS" ]; then kill -9 "$(cat "$root/$id/pid")" 2>/dev/null; fi
 	rm -rf "$root/$id" ;;
+pause)
+	[ -d "$root/$id" ] || exit 1
+	[ -n "$FAKE_RUNTIME_PAUSE_HOLD" ] && read _ < "$FAKE_RUNTIME_PAUSE_HOLD"
+	true ;;
 resume)
 	[ -d "$root/$id" ] || exit 1
 	if [ -n "$FAKE_RUNTIME_EXIT_ON_RESUME" ]; then kill -9 "$(cat "$root/$id/pid")"; sleep 0.2; fi
+	[ -n "$FAKE_RUNTIME_RESUME_HOLD" ] && read _ < "$FAKE_RUNTIME_RESUME_HOLD"
 	true ;;
 checkpoint)
 	[ -d "$root/$id" ] || exit 1
