@@ -277,8 +277,13 @@ func TestStdinSurvivesDetach(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			stdinR, stdinW := io.Pipe()
 			t.Cleanup(func() { stdinW.Close() })
+			// The process ends only on a second line, so that it outlives
+			// the opening of the second client's FIFOs: an attach returns
+			// before the client has opened them, and an open of an output
+			// FIFO that the shim has already closed (the output ended)
+			// waits for a writer for good.
 			p := h.startProc(t, kind, cio.NewCreator(cio.WithStreams(stdinR, io.Discard, io.Discard)), false,
-				"sh", "-c", "read x; echo got:$x")
+				"sh", "-c", "read x; echo got:$x; echo read >&2; read y")
 			// Detach: the client closes its ends of the FIFOs, which stay
 			// in place for the next client.
 			p.io().Cancel()
@@ -293,11 +298,15 @@ func TestStdinSurvivesDetach(t *testing.T) {
 			}
 			// Blocks while nobody reads the FIFO: not waited for.
 			go io.WriteString(inW, "hello\n")
-			// The process exits either way: after reading the line, or at
-			// once if it read EOF.
+			// The process reads the line, or EOF at once if stdin ended
+			// when the first client detached. Its output on both streams
+			// has reached the client: the client has opened both FIFOs.
+			out.waitFor(t, "got:", ioTimeout)
+			out.waitFor(t, "read", ioTimeout)
+			go io.WriteString(inW, "bye\n")
 			p.end(t, 0)
-			if got := out.String(); got != "got:hello\n" {
-				t.Errorf("output after attaching again %q, want %q: the process read EOF when the first client detached", got, "got:hello\n")
+			if got := out.String(); got != "got:hello\nread\n" && got != "read\ngot:hello\n" {
+				t.Errorf("output after attaching again %q, want got:hello and read: the process read EOF when the first client detached", got)
 			}
 		})
 	}
