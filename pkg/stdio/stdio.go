@@ -678,7 +678,7 @@ func (i *IO) CloseStdin() error {
 		return nil // no stdin: nothing to end (runc-v2 does nothing either)
 	}
 	i.stdinMu.Lock()
-	if !i.stdinReady && i.cfg.Stdin != "" && !i.stdinGone {
+	if !i.stdinReady && !i.stdinGone {
 		// Before Started: carried out once stdin is set up.
 		i.stdinAsked = true
 		i.stdinMu.Unlock()
