@@ -236,18 +236,26 @@ func TestFlushLeavesBackgroundOutputFlowing(t *testing.T) {
 	}
 }
 
-// Stdin that the process never reads: its exit must not leave the copy, a
-// client writing, or Close blocked (a full pipe whose read end the shim kept
-// wedged containers for good).
-func TestUnreadStdinNeverBlocks(t *testing.T) {
-	dir := t.TempDir()
-	in := mkfifo(t, dir, "in")
+// openStdinIO opens an IO whose stdin is a new FIFO, with no other stream,
+// and returns it with the FIFO's path and a context bounded for the test.
+// Closing the IO is the test's.
+func openStdinIO(t *testing.T) (context.Context, string, *IO) {
+	t.Helper()
+	in := mkfifo(t, t.TempDir(), "in")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	i, err := Open(ctx, Config{Stdin: in}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ctx, in, i
+}
+
+// Stdin that the process never reads: its exit must not leave the copy, a
+// client writing, or Close blocked (a full pipe whose read end the shim kept
+// wedged containers for good).
+func TestUnreadStdinNeverBlocks(t *testing.T) {
+	ctx, in, i := openStdinIO(t)
 	// As clients open it: the shim opens its side only once the process is made.
 	w, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -861,14 +869,7 @@ func TestCloseReleasesTTYInputAfterEarlyCloseStdin(t *testing.T) {
 // the task made. A CloseStdin that comes before Started is carried out
 // then: what the client wrote is read, then EOF.
 func TestStdinOpenedWhenStarted(t *testing.T) {
-	dir := t.TempDir()
-	in := mkfifo(t, dir, "in")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	i, err := Open(ctx, Config{Stdin: in}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, in, i := openStdinIO(t)
 	defer i.Close(0)
 	if fd, err := unix.Open(in, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
 		unix.Close(fd)
