@@ -190,7 +190,11 @@ func setup(f flags) (_ *daemon, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	d.closers = append(d.closers, func() { d.svc.Close() })
+	d.closers = append(d.closers, func() {
+		if err := d.svc.Close(); err != nil {
+			log.G(ctx).WithError(err).Warn("close the task service")
+		}
+	})
 	d.trim = newTrimmer()
 	d.closers = append(d.closers, d.trim.stop)
 	d.server, err = newServer(l, ttrpc.WithChainUnaryServerInterceptor(d.trim.interceptor, d.state.interceptor))

@@ -37,6 +37,11 @@ type Config struct {
 	// TaskExit it caused). It is called with the container's lock held and
 	// must not call back into it.
 	BeforeExit func()
+	// Go runs, in a goroutine its caller owns and waits for before the
+	// process exits, the work that Delete leaves after it has returned:
+	// the teardown of a detached rootfs (rootfs.go). Nil: a goroutine of
+	// its own, which nothing waits for.
+	Go func(func())
 }
 
 // Container is one container: its init process, the registry of its exec

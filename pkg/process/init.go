@@ -405,7 +405,13 @@ func (c *Container) Delete(ctx context.Context, execID string) (ExitRecord, erro
 		release, errs = detachRootfs(filepath.Join(c.cfg.Bundle, "rootfs"))
 	}
 	// The rootfs's teardown runs beside the reply, not before it.
-	defer func() { go release() }()
+	defer func() {
+		if c.cfg.Go != nil {
+			c.cfg.Go(release)
+		} else {
+			go release()
+		}
+	}()
 	// The init's I/O, and that of execs nobody deleted: a pod's shim lives
 	// as long as its pod, so nothing of a deleted container may stay.
 	c.mu.Lock()

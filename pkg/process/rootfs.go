@@ -28,8 +28,7 @@ import (
 
 // detachRootfs unmounts every mount at and under rootfs. release finishes
 // the job: it closes the overlay's root when the fast path was taken, and
-// does nothing otherwise. Delete calls it once, in a goroutine of its own
-// started as it returns.
+// does nothing otherwise. Delete hands it, as it returns, to Config.Go.
 func detachRootfs(rootfs string) (release func(), err error) {
 	release = func() {}
 	if fd, ok := detachOverlay(rootfs); ok {

@@ -170,9 +170,12 @@ func TestDetachRootfsOtherMounts(t *testing.T) {
 	}
 }
 
-// Delete of a container whose rootfs is an overlay leaves nothing mounted
-// when it returns, and the overlay's last reference goes right after.
-func TestDeleteReleasesOverlayRootfs(t *testing.T) {
+// deleteOverlayContainer creates, starts, kills and deletes a container
+// whose rootfs is an overlay (skipping the test where this process may not
+// mount), with Config.Go set to goFn, and checks that nothing is left
+// mounted at its rootfs when Delete returns.
+func deleteOverlayContainer(t *testing.T, goFn func(func())) {
+	t.Helper()
 	f := newFake(t)
 	m := overlayMount(t, filepath.Dir(f.bundle))
 	probe := filepath.Join(t.TempDir(), "probe")
@@ -180,10 +183,9 @@ func TestDeleteReleasesOverlayRootfs(t *testing.T) {
 	if err := mount.UnmountAll(probe, 0); err != nil {
 		t.Fatal(err)
 	}
-	rec := newRecorder()
 	c, err := Create(context.Background(), Config{
 		ID: "c1", Bundle: f.bundle, Namespace: "test", Runtime: f.rt,
-		Reaper: testReaper, Emit: rec.emit, Rootfs: []mount.Mount{m},
+		Reaper: testReaper, Emit: newRecorder().emit, Rootfs: []mount.Mount{m}, Go: goFn,
 	})
 	if err != nil {
 		t.Fatalf("create: %v", err)
@@ -204,5 +206,30 @@ func TestDeleteReleasesOverlayRootfs(t *testing.T) {
 	if got := mountedUnder(t, rootfs); len(got) != 0 {
 		t.Fatalf("rootfs still mounted after delete: %v", got)
 	}
+}
+
+// Delete of a container whose rootfs is an overlay leaves nothing mounted
+// when it returns, and the overlay's last reference goes right after.
+func TestDeleteReleasesOverlayRootfs(t *testing.T) {
+	deleteOverlayContainer(t, nil)
 	waitNoDetachedFDs(t)
+}
+
+// Delete hands the overlay's teardown to Config.Go, whose owner waits for
+// it before the process exits, instead of a goroutine nothing waits for:
+// when Delete returns the overlay is out of the namespace and still held,
+// and running what Delete handed over releases it.
+func TestDeleteHandsTheTeardownToItsOwner(t *testing.T) {
+	var handed []func()
+	deleteOverlayContainer(t, func(fn func()) { handed = append(handed, fn) })
+	if len(handed) != 1 {
+		t.Fatalf("Delete handed %d functions to Config.Go, want the teardown", len(handed))
+	}
+	if held := detachedFDs(t); len(held) != 1 {
+		t.Fatalf("want the overlay held until the teardown runs, got %v", held)
+	}
+	handed[0]()
+	if held := detachedFDs(t); len(held) != 0 {
+		t.Fatalf("the teardown left %v", held)
+	}
 }

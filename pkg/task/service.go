@@ -2,6 +2,7 @@ package task
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -80,6 +81,9 @@ type Service struct {
 	creating   map[string]struct{}           // guarded by mu; IDs reserved by a Create in progress
 	ending     bool                          // guarded by mu; Shutdown has ended the shim
 	shutdown   sync.Once
+	// teardowns runs what deleted containers left after their Delete
+	// replied (process.Config.Go): Close waits for it.
+	teardowns sync.WaitGroup
 }
 
 // New returns a Service, with its OOM watcher running. Close stops it.
@@ -97,8 +101,29 @@ func New(cfg Config) (*Service, error) {
 	return s, nil
 }
 
-// Close stops the OOM watcher.
-func (s *Service) Close() error { return s.oom.Close() }
+// teardownBound bounds Close's wait for the rootfs teardowns of deleted
+// containers. A teardown syncs the filesystem of the overlay's upper layer,
+// milliseconds on a local disk; one that hangs does not hold Close longer.
+var teardownBound = 10 * time.Second
+
+// Close stops the OOM watcher and waits, up to teardownBound, for the
+// rootfs teardowns that deleted containers left running.
+func (s *Service) Close() error {
+	err := s.oom.Close()
+	done := make(chan struct{})
+	go func() {
+		s.teardowns.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(teardownBound)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		err = errors.Join(err, fmt.Errorf("rootfs teardowns still running after %v: %w", teardownBound, context.DeadlineExceeded))
+	}
+	return err
+}
 
 func (s *Service) publishOOM(e oom.Event) {
 	s.cfg.Events.Publish(s.cfg.Namespace, TopicOOM, &eventstypes.TaskOOM{ContainerID: e.ID})
@@ -269,6 +294,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 		// The OOM read before an exit is published, so that TaskOOM
 		// precedes the TaskExit it caused.
 		BeforeExit: func() { s.oom.Check(r.ID) },
+		Go:         s.teardowns.Go,
 	})
 	if err != nil {
 		return nil, err

@@ -370,3 +370,47 @@ func processSpec(t *testing.T, args ...string) *anypb.Any {
 	}
 	return &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: data}
 }
+
+// Close waits for the rootfs teardowns that deleted containers left
+// running (process.Config.Go), and no longer than teardownBound.
+func TestCloseWaitsForTeardowns(t *testing.T) {
+	newService := func(t *testing.T) *Service {
+		svc, err := New(Config{Namespace: "test", Reaper: testReaper, Events: discard{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svc
+	}
+	t.Run("until they end", func(t *testing.T) {
+		svc := newService(t)
+		release := make(chan struct{})
+		svc.teardowns.Go(func() { <-release })
+		closed := make(chan error, 1)
+		go func() { closed <- svc.Close() }()
+		select {
+		case err := <-closed:
+			t.Fatalf("Close returned (%v) while a teardown ran", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+		close(release)
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Close did not return once the teardown ended")
+		}
+	})
+	t.Run("bounded", func(t *testing.T) {
+		defer func(d time.Duration) { teardownBound = d }(teardownBound)
+		teardownBound = 50 * time.Millisecond
+		svc := newService(t)
+		hung := make(chan struct{})
+		defer close(hung)
+		svc.teardowns.Go(func() { <-hung })
+		if err := svc.Close(); !errdefs.IsDeadlineExceeded(err) {
+			t.Fatalf("Close with a hung teardown: %v, want a deadline exceeded", err)
+		}
+	})
+}
