@@ -40,39 +40,14 @@ type bundleRequest interface {
 	GetBundle() string
 }
 
-// deleteRequest is a Task API v2 or v3 DeleteRequest.
-type deleteRequest interface {
-	GetID() string
-	GetExecID() string
-}
-
-// interceptor records the bundle of every container created (before the
+// interceptor records the bundle of every container created: before the
 // call, so that a container being created counts as state, and dropped
-// again when its creation fails) and forgets it once the container is
-// deleted. Other calls pass through untouched: Stats, polled once a second
-// per container, allocates nothing here.
+// again when its creation fails. Other calls pass through untouched: Stats,
+// which containerd's CRI polls for every container, allocates nothing here.
 func (w *stateWatch) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-	switch path.Base(info.FullMethod) {
-	case "Create":
-		return w.create(ctx, u, m)
-	case "Delete":
-		var req deleteRequest
-		resp, err := m(ctx, func(v any) error {
-			if err := u(v); err != nil {
-				return err
-			}
-			req, _ = v.(deleteRequest)
-			return nil
-		})
-		if err == nil && req != nil && req.GetExecID() == "" {
-			w.forget(req.GetID())
-		}
-		return resp, err
+	if path.Base(info.FullMethod) != "Create" {
+		return m(ctx, u)
 	}
-	return m(ctx, u)
-}
-
-func (w *stateWatch) create(ctx context.Context, u ttrpc.Unmarshaler, m ttrpc.Method) (any, error) {
 	var (
 		id          string
 		added, prev ownedFile
@@ -110,32 +85,31 @@ func (w *stateWatch) create(ctx context.Context, u ttrpc.Unmarshaler, m ttrpc.Me
 	return resp, err
 }
 
-// forget drops the bundle of a container deleted: it is no longer state
-// this shim serves. The shim's own bundle ("") stays until it is gone.
-func (w *stateWatch) forget(id string) {
-	if id == "" {
-		return
-	}
-	w.mu.Lock()
-	delete(w.bundles, id)
-	w.mu.Unlock()
-}
-
-// gone reports whether no state directory of the shim exists any more. It
-// looks at the shim's own bundle first and stops at the first directory
-// present, so a group shim stats one path per check, not one per
-// container (the check runs every idleCheckInterval, in a shim otherwise
-// idle). A directory found gone is forgotten: it cannot come back (a
-// directory made again at its path is not this shim's).
+// gone reports whether no state directory of the shim exists any more. The
+// check runs every idleCheckInterval in a shim otherwise idle, and costs
+// the same however many containers the shim holds: while the shim's own
+// bundle is there it looks at that one and at one container's bundle more,
+// forgetting it if it is gone (so that the bundles of deleted containers
+// do not pile up in a long-lived group shim); once the own bundle is gone,
+// it looks at the others until one is there. A directory found gone is
+// forgotten: it cannot come back (a directory made again at its path is
+// not this shim's).
 func (w *stateWatch) gone() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if own, ok := w.bundles[""]; ok {
-		if own.present() {
-			return false
+	if own, ok := w.bundles[""]; ok && own.present() {
+		for id, b := range w.bundles {
+			if id == "" {
+				continue
+			}
+			if !b.present() {
+				delete(w.bundles, id)
+			}
+			break
 		}
-		delete(w.bundles, "")
+		return false
 	}
+	delete(w.bundles, "")
 	for id, b := range w.bundles {
 		if b.present() {
 			return false

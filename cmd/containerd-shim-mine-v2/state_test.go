@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"testing"
 
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
@@ -83,34 +84,55 @@ func TestStateGoneWhenEveryBundleIs(t *testing.T) {
 	}
 }
 
-// A failed create leaves no state behind; a deleted container's bundle is
-// forgotten, an exec's delete forgets nothing, and the shim's own bundle
-// stays.
-func TestStateCreateAndDelete(t *testing.T) {
-	w, dir := groupWatch(t, 2)
-	b := filepath.Join(dir, "bad")
-	if err := os.Mkdir(b, 0o700); err != nil {
-		t.Fatal(err)
-	}
+// A failed create leaves no state behind (the Task API v2's request here,
+// which the shim decodes for v2 and v3 calls alike), and a container made
+// again under an id keeps its bundle.
+func TestStateFailedCreateLeavesNothing(t *testing.T) {
+	w, dir := groupWatch(t, 1)
 	failed := errors.New("runc create failed")
-	w.call(t, "Create", &taskAPI.CreateTaskRequest{ID: "bad", Bundle: b}, failed)
-	w.call(t, "Delete", &taskAPI.DeleteRequest{ID: "c0", ExecID: "e1"}, nil)
-	w.call(t, "Delete", &taskAPI.DeleteRequest{ID: "c1"}, failed)
-	w.call(t, "Delete", &taskAPI.DeleteRequest{ID: "c1"}, nil)
-	want := []string{"", "c0"}
+	for _, id := range []string{"bad", "c0"} {
+		b := filepath.Join(dir, id+"-again")
+		if err := os.Mkdir(b, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		w.call(t, "Create", &taskv2.CreateTaskRequest{ID: id, Bundle: b}, failed)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.bundles) != len(want) {
-		t.Fatalf("bundles %v, want those of %q", w.bundles, want)
+	if _, ok := w.bundles["bad"]; ok || len(w.bundles) != 2 || w.bundles["c0"].path != filepath.Join(dir, "c0") {
+		t.Fatalf("bundles %v after two failed creates, want the own one and c0's first", w.bundles)
 	}
-	for _, id := range want {
-		if _, ok := w.bundles[id]; !ok {
-			t.Fatalf("bundles %v, want those of %q", w.bundles, want)
+}
+
+// While the shim's own bundle is there, each check also looks at one
+// container's bundle and forgets it if it is gone: those of deleted
+// containers do not pile up in a long-lived group shim.
+func TestStateForgetsBundlesFoundGone(t *testing.T) {
+	w, dir := groupWatch(t, 3)
+	if err := os.Remove(filepath.Join(dir, "c1")); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if w.gone() {
+			t.Fatal("gone with the own bundle there")
+		}
+		w.mu.Lock()
+		_, kept := w.bundles["c1"]
+		n := len(w.bundles)
+		w.mu.Unlock()
+		if !kept {
+			if n != 3 {
+				t.Fatalf("%d bundles left, want the own one, c0's and c2's", n)
+			}
+			return
+		}
+		if i == 1000 {
+			t.Fatal("c1's bundle, removed, still recorded after 1000 checks")
 		}
 	}
 }
 
-// The check that runs every idleCheckInterval looks at one directory while
+// The check that runs every idleCheckInterval looks at two directories while
 // the shim's own is there, however many containers the shim holds (a stat
 // allocates its path), and the calls containerd polls pass through the
 // interceptor without allocating.
@@ -120,8 +142,8 @@ func TestStateCheckCostsNoMoreWithContainers(t *testing.T) {
 		if w.gone() {
 			t.Fatal("gone")
 		}
-	}); n > 1 {
-		t.Errorf("a check of a shim of 50 containers allocates %v times, want at most 1", n)
+	}); n > 2 {
+		t.Errorf("a check of a shim of 50 containers allocates %v times, want at most 2", n)
 	}
 	info := &ttrpc.UnaryServerInfo{FullMethod: "/containerd.task.v3.Task/Stats"}
 	m := func(context.Context, func(any) error) (any, error) { return nil, nil }
