@@ -39,8 +39,9 @@ type Config struct {
 	BeforeExit func()
 	// Go runs, in a goroutine its caller owns and waits for before the
 	// process exits, the work that Delete leaves after it has returned:
-	// the teardown of a detached rootfs (rootfs.go). Nil: a goroutine of
-	// its own, which nothing waits for.
+	// the teardown of a detached rootfs (rootfs.go). Delete calls it with
+	// the container's operation lock held: it must not block. Nil: a
+	// goroutine of its own, which nothing waits for.
 	Go func(func())
 }
 

@@ -399,16 +399,20 @@ func (c *Container) Delete(ctx context.Context, execID string) (ExitRecord, erro
 			c.logger(ctx).Warn("no exit from the killed init")
 		}
 	}
-	var errs error
-	release := func() {}
+	var (
+		errs    error
+		release func()
+	)
 	if c.mounted {
 		release, errs = detachRootfs(filepath.Join(c.cfg.Bundle, "rootfs"))
 	}
 	// The rootfs's teardown runs beside the reply, not before it.
 	defer func() {
-		if c.cfg.Go != nil {
+		switch {
+		case release == nil:
+		case c.cfg.Go != nil:
 			c.cfg.Go(release)
-		} else {
+		default:
 			go release()
 		}
 	}()

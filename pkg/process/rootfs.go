@@ -26,15 +26,14 @@ import (
 // released before it removes the device), a stack of mounts on the rootfs,
 // or mounts under it are unmounted as before, at once.
 
-// detachRootfs unmounts every mount at and under rootfs. release finishes
-// the job: it closes the overlay's root when the fast path was taken, and
-// does nothing otherwise. Delete hands it, as it returns, to Config.Go.
+// detachRootfs unmounts every mount at and under rootfs. When the fast path
+// was taken, release finishes the job: it closes the overlay's root, and
+// Delete hands it, as it returns, to Config.Go. It is nil otherwise.
 func detachRootfs(rootfs string) (release func(), err error) {
-	release = func() {}
 	if fd, ok := detachOverlay(rootfs); ok {
 		return func() { _ = unix.Close(fd) }, nil
 	}
-	return release, mount.UnmountRecursive(rootfs, 0)
+	return nil, mount.UnmountRecursive(rootfs, 0)
 }
 
 // detachOverlay detaches the overlay mounted on rootfs, and returns its root

@@ -163,9 +163,11 @@ func TestDetachRootfsOtherMounts(t *testing.T) {
 				t.Fatalf("still mounted: %v", got)
 			}
 			if held := detachedFDs(t); len(held) != 0 {
-				t.Fatalf("held before release: %v", held)
+				t.Fatalf("held: %v", held)
 			}
-			release()
+			if release != nil {
+				t.Fatal("a release to run, with nothing held")
+			}
 		})
 	}
 }
@@ -221,6 +223,11 @@ func TestDeleteReleasesOverlayRootfs(t *testing.T) {
 // and running what Delete handed over releases it.
 func TestDeleteHandsTheTeardownToItsOwner(t *testing.T) {
 	var handed []func()
+	t.Cleanup(func() { // what a failure left unrun
+		for _, fn := range handed {
+			fn()
+		}
+	})
 	deleteOverlayContainer(t, func(fn func()) { handed = append(handed, fn) })
 	if len(handed) != 1 {
 		t.Fatalf("Delete handed %d functions to Config.Go, want the teardown", len(handed))
@@ -228,7 +235,9 @@ func TestDeleteHandsTheTeardownToItsOwner(t *testing.T) {
 	if held := detachedFDs(t); len(held) != 1 {
 		t.Fatalf("want the overlay held until the teardown runs, got %v", held)
 	}
-	handed[0]()
+	teardown := handed[0]
+	handed = nil
+	teardown()
 	if held := detachedFDs(t); len(held) != 0 {
 		t.Fatalf("the teardown left %v", held)
 	}

@@ -82,8 +82,10 @@ type Service struct {
 	ending     bool                          // guarded by mu; Shutdown has ended the shim
 	shutdown   sync.Once
 	// teardowns runs what deleted containers left after their Delete
-	// replied (process.Config.Go): Close waits for it.
-	teardowns sync.WaitGroup
+	// replied (process.Config.Go, through goTeardown): Close waits for it.
+	teardowns  sync.WaitGroup
+	teardownMu sync.Mutex
+	closing    bool // guarded by teardownMu; Close waits: no teardown joins
 }
 
 // New returns a Service, with its OOM watcher running. Close stops it.
@@ -106,10 +108,27 @@ func New(cfg Config) (*Service, error) {
 // milliseconds on a local disk; one that hangs does not hold Close longer.
 var teardownBound = 10 * time.Second
 
+// goTeardown runs fn, the rootfs teardown of a deleted container, in a
+// goroutine that Close waits for. A Delete still in flight when Close has
+// begun to wait (its call outlived the server's drain) gets a goroutine of
+// its own: a WaitGroup must not grow from zero while it is waited for.
+func (s *Service) goTeardown(fn func()) {
+	s.teardownMu.Lock()
+	defer s.teardownMu.Unlock()
+	if s.closing {
+		go fn()
+		return
+	}
+	s.teardowns.Go(fn)
+}
+
 // Close stops the OOM watcher and waits, up to teardownBound, for the
 // rootfs teardowns that deleted containers left running.
 func (s *Service) Close() error {
 	err := s.oom.Close()
+	s.teardownMu.Lock()
+	s.closing = true
+	s.teardownMu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		s.teardowns.Wait()
@@ -294,7 +313,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*pr
 		// The OOM read before an exit is published, so that TaskOOM
 		// precedes the TaskExit it caused.
 		BeforeExit: func() { s.oom.Check(r.ID) },
-		Go:         s.teardowns.Go,
+		Go:         s.goTeardown,
 	})
 	if err != nil {
 		return nil, err

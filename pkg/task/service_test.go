@@ -384,7 +384,7 @@ func TestCloseWaitsForTeardowns(t *testing.T) {
 	t.Run("until they end", func(t *testing.T) {
 		svc := newService(t)
 		release := make(chan struct{})
-		svc.teardowns.Go(func() { <-release })
+		svc.goTeardown(func() { <-release })
 		closed := make(chan error, 1)
 		go func() { closed <- svc.Close() }()
 		select {
@@ -402,13 +402,26 @@ func TestCloseWaitsForTeardowns(t *testing.T) {
 			t.Fatal("Close did not return once the teardown ended")
 		}
 	})
+	t.Run("a teardown handed over after Close still runs", func(t *testing.T) {
+		svc := newService(t)
+		if err := svc.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		ran := make(chan struct{})
+		svc.goTeardown(func() { close(ran) })
+		select {
+		case <-ran:
+		case <-time.After(5 * time.Second):
+			t.Fatal("not run")
+		}
+	})
 	t.Run("bounded", func(t *testing.T) {
 		defer func(d time.Duration) { teardownBound = d }(teardownBound)
 		teardownBound = 50 * time.Millisecond
 		svc := newService(t)
 		hung := make(chan struct{})
 		defer close(hung)
-		svc.teardowns.Go(func() { <-hung })
+		svc.goTeardown(func() { <-hung })
 		if err := svc.Close(); !errdefs.IsDeadlineExceeded(err) {
 			t.Fatalf("Close with a hung teardown: %v, want a deadline exceeded", err)
 		}
