@@ -67,6 +67,7 @@ type trimmer struct {
 	busySince   time.Time   // guarded by mu: when the first call that did work since the last trim ended (or the trimmer started)
 	inFlight    int         // guarded by mu
 	lastCollect time.Time   // guarded by mu; zero: none yet
+	grown       bool        // guarded by mu: a container was created since the last collection
 	trimmed     bool        // guarded by mu: no call that does work since the last trim
 	stopped     bool        // guarded by mu: no trim re-arms the timer
 }
@@ -82,7 +83,8 @@ type trimmer struct {
 // about 140 KiB free, has little to gain (docs/BENCHMARKS.md, 19).
 const collectMinFree = 256 << 10
 
-// collectEvery is the least time between two collections the trim forces.
+// collectEvery is the least time between two collections the trim forces,
+// but for the first after a container's creation (see collect).
 // One cost the daemon 1.7 to 3.6 ms of CPU, the collection and the
 // released pages that the next calls take back (two runs of an exec every
 // 7 s, each followed by a trim), and kubelet's exec probes end a burst of
@@ -199,19 +201,29 @@ func (t *trimmer) nextTrim(end time.Time) time.Duration {
 }
 
 // collect forces a collection that gives the free heap back when enough is
-// free and the last one is at least collectEvery old, and returns when to
-// check again: when a collection is due, if enough is free but the last one
-// is too recent.
+// free and the last one is at least collectEvery old, or a container was
+// created since, and returns when to check again: when a collection is due,
+// if enough is free but the last one is too recent.
+//
+// The ration of one a minute is for a shim that keeps working without
+// growing (exec probes end a burst of calls every few seconds). A burst
+// that created a container is rare, and leaves the garbage of its
+// creation and a larger heap: without the exception, the memory of the
+// containers of a pod started within a minute of the shim's first trim
+// stayed until that minute was out (a group of 50 containers with stdout
+// and stderr read 64 to 68 KiB per container until then, 52 to 55 after;
+// docs/BENCHMARKS.md, 37).
 func (t *trimmer) collect(now time.Time) time.Duration {
 	if t.reclaimable() < t.minFree {
 		return t.every
 	}
 	t.mu.Lock()
-	if wait := collectWait(t.lastCollect, now, t.every); wait > 0 {
+	if wait := collectWait(t.lastCollect, now, t.every); wait > 0 && !t.grown {
 		t.mu.Unlock()
 		return max(wait, t.delay)
 	}
 	t.lastCollect = now
+	t.grown = false
 	t.mu.Unlock()
 	t.freeOS()
 	return t.every
@@ -258,6 +270,16 @@ func startMethod(fullMethod string) bool {
 	return false
 }
 
+// createMethod tells the calls that create a container (the Task API's
+// Create, v2 and v3) or a sandbox.
+func createMethod(fullMethod string) bool {
+	switch path.Base(fullMethod) {
+	case "Create", "CreateSandbox":
+		return true
+	}
+	return false
+}
+
 // pollingMethod tells the calls that read state periodically from the
 // calls that change it: containerd's CRI reads every task's Stats, and
 // every sandbox's SandboxMetrics, once a second; kubelet's status checks
@@ -281,10 +303,12 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 	if t.tightenGC != nil && startMethod(info.FullMethod) {
 		defer t.tightenGC()
 	}
+	created := false
 	defer func() {
 		t.mu.Lock()
 		t.inFlight--
 		t.lastCall = time.Now()
+		t.grown = t.grown || created
 		if !polling {
 			t.lastWork = t.lastCall
 			if t.trimmed { // the first work since the last trim
@@ -297,7 +321,9 @@ func (t *trimmer) interceptor(ctx context.Context, u ttrpc.Unmarshaler, info *tt
 		}
 		t.mu.Unlock()
 	}()
-	return m(ctx, u)
+	resp, err := m(ctx, u)
+	created = err == nil && createMethod(info.FullMethod)
+	return resp, err
 }
 
 // idleFor reports how long no call has been served (0 while one is).

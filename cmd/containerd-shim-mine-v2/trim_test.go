@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"sync"
@@ -443,5 +444,56 @@ func TestTightenGCAfterFirstStart(t *testing.T) {
 				t.Fatalf("tightened %d times after a trim, want 1", got)
 			}
 		})
+	}
+}
+
+// The trim after a burst that created a container collects even when the
+// last collection is less than collectEvery old; one after other work (an
+// exec, as probes make) or after a failed create waits for its ration.
+func TestTrimCollectsAfterACreate(t *testing.T) {
+	tr, counts := countingTrimmer(20*time.Millisecond, time.Hour)
+	defer tr.stop()
+	waitCounts := func(wantC, wantD int, why string) {
+		t.Helper()
+		for end := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			c, d := counts()
+			if c == wantC && d >= wantD {
+				return
+			}
+			if c > wantC || time.Now().After(end) {
+				t.Fatalf("%s: %d collections and %d drops, want %d and at least %d", why, c, d, wantC, wantD)
+			}
+		}
+	}
+	waitCounts(1, 1, "the first trim")
+	callThrough(t, tr, "/containerd.task.v3.Task/Exec")
+	waitCounts(1, 2, "after an exec")
+	failed := errors.New("create failed")
+	if _, err := tr.interceptor(context.Background(), func(any) error { return nil },
+		&ttrpc.UnaryServerInfo{FullMethod: "/containerd.task.v3.Task/Create"},
+		func(context.Context, func(any) error) (any, error) { return nil, failed }); err != failed {
+		t.Fatalf("failed create: %v", err)
+	}
+	waitCounts(1, 3, "after a failed create")
+	callThrough(t, tr, "/containerd.task.v3.Task/Create")
+	waitCounts(2, 4, "after a create")
+	callThrough(t, tr, "/containerd.task.v3.Task/Start")
+	waitCounts(2, 5, "after a start")
+	time.Sleep(100 * time.Millisecond) // no further trim comes by itself before the hour
+	if c, _ := counts(); c != 2 {
+		t.Fatalf("%d collections, want 2", c)
+	}
+}
+
+// The trimmer's interceptor allocates nothing for a call containerd polls.
+func TestTrimInterceptorAllocatesNothing(t *testing.T) {
+	tr, _ := countingTrimmer(time.Hour, time.Hour)
+	defer tr.stop()
+	info := &ttrpc.UnaryServerInfo{FullMethod: "/containerd.task.v3.Task/Stats"}
+	m := func(context.Context, func(any) error) (any, error) { return nil, nil }
+	if n := testing.AllocsPerRun(50, func() {
+		tr.interceptor(context.Background(), nil, info, m)
+	}); n > 0 {
+		t.Errorf("a Stats call allocates %v times in the interceptor, want 0", n)
 	}
 }
