@@ -489,11 +489,7 @@ func TestTrimCollectsAfterACreate(t *testing.T) {
 func TestTrimInterceptorAllocatesNothing(t *testing.T) {
 	tr, _ := countingTrimmer(time.Hour, time.Hour)
 	defer tr.stop()
-	info := &ttrpc.UnaryServerInfo{FullMethod: "/containerd.task.v3.Task/Stats"}
-	m := func(context.Context, func(any) error) (any, error) { return nil, nil }
-	if n := testing.AllocsPerRun(50, func() {
-		tr.interceptor(context.Background(), nil, info, m)
-	}); n > 0 {
+	if n := statsCallAllocs(tr.interceptor); n > 0 {
 		t.Errorf("a Stats call allocates %v times in the interceptor, want 0", n)
 	}
 }
