@@ -72,11 +72,16 @@ func TestStateGoneWhenEveryBundleIs(t *testing.T) {
 			t.Fatalf("gone with c1's bundle still there (after removing %s)", name)
 		}
 	}
-	// A directory made again at a path is not the shim's state.
+	// Another directory at a path is not the shim's state. (It is made
+	// before the shim's goes, so that it cannot get the same inode.)
+	other := filepath.Join(dir, "other")
+	if err := os.Mkdir(other, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Remove(filepath.Join(dir, "c1")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(filepath.Join(dir, "c1"), 0o700); err != nil {
+	if err := os.Rename(other, filepath.Join(dir, "c1")); err != nil {
 		t.Fatal(err)
 	}
 	if !w.gone() {
