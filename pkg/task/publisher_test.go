@@ -73,7 +73,11 @@ func TestPublisherRedialsAfterRestart(t *testing.T) {
 	p := NewPublisher("unix://" + sock)
 	p.Publish("ns", TopicStart, &eventstypes.TaskStart{ContainerID: "c"})
 	before.waitFor(t, 1)
-	srv.Close() // the restart: the connection is closed, the socket goes
+	// The restart: the socket goes and the old service answers no more.
+	// Server.Close does not end the connections it serves at once: one
+	// still open delivered the exit to the old service under load.
+	before.stopped.Store(true)
+	srv.Close()
 
 	after := &eventsServer{got: make(chan string, 16)}
 	serveUnix(t, sock, func(s *ttrpc.Server) { eventsapi.RegisterTTRPCEventsService(s, after) })

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,9 +51,15 @@ type eventsServer struct {
 	mu     sync.Mutex
 	topics []string
 	got    chan string
+	// stopped makes Forward fail, as a service on its way out does: a
+	// stopped ttrpc server may still serve a connection it had.
+	stopped atomic.Bool
 }
 
 func (e *eventsServer) Forward(ctx context.Context, r *eventsapi.ForwardRequest) (*emptypb.Empty, error) {
+	if e.stopped.Load() {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("events service stopped: %w", errdefs.ErrUnavailable))
+	}
 	e.mu.Lock()
 	e.topics = append(e.topics, r.Envelope.Topic)
 	e.mu.Unlock()
