@@ -17,8 +17,10 @@ import (
 	v2 "github.com/containerd/containerd/api/runtime/task/v2"
 	v3 "github.com/containerd/containerd/api/runtime/task/v3"
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	apitypes "github.com/containerd/containerd/api/types"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	runc "github.com/containerd/go-runc"
@@ -114,6 +116,7 @@ func dial(t *testing.T, path string) *ttrpc.Client {
 
 type fixture struct {
 	bundle string
+	svc    *Service
 	events *eventsServer
 	v3     v3.TTRPCTaskService
 	v2     v2.TTRPCTaskService
@@ -162,7 +165,7 @@ func newFixture(t *testing.T) fixture {
 		svc.RegisterTTRPCv2(s)
 	})
 	c := dial(t, sock)
-	return fixture{bundle: bundle, events: ev, v3: v3.NewTTRPCTaskClient(c), v2: v2.NewTTRPCTaskClient(c)}
+	return fixture{bundle: bundle, svc: svc, events: ev, v3: v3.NewTTRPCTaskClient(c), v2: v2.NewTTRPCTaskClient(c)}
 }
 
 func TestServiceLifecycleOverTTRPC(t *testing.T) {
@@ -434,4 +437,69 @@ func TestCloseWaitsForTeardowns(t *testing.T) {
 			t.Fatalf("Close with a hung teardown: %v, want a deadline exceeded", err)
 		}
 	})
+}
+
+// The service owns the rootfs teardown that a container's Delete leaves
+// (process.Config.Go): the Delete of a container whose rootfs is an
+// overlay hands it to goTeardown, which Close waits for. With goTeardown's
+// lock held, that Delete cannot return.
+func TestServiceOwnsTheRootfsTeardown(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: mounts an overlay as the container's rootfs")
+	}
+	f := newFixture(t)
+	layers := t.TempDir()
+	for _, d := range []string{"lower", "upper", "work"} {
+		if err := os.Mkdir(filepath.Join(layers, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rootfs := filepath.Join(f.bundle, "rootfs")
+	t.Cleanup(func() { _ = mount.UnmountRecursive(rootfs, unix.MNT_DETACH) })
+	ctx := context.Background()
+	if _, err := f.v3.Create(ctx, &v3.CreateTaskRequest{ID: "c1", Bundle: f.bundle, Rootfs: []*apitypes.Mount{{
+		Type: "overlay", Source: "overlay", Options: []string{
+			"lowerdir=" + filepath.Join(layers, "lower"),
+			"upperdir=" + filepath.Join(layers, "upper"),
+			"workdir=" + filepath.Join(layers, "work"),
+		},
+	}}}); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if _, err := f.v3.Start(ctx, &v3.StartRequest{ID: "c1"}); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if _, err := f.v3.Kill(ctx, &v3.KillRequest{ID: "c1", Signal: 9}); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := f.v3.Wait(wctx, &v3.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+
+	f.svc.teardownMu.Lock()
+	deleted := make(chan error, 1)
+	go func() {
+		_, err := f.v3.Delete(wctx, &v3.DeleteRequest{ID: "c1"})
+		deleted <- err
+	}()
+	select {
+	case err := <-deleted:
+		f.svc.teardownMu.Unlock()
+		t.Fatalf("Delete returned (%v) without handing its teardown to the service", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	f.svc.teardownMu.Unlock()
+	select {
+	case err := <-deleted:
+		if err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Delete did not return once goTeardown could run")
+	}
+	if err := f.svc.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
 }
