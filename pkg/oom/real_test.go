@@ -432,6 +432,63 @@ func TestRealOOMBelow(t *testing.T) {
 	}
 }
 
+// TestRealSpinFindsTheKill holds back the loop's timer, as a processor
+// does that writes "Killed process" to a serial console with interrupts off
+// (the kernel does so right after a kill, from the killing task): after a v1
+// signal the loop re-reads the counter without a timer, and finds the kill
+// that follows. The cgroup has oom_kill_disable set until the loop has found
+// its first signal pending: then the kernel signals again, and kills.
+// Without the spin (spinFor -1) the kill was found only by Check, at the
+// exit, in 4 of 10 runs: when the loop read the second signal before the
+// kill.
+func TestRealSpinFindsTheKill(t *testing.T) {
+	h := requireHierarchy(t, 1)
+	if runtime.NumCPU() < 2 {
+		t.Skip("the loop spins only beside the task being killed: needs two processors")
+	}
+	rec := newRecorder()
+	polls := newPollLog()
+	w, err := newWatcher(rec.notify, hooks{
+		afterPoll:  polls.afterPoll,
+		retryDelay: func(time.Duration) time.Duration { return time.Hour },
+		// Longer than pendingSpinFor, so that a busy machine's slower
+		// kill still comes within it.
+		spinFor: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	cg := newRealCgroup(t, h, 16<<20)
+	control := filepath.Join(cg.Dir, oomControlFile)
+	if err := os.WriteFile(control, []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	a := startAllocator(t, "oom", cg)
+	if err := w.Add("ctr", a.pid); err != nil {
+		t.Fatal(err)
+	}
+	a.start(t)
+	polls.waitFor(t, "ctr", func(p polled) bool { return p.kills == 0 && !p.gone })
+	if err := os.WriteFile(control, []byte("0"), 0); err != nil {
+		t.Fatal(err)
+	}
+	st := a.wait(t)
+	if sig, ok := killedBy(st); !ok || sig != syscall.SIGKILL {
+		t.Fatalf("allocator: %v, want killed by SIGKILL; output:\n%s", st, a.out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for rec.count("ctr") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the kill (counter %d) was not reported with the timer held back", readKills(t, cg))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := rec.count("ctr"); n != 1 {
+		t.Fatalf("%d events, want 1", n)
+	}
+}
+
 // TestRealNoOOM runs a process that stays below its limit and removes its
 // cgroup, with and without Remove first: no Event.
 func TestRealNoOOM(t *testing.T) {

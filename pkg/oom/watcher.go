@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,10 @@ type Watcher struct {
 	inofd   int // one inotify instance for every v2 cgroup, made at the first; guarded by mu
 	timerfd int // times the loop's re-reads of pending v1 counters
 
+	// spinFor is pendingSpinFor where the loop can spin beside the task
+	// being killed (more than one processor), 0 elsewhere.
+	spinFor time.Duration
+
 	// kmsg witnesses the kills of a cgroup removed before its counter was
 	// read; nil where the kernel log cannot be read. Closed by the loop
 	// when it ends.
@@ -97,6 +102,10 @@ type hooks struct {
 	beforePoll func(id string)
 	// afterPoll runs in the loop after it read the counter of a cgroup.
 	afterPoll func(id string, kills uint64, gone bool)
+	// retryDelay, when set, replaces the delay the loop arms its timerfd with.
+	retryDelay func(time.Duration) time.Duration
+	// spinFor, when set, replaces pendingSpinFor; a negative value means none.
+	spinFor time.Duration
 }
 
 // New starts a Watcher whose loop calls notify once per OOM kill seen in a
@@ -117,6 +126,7 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 		wakefd:    -1,
 		inofd:     -1,
 		timerfd:   -1,
+		spinFor:   pendingSpinFor,
 		done:      make(chan struct{}),
 		entries:   make(map[string]*entry),
 		byToken:   make(map[uint64]*entry),
@@ -132,6 +142,12 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 			}
 		}
 	}()
+	switch {
+	case h.spinFor != 0:
+		w.spinFor = max(h.spinFor, 0)
+	case runtime.NumCPU() < 2:
+		w.spinFor = 0 // the task being killed needs the only processor
+	}
 	var err error
 	if w.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -570,10 +586,10 @@ func (w *Watcher) run() {
 	close(w.done)
 }
 
-// loop waits on the epoll set until Close wakes it. Cgroups whose v1 OOM
-// signal came before their kill counter moved are re-read every
-// pendingFirstRetry for pendingFastFor, then backing off, for pendingWindow
-// at most.
+// loop waits on the epoll set until Close wakes it. A cgroup whose v1 OOM
+// signal came before its kill counter moved is re-read without sleeping
+// for spinFor, then every pendingFirstRetry for pendingFastFor, then
+// backing off, for pendingWindow at most.
 func (w *Watcher) loop() error {
 	var (
 		events = make([]unix.EpollEvent, 128)
@@ -584,11 +600,19 @@ func (w *Watcher) loop() error {
 		// stacks it scans), grow.
 		inoBuf     = make([]byte, 4096)
 		pending    = make(map[*entry]struct{})
-		retryEvery time.Duration
-		fastUntil  time.Time // re-reads back off from then on
+		spinUntil  time.Time     // re-reads without sleeping until then
+		retryEvery time.Duration // 0: the timerfd does not time the re-reads yet
+		fastUntil  time.Time     // timed re-reads back off from then on
 	)
 	for {
-		n, err := unix.EpollWait(w.epfd, events, -1)
+		timeout := -1
+		if len(pending) > 0 && time.Now().Before(spinUntil) {
+			// Let the task being killed have this processor if it
+			// needs it, and look at the epoll set without waiting.
+			_, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+			timeout = 0
+		}
+		n, err := unix.EpollWait(w.epfd, events, timeout)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -623,36 +647,54 @@ func (w *Watcher) loop() error {
 				}
 			}
 		}
-		wasPending := len(pending) > 0
+		signalled := false // a v1 signal came before its kill
 		for _, e := range woke {
-			w.pollFromLoop(e, pending)
+			signalled = w.pollFromLoop(e, pending) || signalled
+		}
+		if len(pending) > 0 && !signalled && (retry || time.Now().Before(spinUntil)) {
+			signalled = w.repoll(pending)
+		}
+		now := time.Now()
+		if signalled {
+			spinUntil, retryEvery = now.Add(w.spinFor), 0
 		}
 		switch {
 		case len(pending) == 0:
-		case !wasPending:
+			retryEvery = 0
+		case now.Before(spinUntil):
+			// The next turn re-reads at once.
+		case retryEvery == 0:
+			// No spin, or it is over: the timerfd times the re-reads.
 			retryEvery = pendingFirstRetry
-			fastUntil = time.Now().Add(pendingFastFor)
+			fastUntil = now.Add(pendingFastFor)
 			if err := w.armRetry(retryEvery); err != nil {
 				return err
 			}
 		case retry:
-			for e := range pending {
-				w.pollFromLoop(e, pending)
+			if !now.Before(fastUntil) {
+				retryEvery = min(2*retryEvery, pendingMaxRetry)
 			}
-			if len(pending) > 0 {
-				if !time.Now().Before(fastUntil) {
-					retryEvery = min(2*retryEvery, pendingMaxRetry)
-				}
-				if err := w.armRetry(retryEvery); err != nil {
-					return err
-				}
+			if err := w.armRetry(retryEvery); err != nil {
+				return err
 			}
 		}
 	}
 }
 
+// repoll re-reads every pending cgroup; it reports whether one of them was
+// signalled again.
+func (w *Watcher) repoll(pending map[*entry]struct{}) (signalled bool) {
+	for e := range pending {
+		signalled = w.pollFromLoop(e, pending) || signalled
+	}
+	return signalled
+}
+
 // armRetry makes the timerfd fire once, after d.
 func (w *Watcher) armRetry(d time.Duration) error {
+	if w.hooks.retryDelay != nil {
+		d = w.hooks.retryDelay(d)
+	}
 	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(d.Nanoseconds())}
 	if err := unix.TimerfdSettime(w.timerfd, 0, &spec, nil); err != nil {
 		return fmt.Errorf("timerfd_settime: %w", err)
@@ -661,11 +703,13 @@ func (w *Watcher) armRetry(d time.Duration) error {
 }
 
 // pollFromLoop reads e's counter for the loop and keeps pending up to date.
-func (w *Watcher) pollFromLoop(e *entry, pending map[*entry]struct{}) {
+// It reports whether a v1 signal consumed by this reading left e pending:
+// the kernel signalled an OOM and has not counted its kill yet.
+func (w *Watcher) pollFromLoop(e *entry, pending map[*entry]struct{}) (signalled bool) {
 	if w.hooks.beforePoll != nil {
 		w.hooks.beforePoll(e.id)
 	}
-	kills, isPending, gone := w.poll(e, true)
+	kills, isPending, gone, signals := w.poll(e, true)
 	if isPending {
 		pending[e] = struct{}{}
 	} else {
@@ -685,20 +729,20 @@ func (w *Watcher) pollFromLoop(e *entry, pending map[*entry]struct{}) {
 	if w.hooks.afterPoll != nil {
 		w.hooks.afterPoll(e.id, kills, gone)
 	}
+	return isPending && signals > 0
 }
 
 // poll reads e's kill counter and calls notify for each kill not reported
 // yet. fromLoop consumes the v1 eventfd's signals; Check consumes them only
-// for legacy v1, where they are the count.
-func (w *Watcher) poll(e *entry, fromLoop bool) (kills uint64, isPending, gone bool) {
-	var signals uint64
+// for legacy v1, where they are the count. It returns the signals consumed.
+func (w *Watcher) poll(e *entry, fromLoop bool) (kills uint64, isPending, gone bool, signals uint64) {
 	if e.cg.Version == 1 && (fromLoop || e.legacy) {
 		signals = w.drainEventfd(e)
 	}
 	e.pollMu.Lock()
 	defer e.pollMu.Unlock()
 	if e.removed.Load() {
-		return 0, false, false
+		return 0, false, false, signals
 	}
 	r, err := e.read()
 	if err != nil {
@@ -714,7 +758,7 @@ func (w *Watcher) poll(e *entry, fromLoop bool) (kills uint64, isPending, gone b
 	for range kills {
 		w.notify(Event{ID: e.id, Time: now})
 	}
-	return kills, e.state.pending(), r.gone
+	return kills, e.state.pending(), r.gone, signals
 }
 
 // killedInit reports whether the kernel log shows the OOM killer killing
