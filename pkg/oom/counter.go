@@ -29,26 +29,27 @@ const (
 	// counter to move: the kernel signals the eventfd when the cgroup goes
 	// under OOM, before it picks and kills a victim.
 	pendingWindow = time.Second
-	// The re-reads during pendingWindow come every pendingFirstRetry for
-	// pendingFastFor, then back off to pendingMaxRetry (100 us, 200 us, ...,
-	// 64 ms). Between the signal and the kill the kernel writes its OOM
-	// report: the counter moves a few milliseconds after the signal, and a
-	// re-read that backed off from the start would see it up to twice that
-	// late. Re-reading one small file every 100 us for 10 ms costs about 100
-	// reads per OOM.
+	// After the spin below, the re-reads during pendingWindow come every
+	// pendingFirstRetry for pendingFastFor, then back off to
+	// pendingMaxRetry (100 us, 200 us, ..., 64 ms). Between the signal and
+	// the kill the kernel writes its OOM report; the counter moved 0.1 to
+	// 0.7 ms after the signal on kernel 6.18, later on a busy machine or a
+	// kernel that writes the report to a slow console, and a re-read that
+	// backed off from the start would see it up to twice as late. At most
+	// about 100 timed reads per OOM.
 	pendingFirstRetry = 100 * time.Microsecond
 	pendingFastFor    = 10 * time.Millisecond
 	pendingMaxRetry   = 64 * time.Millisecond
 	// pendingSpinFor is how long the loop re-reads a counter that a v1
 	// signal left pending without sleeping (yielding the processor between
-	// reads), before the timed re-reads above take over. A timer fires on
-	// the processor that armed it, and the kernel writes "Killed process"
-	// to its consoles right after the kill, from the killing task and with
-	// interrupts off: on a serial console that processor stays deaf for
-	// about 3 ms, and so did the loop's re-read timed for 100 us when it
-	// was armed there (docs/BENCHMARKS.md, 38). A running thread is moved
-	// to the other processor; a timer is not. The counter moved 0.1 to
-	// 0.7 ms after the signal in the runs measured.
+	// reads), before the timed re-reads take over; a cgroup spins at most
+	// once per pendingWindow, and not at all with a single processor or P.
+	// A timer fires on the processor that armed it, and the kernel writes
+	// "Killed process" to its consoles right after the kill, from the
+	// killing task and with interrupts off: on a serial console that
+	// processor stays deaf for about 3 ms, and so did the loop's re-read
+	// timed for 100 us when it had been armed there (docs/BENCHMARKS.md,
+	// 38). A running thread is moved to the other processor; a timer is not.
 	pendingSpinFor = 2 * time.Millisecond
 )
 

@@ -35,11 +35,13 @@
 // between reads), then every 100us for 10ms (timed by a timerfd in the
 // epoll set), then backing off to 64ms, for up to one second (on kernel
 // 6.18 the signal came first in most runs, and the counter moved 0.1 to
-// 0.7ms later). The reads after the signal do not wait on a timer: the
-// kernel writes "Killed process" to its consoles right after a kill, with
-// interrupts off on the killing task's processor, and a timer armed there
-// fires only once that is written (about 3ms on a serial console). A
-// signal that finds
+// 0.7ms later). The first reads after the signal do not wait on a timer:
+// the kernel writes "Killed process" to its consoles right after a kill,
+// with interrupts off on the killing task's processor, and a timer armed
+// there fires only once that is written (about 3ms on a serial console).
+// A cgroup spins at most once a second (a kernel may signal again and again
+// without killing), and not at all where the daemon has one processor or
+// one P. A signal that finds
 // the cgroup gone (its directory missing, or another cgroup at its path)
 // reports nothing and closes the eventfd: a cgroup is removed only when it
 // has no process left, and the kills before that were counted while it

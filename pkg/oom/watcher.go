@@ -55,8 +55,9 @@ type Watcher struct {
 	inofd   int // one inotify instance for every v2 cgroup, made at the first; guarded by mu
 	timerfd int // times the loop's re-reads of pending v1 counters
 
-	// spinFor is pendingSpinFor where the loop can spin beside the task
-	// being killed (more than one processor), 0 elsewhere.
+	// spinFor is how long a signal makes the loop spin: pendingSpinFor
+	// where it can spin beside the task being killed (more than one
+	// processor, and more than one P), 0 elsewhere; or hooks.spinFor.
 	spinFor time.Duration
 
 	// kmsg witnesses the kills of a cgroup removed before its counter was
@@ -94,6 +95,8 @@ type entry struct {
 	pollMu   sync.Mutex   // serialises the readings of the counter and the notify calls they cause
 	state    counterState // guarded by pollMu
 	reported uint64       // kills reported so far; guarded by pollMu
+	readErr  time.Time    // when a failed reading was last logged; guarded by pollMu
+	spunAt   time.Time    // when a signal of this cgroup last started a spin; the loop's own
 }
 
 // hooks let tests observe the loop. They are nil outside tests.
@@ -104,7 +107,8 @@ type hooks struct {
 	afterPoll func(id string, kills uint64, gone bool)
 	// retryDelay, when set, replaces the delay the loop arms its timerfd with.
 	retryDelay func(time.Duration) time.Duration
-	// spinFor, when set, replaces pendingSpinFor; a negative value means none.
+	// spinFor, when set, replaces pendingSpinFor whatever the processors;
+	// a negative value means no spin.
 	spinFor time.Duration
 }
 
@@ -145,8 +149,10 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 	switch {
 	case h.spinFor != 0:
 		w.spinFor = max(h.spinFor, 0)
-	case runtime.NumCPU() < 2:
-		w.spinFor = 0 // the task being killed needs the only processor
+	case runtime.NumCPU() < 2 || runtime.GOMAXPROCS(0) < 2:
+		// The task being killed needs the only processor; or the spin
+		// would hold the daemon's only P from its other goroutines.
+		w.spinFor = 0
 	}
 	var err error
 	if w.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
@@ -600,13 +606,14 @@ func (w *Watcher) loop() error {
 		// stacks it scans), grow.
 		inoBuf     = make([]byte, 4096)
 		pending    = make(map[*entry]struct{})
-		spinUntil  time.Time     // re-reads without sleeping until then
+		spinning   bool          // re-read the pending cgroups at once, until spinUntil
+		spinUntil  time.Time     //
 		retryEvery time.Duration // 0: the timerfd does not time the re-reads yet
 		fastUntil  time.Time     // timed re-reads back off from then on
 	)
 	for {
 		timeout := -1
-		if len(pending) > 0 && time.Now().Before(spinUntil) {
+		if spinning {
 			// Let the task being killed have this processor if it
 			// needs it, and look at the epoll set without waiting.
 			_, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
@@ -647,21 +654,31 @@ func (w *Watcher) loop() error {
 				}
 			}
 		}
-		signalled := false // a v1 signal came before its kill
+		turn := time.Now()
+		wasPending := len(pending) > 0
+		spin := false // a v1 signal before its kill, in a cgroup that may spin
 		for _, e := range woke {
-			signalled = w.pollFromLoop(e, pending) || signalled
+			spin = w.pollFromLoop(e, pending) && w.maySpin(e, turn) || spin
 		}
-		if len(pending) > 0 && !signalled && (retry || time.Now().Before(spinUntil)) {
-			signalled = w.repoll(pending)
+		if len(pending) > 0 && !spin && (retry || spinning) {
+			for e := range pending {
+				spin = w.pollFromLoop(e, pending) && w.maySpin(e, turn) || spin
+			}
 		}
 		now := time.Now()
-		if signalled {
-			spinUntil, retryEvery = now.Add(w.spinFor), 0
+		if spin {
+			spinUntil = now.Add(w.spinFor)
 		}
+		if spin || !wasPending {
+			retryEvery = 0 // the timed re-reads start from the first
+		}
+		// One reading of the clock decides both whether the next turn
+		// waits and whether the timer is armed for it.
+		spinning = len(pending) > 0 && now.Before(spinUntil)
 		switch {
 		case len(pending) == 0:
 			retryEvery = 0
-		case now.Before(spinUntil):
+		case spinning:
 			// The next turn re-reads at once.
 		case retryEvery == 0:
 			// No spin, or it is over: the timerfd times the re-reads.
@@ -681,13 +698,17 @@ func (w *Watcher) loop() error {
 	}
 }
 
-// repoll re-reads every pending cgroup; it reports whether one of them was
-// signalled again.
-func (w *Watcher) repoll(pending map[*entry]struct{}) (signalled bool) {
-	for e := range pending {
-		signalled = w.pollFromLoop(e, pending) || signalled
+// maySpin reports whether a signal of e, found pending at turn, starts a
+// spin: at most one per cgroup every pendingWindow, so that a cgroup whose
+// kernel keeps signalling without killing (every task in it exempt from
+// the OOM killer, or oom_kill_disable set and memory uncharged now and
+// then) costs at most one spin a second. Only the loop calls it.
+func (w *Watcher) maySpin(e *entry, turn time.Time) bool {
+	if w.spinFor <= 0 || !e.spunAt.IsZero() && turn.Sub(e.spunAt) < pendingWindow {
+		return false
 	}
-	return signalled
+	e.spunAt = turn
+	return true
 }
 
 // armRetry makes the timerfd fire once, after d.
@@ -745,10 +766,11 @@ func (w *Watcher) poll(e *entry, fromLoop bool) (kills uint64, isPending, gone b
 		return 0, false, false, signals
 	}
 	r, err := e.read()
-	if err != nil {
+	now := time.Now()
+	if err != nil && now.Sub(e.readErr) >= time.Second { // a pending cgroup is read often
+		e.readErr = now
 		log.G(w.ctx).WithError(err).WithField("id", e.id).WithField("path", e.cg.Dir).Warn("read oom kill counter")
 	}
-	now := time.Now()
 	kills, e.state = advance(e.state, r, signals, e.legacy, now)
 	if r.gone && !fromLoop && e.reported == 0 && w.killedInit(e) {
 		log.G(w.ctx).WithField("id", e.id).WithField("pid", e.pid).Info("oom kill of a removed cgroup's init found in the kernel log")
