@@ -59,7 +59,7 @@ func DefaultOptions() Options {
 		ExecRounds:      8,
 		StartParallel:   50,
 		StartRounds:     4,
-		OOMRuns:         16,
+		OOMRuns:         40,
 		ExecLatencyRuns: 60,
 		ProfileRuns:     12,
 		PodRounds:       20,
