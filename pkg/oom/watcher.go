@@ -55,9 +55,8 @@ type Watcher struct {
 	inofd   int // one inotify instance for every v2 cgroup, made at the first; guarded by mu
 	timerfd int // times the loop's re-reads of pending v1 counters
 
-	// spinFor is how long a signal makes the loop spin: pendingSpinFor
-	// where it can spin beside the task being killed (more than one
-	// processor, and more than one P), 0 elsewhere; or hooks.spinFor.
+	// spinFor is how long a signal makes the loop spin (pendingSpinFor, or
+	// hooks.spinFor); see maySpin for where it does not.
 	spinFor time.Duration
 
 	// kmsg witnesses the kills of a cgroup removed before its counter was
@@ -146,13 +145,8 @@ func newWatcher(notify func(Event), h hooks) (_ *Watcher, retErr error) {
 			}
 		}
 	}()
-	switch {
-	case h.spinFor != 0:
+	if h.spinFor != 0 {
 		w.spinFor = max(h.spinFor, 0)
-	case runtime.NumCPU() < 2 || runtime.GOMAXPROCS(0) < 2:
-		// The task being killed needs the only processor; or the spin
-		// would hold the daemon's only P from its other goroutines.
-		w.spinFor = 0
 	}
 	var err error
 	if w.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
@@ -702,9 +696,16 @@ func (w *Watcher) loop() error {
 // spin: at most one per cgroup every pendingWindow, so that a cgroup whose
 // kernel keeps signalling without killing (every task in it exempt from
 // the OOM killer, or oom_kill_disable set and memory uncharged now and
-// then) costs at most one spin a second. Only the loop calls it.
+// then) costs at most one spin a second; and none with a single processor,
+// which the task being killed needs, or a single P, which the spin would
+// hold from the process's other goroutines (the processors are read at
+// the signal: the shim sets its own after it made the watcher). Unless a
+// test's hook set the spin. Only the loop calls it.
 func (w *Watcher) maySpin(e *entry, turn time.Time) bool {
 	if w.spinFor <= 0 || !e.spunAt.IsZero() && turn.Sub(e.spunAt) < pendingWindow {
+		return false
+	}
+	if w.hooks.spinFor == 0 && (runtime.NumCPU() < 2 || runtime.GOMAXPROCS(0) < 2) {
 		return false
 	}
 	e.spunAt = turn

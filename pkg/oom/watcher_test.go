@@ -682,3 +682,34 @@ func TestStartsWithoutInotify(t *testing.T) {
 		t.Fatalf("child said %q, want a v2 watch failed as resource exhausted", got)
 	}
 }
+
+// TestMaySpin: a cgroup's signal starts a spin at most once per
+// pendingWindow, and never where the process has a single P (read at the
+// signal) or a single processor.
+func TestMaySpin(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one processor: the loop never spins here")
+	}
+	w := &Watcher{spinFor: pendingSpinFor}
+	a, b := &entry{id: "a"}, &entry{id: "b"}
+	at := time.Now()
+	if !w.maySpin(a, at) {
+		t.Fatal("the first signal of a cgroup did not spin")
+	}
+	if w.maySpin(a, at.Add(pendingWindow-time.Millisecond)) {
+		t.Error("a second spin of a cgroup within pendingWindow")
+	}
+	if !w.maySpin(b, at.Add(time.Millisecond)) {
+		t.Error("another cgroup's first signal did not spin")
+	}
+	if !w.maySpin(a, at.Add(pendingWindow)) {
+		t.Error("no spin once pendingWindow had passed")
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	if w.maySpin(a, at.Add(3*pendingWindow)) {
+		t.Error("a spin with a single P")
+	}
+	if w := (&Watcher{}); w.maySpin(&entry{}, at) {
+		t.Error("a spin with spinFor 0")
+	}
+}
