@@ -86,6 +86,7 @@ type reading struct {
 type counterState struct {
 	last         uint64    // kill counter at the last reading, or at Add
 	pendingUntil time.Time // a v1 OOM signal waits for the counter to move until then
+	waiting      uint64    // v1 signals not matched by a kill yet, while pending
 }
 
 // advance applies one reading to st. signals is the number of v1 eventfd
@@ -100,12 +101,16 @@ type counterState struct {
 //   - with a counter, only an increase reports, one kill per unit; a counter
 //     that went down (another cgroup now at that path) resets the baseline;
 //   - a v1 signal with no increase yet leaves the watch pending for
-//     pendingWindow, because the kernel signals before it kills;
+//     pendingWindow, because the kernel signals before it kills; each
+//     signal waits for a kill of its own (two signals read at once and one
+//     kill leave the watch pending: the second OOM's kill is still to come,
+//     and no signal will announce it), until pendingWindow has passed since
+//     the last signal;
 //   - legacy v1 counts each signal as one kill.
 func advance(st counterState, r reading, signals uint64, legacy bool, now time.Time) (kills uint64, next counterState) {
 	next = st
 	if r.gone {
-		next.pendingUntil = time.Time{}
+		next.pendingUntil, next.waiting = time.Time{}, 0
 		return 0, next
 	}
 	if legacy {
@@ -120,13 +125,15 @@ func advance(st counterState, r reading, signals uint64, legacy bool, now time.T
 			next.last = r.counter
 		}
 	}
+	next.waiting += signals
+	next.waiting -= min(kills, next.waiting)
 	switch {
-	case kills > 0:
+	case next.waiting == 0:
 		next.pendingUntil = time.Time{}
 	case signals > 0:
 		next.pendingUntil = now.Add(pendingWindow)
 	case !now.Before(next.pendingUntil):
-		next.pendingUntil = time.Time{}
+		next.pendingUntil, next.waiting = time.Time{}, 0
 	}
 	return kills, next
 }

@@ -67,20 +67,26 @@ func TestAdvance(t *testing.T) {
 		{name: "v2 group kill of three", st: counterState{last: 0}, r: reading{counter: 3, ok: true}, wantKills: 3, want: counterState{last: 3}},
 		{name: "counter went down", st: counterState{last: 9}, r: reading{counter: 1, ok: true}, want: counterState{last: 1}},
 		{name: "unreadable keeps state", st: counterState{last: 2}, r: reading{}, want: counterState{last: 2}},
-		{name: "gone", st: counterState{last: 2, pendingUntil: later}, r: reading{gone: true}, signals: 1, want: counterState{last: 2}},
+		{name: "gone", st: counterState{last: 2, pendingUntil: later, waiting: 1}, r: reading{gone: true}, signals: 1, want: counterState{last: 2}},
 		{name: "v1 signal with kill", st: counterState{last: 0}, r: reading{counter: 1, ok: true}, signals: 1, wantKills: 1, want: counterState{last: 1}},
-		{name: "v1 signal before kill", st: counterState{last: 0}, r: reading{counter: 0, ok: true}, signals: 1, want: counterState{last: 0, pendingUntil: later}},
-		{name: "v1 pending then kill", st: counterState{last: 0, pendingUntil: later}, r: reading{counter: 1, ok: true}, wantKills: 1, want: counterState{last: 1}},
-		{name: "v1 pending still waiting", st: counterState{last: 0, pendingUntil: later}, r: reading{counter: 0, ok: true}, want: counterState{last: 0, pendingUntil: later}},
-		{name: "v1 pending expired", st: counterState{last: 0, pendingUntil: now}, r: reading{counter: 0, ok: true}, want: counterState{last: 0}},
-		{name: "v1 unreadable signal waits", st: counterState{last: 0}, r: reading{}, signals: 1, want: counterState{last: 0, pendingUntil: later}},
+		{name: "v1 signal before kill", st: counterState{last: 0}, r: reading{counter: 0, ok: true}, signals: 1, want: counterState{last: 0, pendingUntil: later, waiting: 1}},
+		{name: "v1 pending then kill", st: counterState{last: 0, pendingUntil: later, waiting: 1}, r: reading{counter: 1, ok: true}, wantKills: 1, want: counterState{last: 1}},
+		{name: "v1 pending still waiting", st: counterState{last: 0, pendingUntil: later, waiting: 1}, r: reading{counter: 0, ok: true}, want: counterState{last: 0, pendingUntil: later, waiting: 1}},
+		{name: "v1 pending expired", st: counterState{last: 0, pendingUntil: now, waiting: 1}, r: reading{counter: 0, ok: true}, want: counterState{last: 0}},
+		{name: "v1 unreadable signal waits", st: counterState{last: 0}, r: reading{}, signals: 1, want: counterState{last: 0, pendingUntil: later, waiting: 1}},
+		// Two OOMs signalled before one reading, the first one's kill
+		// counted: the second's is still to come, with no signal of its own.
+		{name: "v1 two signals one kill", st: counterState{last: 0}, r: reading{counter: 1, ok: true}, signals: 2, wantKills: 1, want: counterState{last: 1, pendingUntil: later, waiting: 1}},
+		{name: "v1 second kill comes", st: counterState{last: 1, pendingUntil: later, waiting: 1}, r: reading{counter: 2, ok: true}, wantKills: 1, want: counterState{last: 2}},
+		{name: "v1 one signal two kills", st: counterState{last: 0}, r: reading{counter: 2, ok: true}, signals: 1, wantKills: 2, want: counterState{last: 2}},
+		{name: "v1 new signal while pending", st: counterState{last: 0, pendingUntil: now, waiting: 1}, r: reading{counter: 0, ok: true}, signals: 1, want: counterState{last: 0, pendingUntil: later, waiting: 2}},
 		{name: "legacy v1 signals are kills", r: reading{}, signals: 2, legacy: true, wantKills: 2},
 		{name: "legacy v1 removal", r: reading{gone: true}, signals: 1, legacy: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			kills, got := advance(tt.st, tt.r, tt.signals, tt.legacy, now)
-			if kills != tt.wantKills || !got.pendingUntil.Equal(tt.want.pendingUntil) || got.last != tt.want.last {
+			if kills != tt.wantKills || !got.pendingUntil.Equal(tt.want.pendingUntil) || got.last != tt.want.last || got.waiting != tt.want.waiting {
 				t.Fatalf("advance = %d, %+v; want %d, %+v", kills, got, tt.wantKills, tt.want)
 			}
 		})
