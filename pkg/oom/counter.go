@@ -32,8 +32,8 @@ const (
 	// After the spin below, the re-reads during pendingWindow come every
 	// pendingFirstRetry for pendingFastFor, then back off to
 	// pendingMaxRetry (100 us, 200 us, ..., 64 ms). Between the signal and
-	// the kill the kernel writes its OOM report; the counter moved 0.1 to
-	// 0.7 ms after the signal on kernel 6.18, later on a busy machine or a
+	// the kill the kernel writes its OOM report; the counter moved 0.05 to
+	// 2.6 ms after the signal on kernel 6.18, later on a busy machine or a
 	// kernel that writes the report to a slow console, and a re-read that
 	// backed off from the start would see it up to twice as late. At most
 	// about 100 timed reads per OOM.

@@ -34,18 +34,19 @@
 // unchanged re-reads it without sleeping for 2ms (yielding the processor
 // between reads), then every 100us for 10ms (timed by a timerfd in the
 // epoll set), then backing off to 64ms, for up to one second (on kernel
-// 6.18 the signal came first in most runs, and the counter moved 0.1 to
-// 0.7ms later). The first reads after the signal do not wait on a timer:
+// 6.18 the signal came first in most runs, and the counter moved 0.05 to
+// 2.6ms later). The first reads after the signal do not wait on a timer:
 // the kernel writes "Killed process" to its consoles right after a kill,
 // with interrupts off on the killing task's processor, and a timer armed
 // there fires only once that is written (about 3ms on a serial console).
 // A cgroup spins at most once a second (a kernel may signal again and again
 // without killing), and not at all where the daemon has one processor or
-// one P. A signal that finds
-// the cgroup gone (its directory missing, or another cgroup at its path)
-// reports nothing and closes the eventfd: a cgroup is removed only when it
-// has no process left, and the kills before that were counted while it
-// existed (see Check). On kernels without the counter each signal of a
+// one P. Each signal waits for a kill of its own: two signals read at once
+// with one kill counted keep the watch pending, since no further signal
+// announces the second kill. A signal that finds the cgroup gone (its
+// directory missing, or another cgroup at its path) reports nothing and
+// closes the eventfd: a cgroup is removed only when it has no process left,
+// and the kills before that were counted while it existed (see Check). On kernels without the counter each signal of a
 // cgroup that still exists counts as one kill. v1 counts a kill only in the
 // victim's own cgroup, while a container's limit kills in the cgroups below
 // it too (its init is systemd, or docker runs in it): the counter of a v1
