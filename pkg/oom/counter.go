@@ -101,11 +101,11 @@ type counterState struct {
 //   - with a counter, only an increase reports, one kill per unit; a counter
 //     that went down (another cgroup now at that path) resets the baseline;
 //   - a v1 signal with no increase yet leaves the watch pending for
-//     pendingWindow, because the kernel signals before it kills; each
-//     signal waits for a kill of its own (two signals read at once and one
-//     kill leave the watch pending: the second OOM's kill is still to come,
-//     and no signal will announce it), until pendingWindow has passed since
-//     the last signal;
+//     pendingWindow, because the kernel signals before it kills; the watch
+//     waits for as many kills as signals, whatever their source (two
+//     signals read at once and one kill leave it pending: the second OOM's
+//     kill may still come, and no signal will announce it), until
+//     pendingWindow has passed since the last signal;
 //   - legacy v1 counts each signal as one kill.
 func advance(st counterState, r reading, signals uint64, legacy bool, now time.Time) (kills uint64, next counterState) {
 	next = st

@@ -80,6 +80,9 @@ func TestAdvance(t *testing.T) {
 		{name: "v1 second kill comes", st: counterState{last: 1, pendingUntil: later, waiting: 1}, r: reading{counter: 2, ok: true}, wantKills: 1, want: counterState{last: 2}},
 		{name: "v1 one signal two kills", st: counterState{last: 0}, r: reading{counter: 2, ok: true}, signals: 1, wantKills: 2, want: counterState{last: 2}},
 		{name: "v1 new signal while pending", st: counterState{last: 0, pendingUntil: now, waiting: 1}, r: reading{counter: 0, ok: true}, signals: 1, want: counterState{last: 0, pendingUntil: later, waiting: 2}},
+		{name: "v1 kill without a signal while waiting", st: counterState{last: 0, pendingUntil: later, waiting: 2}, r: reading{counter: 1, ok: true}, wantKills: 1, want: counterState{last: 1, pendingUntil: later, waiting: 1}},
+		{name: "v1 counter down while waiting", st: counterState{last: 5, pendingUntil: later, waiting: 1}, r: reading{counter: 0, ok: true}, want: counterState{last: 0, pendingUntil: later, waiting: 1}},
+		{name: "v1 window over with a kill short", st: counterState{last: 0, pendingUntil: now, waiting: 2}, r: reading{counter: 1, ok: true}, wantKills: 1, want: counterState{last: 1}},
 		{name: "legacy v1 signals are kills", r: reading{}, signals: 2, legacy: true, wantKills: 2},
 		{name: "legacy v1 removal", r: reading{gone: true}, signals: 1, legacy: true},
 	}

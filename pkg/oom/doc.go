@@ -41,9 +41,9 @@
 // there fires only once that is written (about 3ms on a serial console).
 // A cgroup spins at most once a second (a kernel may signal again and again
 // without killing), and not at all where the daemon has one processor or
-// one P. Each signal waits for a kill of its own: two signals read at once
-// with one kill counted keep the watch pending, since no further signal
-// announces the second kill. A signal that finds the cgroup gone (its
+// one P. The watch waits for as many kills as signals: two signals read at
+// once with one kill counted keep it pending, since no further signal would
+// announce a second kill. A signal that finds the cgroup gone (its
 // directory missing, or another cgroup at its path) reports nothing and
 // closes the eventfd: a cgroup is removed only when it has no process left,
 // and the kills before that were counted while it existed (see Check). On kernels without the counter each signal of a

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -450,8 +451,40 @@ func TestRealSpinFindsTheKill(t *testing.T) {
 // TestRealTimedReadsAfterTheSpin lets the kernel kill 100 ms after the
 // loop found a first signal pending: the spin is over by then, and a cgroup
 // spins at most once a second, so the timed re-reads must find the kill.
+// When the loop reads the second signal before the kill, the re-reads,
+// backed off by then, must start again from the first.
 func TestRealTimedReadsAfterTheSpin(t *testing.T) {
-	testRealPendingKill(t, hooks{}, 100*time.Millisecond)
+	var (
+		mu     sync.Mutex
+		events []string // "signal", or the delay armed
+	)
+	note := func(ev string) {
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
+	}
+	testRealPendingKill(t, hooks{
+		signalled: func(string) { note("signal") },
+		retryDelay: func(d time.Duration) time.Duration {
+			note(d.String())
+			return d
+		},
+	}, 100*time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	var signals []int
+	for i, ev := range events {
+		if ev == "signal" {
+			signals = append(signals, i)
+		}
+	}
+	if len(signals) < 2 {
+		t.Logf("the loop read the second signal with its kill: no re-read was needed (%v)", events)
+		return
+	}
+	if i := signals[1]; i+1 >= len(events) || events[i+1] != pendingFirstRetry.String() {
+		t.Fatalf("after the second signal the re-reads did not start again from %v: %v", pendingFirstRetry, events)
+	}
 }
 
 // testRealPendingKill runs an allocator into its limit in a v1 cgroup with

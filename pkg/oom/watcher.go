@@ -106,6 +106,9 @@ type hooks struct {
 	afterPoll func(id string, kills uint64, gone bool)
 	// retryDelay, when set, replaces the delay the loop arms its timerfd with.
 	retryDelay func(time.Duration) time.Duration
+	// signalled runs in the loop when a reading consumed a v1 signal and
+	// left the cgroup pending.
+	signalled func(id string)
 	// spinFor, when set, replaces pendingSpinFor whatever the processors;
 	// a negative value means no spin.
 	spinFor time.Duration
@@ -650,21 +653,35 @@ func (w *Watcher) loop() error {
 		}
 		turn := time.Now()
 		wasPending := len(pending) > 0
-		spin := false // a v1 signal before its kill, in a cgroup that may spin
-		for _, e := range woke {
-			spin = w.pollFromLoop(e, pending) && w.maySpin(e, turn) || spin
+		signalled := false // a v1 signal before its kill
+		spin := false      // ... in a cgroup that may spin
+		read := func(e *entry) {
+			if w.pollFromLoop(e, pending) {
+				signalled = true
+				spin = w.maySpin(e, turn) || spin
+			}
 		}
-		if len(pending) > 0 && !spin && (retry || spinning) {
+		for _, e := range woke {
+			read(e)
+		}
+		if len(pending) > 0 && !signalled && (retry || spinning) {
 			for e := range pending {
-				spin = w.pollFromLoop(e, pending) && w.maySpin(e, turn) || spin
+				read(e)
 			}
 		}
 		now := time.Now()
 		if spin {
 			spinUntil = now.Add(w.spinFor)
 		}
-		if spin || !wasPending {
+		rearm := false
+		switch {
+		case spin || !wasPending:
 			retryEvery = 0 // the timed re-reads start from the first
+		case signalled && retryEvery > pendingFirstRetry:
+			// Another OOM in a pending cgroup that may not spin: the
+			// timed re-reads start again from the first, and back off
+			// at once (about ten of them for each such signal).
+			retryEvery, rearm = pendingFirstRetry, true
 		}
 		// One reading of the clock decides both whether the next turn
 		// waits and whether the timer is armed for it.
@@ -681,8 +698,8 @@ func (w *Watcher) loop() error {
 			if err := w.armRetry(retryEvery); err != nil {
 				return err
 			}
-		case retry:
-			if !now.Before(fastUntil) {
+		case retry || rearm:
+			if !rearm && !now.Before(fastUntil) {
 				retryEvery = min(2*retryEvery, pendingMaxRetry)
 			}
 			if err := w.armRetry(retryEvery); err != nil {
@@ -750,6 +767,9 @@ func (w *Watcher) pollFromLoop(e *entry, pending map[*entry]struct{}) (signalled
 	}
 	if w.hooks.afterPoll != nil {
 		w.hooks.afterPoll(e.id, kills, gone)
+	}
+	if isPending && signals > 0 && w.hooks.signalled != nil {
+		w.hooks.signalled(e.id)
 	}
 	return isPending && signals > 0
 }
