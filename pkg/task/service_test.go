@@ -168,6 +168,21 @@ func newFixture(t *testing.T) fixture {
 	return fixture{bundle: bundle, svc: svc, events: ev, v3: v3.NewTTRPCTaskClient(c), v2: v2.NewTTRPCTaskClient(c)}
 }
 
+// killAndWait sends SIGKILL to the container id and waits, 10 s at most,
+// for its exit.
+func (f fixture) killAndWait(t *testing.T, id string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := f.v3.Kill(ctx, &v3.KillRequest{ID: id, Signal: 9}); err != nil {
+		t.Fatalf("kill %s: %v", id, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := f.v3.Wait(wctx, &v3.WaitRequest{ID: id}); err != nil {
+		t.Fatalf("wait %s: %v", id, err)
+	}
+}
+
 func TestServiceLifecycleOverTTRPC(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -258,14 +273,7 @@ func TestCreateAfterShutdownIsRefused(t *testing.T) {
 	if _, err := f.v3.Shutdown(ctx, &v3.ShutdownRequest{ID: "c1"}); err != nil {
 		t.Fatalf("shutdown with a container: %v", err)
 	}
-	if _, err := f.v3.Kill(ctx, &v3.KillRequest{ID: "c1", Signal: 9}); err != nil {
-		t.Fatalf("kill: %v", err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := f.v3.Wait(wctx, &v3.WaitRequest{ID: "c1"}); err != nil {
-		t.Fatalf("wait: %v", err)
-	}
+	f.killAndWait(t, "c1")
 	if _, err := f.v3.Delete(ctx, &v3.DeleteRequest{ID: "c1"}); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
@@ -360,14 +368,7 @@ func TestBadInputKeepsServing(t *testing.T) {
 	// End the container before the test's directories go: its exit and
 	// delete write into the bundle, and a removal racing with them failed
 	// ("directory not empty").
-	if _, err := f.v3.Kill(ctx, &v3.KillRequest{ID: "good", Signal: 9}); err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := f.v3.Wait(wctx, &v3.WaitRequest{ID: "good"}); err != nil {
-		t.Fatal(err)
-	}
+	f.killAndWait(t, "good")
 	if _, err := f.v3.Delete(ctx, &v3.DeleteRequest{ID: "good"}); err != nil {
 		t.Fatal(err)
 	}
@@ -469,19 +470,14 @@ func TestServiceOwnsTheRootfsTeardown(t *testing.T) {
 	if _, err := f.v3.Start(ctx, &v3.StartRequest{ID: "c1"}); err != nil {
 		t.Fatalf("start: %v", err)
 	}
-	if _, err := f.v3.Kill(ctx, &v3.KillRequest{ID: "c1", Signal: 9}); err != nil {
-		t.Fatalf("kill: %v", err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := f.v3.Wait(wctx, &v3.WaitRequest{ID: "c1"}); err != nil {
-		t.Fatalf("wait: %v", err)
-	}
+	f.killAndWait(t, "c1")
 
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	f.svc.teardownMu.Lock()
 	deleted := make(chan error, 1)
 	go func() {
-		_, err := f.v3.Delete(wctx, &v3.DeleteRequest{ID: "c1"})
+		_, err := f.v3.Delete(dctx, &v3.DeleteRequest{ID: "c1"})
 		deleted <- err
 	}()
 	select {
